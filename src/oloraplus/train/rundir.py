@@ -1,0 +1,91 @@
+"""Run directories that never mix runs and never expose half-written results.
+
+A run writes into `<output>.partial/` and is renamed to `<output>` only when it finished, so a
+crash, a bad record or Ctrl-C leaves `<output>` as it was. `--resume` continues a `.partial` run;
+`--overwrite` replaces a finished run (and only an oloraplus run) once the new one has finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from oloraplus.errors import ConfigError
+
+RUN_MARKER = "config.yaml"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    final: Path
+    work: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.work / "checkpoints"
+
+
+def is_run(path: Path) -> bool:
+    return (path / RUN_MARKER).is_file()
+
+
+def _check_writable(directory: Path, flag_name: str) -> None:
+    """Fail before any training if the output cannot be written (read-only disk, permissions)."""
+    probe_dir = directory
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise ConfigError(f"{flag_name} {directory}: {probe_dir} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag_name} {directory}: not writable ({exc.strerror})") from None
+
+
+def paths(output: str | Path) -> RunDir:
+    final = Path(output)
+    return RunDir(final=final, work=final.with_name(final.name + ".partial"))
+
+
+def plan_run_dir(output: str | Path, *, overwrite: bool, resume: bool, flag_name: str = "--output") -> RunDir:
+    """Decide where the run writes, refusing every case that would mix or lose runs. Creates nothing."""
+    final, work = paths(output).final, paths(output).work
+    if final.exists() and not final.is_dir():
+        raise ConfigError(f"{flag_name} {final}: exists and is not a directory")
+    if final.is_dir() and any(final.iterdir()):
+        if not is_run(final):
+            raise ConfigError(f"{flag_name} {final}: exists and is not an oloraplus run; choose another directory")
+        if resume:
+            raise ConfigError(f"{flag_name} {final}: this run already finished; nothing to resume")
+        if not overwrite:
+            raise ConfigError(f"{flag_name} {final}: already holds a run; pass --overwrite to replace it")
+    if resume and not is_run(work):
+        raise ConfigError(f"--resume: no unfinished run at {work}")
+    if work.exists() and not resume and not overwrite:
+        raise ConfigError(
+            f"{flag_name} {final}: an unfinished run is in {work}; pass --resume to continue it or --overwrite to restart"
+        )
+    _check_writable(final.parent, flag_name)
+    return RunDir(final=final, work=work)
+
+
+def start(run: RunDir, *, resume: bool) -> None:
+    if run.work.exists() and not resume:
+        shutil.rmtree(run.work)
+    run.work.mkdir(parents=True, exist_ok=True)
+
+
+def finish(run: RunDir) -> None:
+    """Swap the finished run into place; an older run (only with --overwrite) is removed after the swap."""
+    shutil.rmtree(run.checkpoints, ignore_errors=True)
+    old = None
+    if run.final.exists():
+        old = run.final.with_name(f"{run.final.name}.old-{os.getpid()}")
+        os.rename(run.final, old)
+    os.rename(run.work, run.final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

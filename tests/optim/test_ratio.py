@@ -1,0 +1,62 @@
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from oloraplus.errors import ConfigError
+from oloraplus.optim.ratio import build_optimizer, classify, group_lrs, ratio_param_groups
+
+
+def tiny_peft(use_dora=False):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_dora=use_dora)
+    return get_peft_model(model, cfg)
+
+
+@pytest.mark.parametrize("ratio", [0.25, 1.0, 16.0])
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_every_A_at_eta_every_B_at_lambda_eta(ratio, use_dora):
+    model = tiny_peft(use_dora)
+    groups, names = ratio_param_groups(model, lr=1e-3, ratio=ratio)
+    by_name = {g["name"]: g for g in groups}
+    params = dict(model.named_parameters())
+    expected_A = {n for n in params if ".lora_A." in n}
+    expected_B = {n for n in params if ".lora_B." in n}
+    assert set(names.A) == expected_A and len(expected_A) == 2 * 3
+    assert set(names.B) == expected_B and len(expected_B) == 2 * 3
+    assert by_name["A"]["lr"] == pytest.approx(1e-3)
+    assert by_name["B"]["lr"] == pytest.approx(ratio * 1e-3)
+    # nothing trainable left out, nothing frozen included
+    grouped = [p for g in groups for p in g["params"]]
+    assert len(grouped) == len({id(p) for p in grouped})
+    assert {id(p) for p in grouped} == {id(p) for p in model.parameters() if p.requires_grad}
+    if use_dora:
+        assert names.no_decay and all("lora_magnitude_vector" in n for n in names.no_decay)
+        assert by_name["no_decay"]["weight_decay"] == 0.0
+
+
+def test_classify_markers():
+    assert classify("base_model.model.layers.0.q_proj.lora_A.default.weight") == "A"
+    assert classify("x.hira_B.default") == "B"
+    assert classify("x.ohora_A.default") == "A"
+    assert classify("model.norm.weight") == "no_decay"
+    assert classify("score.weight") == "other"
+
+
+def test_scheduler_keeps_the_ratio():
+    model = tiny_peft()
+    opt = build_optimizer(model, lr=1e-3, ratio=4.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / 10)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    lrs = group_lrs(opt)
+    assert lrs["B"] / lrs["A"] == pytest.approx(4.0)
+    assert lrs["A"] == pytest.approx(1e-3 * 0.7)
+
+
+def test_invalid_ratio_rejected():
+    with pytest.raises(ConfigError):
+        ratio_param_groups(tiny_peft(), lr=1e-3, ratio=float("nan"))

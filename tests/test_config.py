@@ -1,0 +1,90 @@
+import argparse
+import math
+
+import pytest
+
+from oloraplus.config import TrainConfig, add_arguments, build_config, check_ratio, resolve
+from oloraplus.errors import ConfigError
+
+
+def parse(argv, tmp_path=None):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainConfig)
+    return resolve(TrainConfig, parser.parse_args(argv))
+
+
+def test_defaults_follow_the_paper():
+    cfg = parse([])
+    assert (cfg.rank, cfg.alpha, cfg.lr, cfg.epochs, cfg.train_size, cfg.eval_size) == (32, 16.0, 3e-4, 1.0, 1000, 500)
+    assert cfg.method == "olora" and cfg.ratio == 1.0
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rank: 8\nratio: 4\nlr: 1e-3\nmax-steps: 7\ntarget_modules: [q_proj, v_proj]\n")
+    cfg = parse(["--config", str(path), "--rank", "16"])
+    assert cfg.rank == 16 and cfg.ratio == 4.0 and cfg.lr == 1e-3 and cfg.max_steps == 7
+    assert cfg.target_modules == ["q_proj", "v_proj"]
+
+
+def test_comma_separated_target_modules_flag():
+    assert parse(["--target-modules", "q_proj, k_proj"]).target_modules == ["q_proj", "k_proj"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("rnak: 8\n", "unknown key 'rnak' (did you mean 'rank'?)"),
+        ("rank: eight\n", "key 'rank': expected int, got str"),
+        ("group_by_length: 3\n", "key 'group_by_length': expected true/false"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("rank: [\n", "invalid YAML"),
+        ("target_modules: 3\n", "expected a list of strings"),
+    ],
+)
+def test_bad_yaml_names_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="bad.yaml") as err:
+        parse(["--config", str(path)])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("ratio", [0.0, -1.0, math.nan, math.inf, -math.inf])
+def test_ratio_must_be_finite_and_positive(ratio):
+    with pytest.raises(ConfigError, match="--ratio"):
+        check_ratio(ratio)
+    with pytest.raises(ConfigError, match="--ratio"):
+        build_config(TrainConfig, {"ratio": ratio}, "test").validate()
+
+
+@pytest.mark.parametrize("ratio", [1 / 16, 0.25, 1.0, 4.0, 16.0])
+def test_both_regimes_are_allowed(ratio):
+    assert build_config(TrainConfig, {"ratio": ratio}, "test").validate().ratio == ratio
+
+
+@pytest.mark.parametrize(
+    "values, flag",
+    [
+        ({"rank": 0}, "--rank"),
+        ({"rank": -3}, "--rank"),
+        ({"lr": 0.0}, "--lr"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"max_steps": 0}, "--max-steps"),
+        ({"method": "qlora"}, "--method"),
+        ({"max_length": 2}, "--max-length"),
+        ({"dropout": 1.5}, "--dropout"),
+    ],
+)
+def test_invalid_values_name_the_flag(values, flag):
+    with pytest.raises(ConfigError, match=flag):
+        build_config(TrainConfig, values, "test").validate()
+
+
+def test_unknown_method_flag_is_rejected_by_argparse():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainConfig)
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--method", "qlora"])
+    assert exc.value.code == 2
