@@ -131,8 +131,10 @@ def default_dtype(device: str) -> torch.dtype:
 def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False) -> LoadedModel:
     """Load a causal LM and its tokenizer from safetensors only (no pickle): see `resolve_model_path`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(source)
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per load is noise in logs and CLIs
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = dtype or default_dtype(device)
     try:

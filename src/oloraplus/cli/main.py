@@ -27,7 +27,7 @@ def _train(args: argparse.Namespace) -> int:
     from oloraplus.train.recipe import train
 
     cfg = resolve(TrainConfig, args)
-    metrics = train(cfg)
+    metrics = train(cfg).metrics
     if int(os.environ.get("RANK", "0")) == 0:
         print(
             f"done: {cfg.output}  eval_loss={metrics['eval_loss']:.4f}  perplexity={metrics['perplexity']:.2f}  "

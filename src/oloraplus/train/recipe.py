@@ -53,8 +53,8 @@ def is_main_process() -> bool:
 
 def prepare(cfg: TrainConfig) -> Prepared:
     """Everything before the adapter; bad model or data fails here, before any file is written."""
+    examples = load_examples(cfg.data)  # cheap: a bad file fails before the model loads
     loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    examples = load_examples(cfg.data)
     train_ex, eval_ex = split_examples(examples, cfg.train_size, cfg.eval_size, cfg.seed)
     train_ds, train_stats = encode_examples(train_ex, loaded.tokenizer, cfg.max_length)
     eval_ds, eval_stats = encode_examples(eval_ex, loaded.tokenizer, cfg.max_length)
@@ -100,7 +100,7 @@ def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArgumen
         include_num_input_tokens_seen="non_padding",
         bf16=cuda and torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
-        ddp_backend=None if cuda else "gloo",
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=os.environ.get("OLORAPLUS_PROGRESS", "1") == "0",
@@ -111,8 +111,16 @@ def write_run_config(cfg: TrainConfig, path: Path, extra: dict[str, Any]) -> Non
     atomic_write_yaml(path, {"config": to_dict(cfg), **extra, "versions": package_versions(), "hardware": hardware()})
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Fine-tune per `cfg` and write the run directory; returns the metrics."""
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]
+    model: Any  # the trained PeftModel, in memory
+    tokenizer: Any
+    output: Path
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Fine-tune per `cfg` and write the run directory."""
     cfg.validate()
     main = is_main_process()
     # Only rank 0 owns the filesystem: other ranks must not race its checks against its writes.
@@ -176,4 +184,4 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         atomic_write_json(run.work / "metrics.json", metrics)
         plot_losses(log_path, run.work / "loss.png", title=f"{cfg.method} λ={cfg.ratio:g} r={cfg.rank}")
         rundir.finish(run)
-    return metrics
+    return TrainResult(metrics=metrics, model=model, tokenizer=prep.loaded.tokenizer, output=run.final)

@@ -1,0 +1,124 @@
+"""Save adapters in PEFT format so they load onto the untouched base model.
+
+OLoRA and PiSSA train on a shifted base W − s·B0·A0, so their trained factors alone are wrong on
+W. The model computes (W − s·B0·A0) + s·Bt·At = W + s·(Bt·At − B0·A0), which is the rank-2r LoRA
+A' = [At; A0], B' = [Bt, −B0] with r' = 2r and α' = 2α (same s = α/r): that is what we write.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from oloraplus.adapters.olora import LoraFactors
+from oloraplus.errors import AdapterError
+
+METADATA_FILE = "oloraplus_adapter.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def _modifies_base(init_lora_weights: object) -> bool:
+    init = str(init_lora_weights).lower()
+    return init == "olora" or init.startswith("pissa")
+
+
+def _base_relative_state(
+    state: dict[str, torch.Tensor], initial_factors: dict[str, LoraFactors]
+) -> dict[str, torch.Tensor]:
+    """A new state dict with every (At, Bt) replaced by ([At; A0], [Bt, −B0]), in float32."""
+    converted = dict(state)
+    layers = {key.rsplit(".lora_", 1)[0] for key in state if ".lora_A." in key or ".lora_B." in key}
+    missing = sorted(layers - set(initial_factors))
+    if missing:
+        raise AdapterError(f"save adapter: no initial factors for layer '{missing[0]}' (build it with attach_adapter)")
+    for name in layers:
+        A_0, B_0 = initial_factors[name]
+        A_t, B_t = state[f"{name}.lora_A.weight"], state[f"{name}.lora_B.weight"]
+        converted[f"{name}.lora_A.weight"] = torch.cat([A_t.float().cpu(), A_0.float()], dim=0)  # (2r, in)
+        converted[f"{name}.lora_B.weight"] = torch.cat([B_t.float().cpu(), -B_0.float()], dim=1)  # (out, 2r)
+    return {key: t.detach().cpu().contiguous() for key, t in converted.items()}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_adapter(
+    peft_model: PeftModel,
+    path: str | os.PathLike,
+    initial_factors: dict[str, LoraFactors],
+    extra_metadata: dict | None = None,
+) -> Path:
+    """Write a safetensors PEFT adapter directory that reproduces `peft_model` on the untouched base."""
+    path = Path(path)
+    adapter_name = peft_model.active_adapter
+    config = peft_model.peft_config[adapter_name]
+    path.mkdir(parents=True, exist_ok=True)
+    if not _modifies_base(config.init_lora_weights):
+        if initial_factors:
+            raise AdapterError(
+                f"save adapter {path}: initial factors given, but adapter '{adapter_name}' did not modify the base"
+            )
+        peft_model.save_pretrained(path, safe_serialization=True)
+    else:
+        if not initial_factors:
+            raise AdapterError(
+                f"save adapter {path}: a {config.init_lora_weights} adapter needs the initial factors "
+                "returned by attach_adapter"
+            )
+        state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+        save_file(_base_relative_state(state, initial_factors), path / WEIGHTS_FILE, metadata={"format": "pt"})
+        saved = copy.deepcopy(config)
+        saved.r *= 2
+        saved.lora_alpha *= math.sqrt(2) if saved.use_rslora else 2  # keep s = α/r (α/√r with rsLoRA)
+        saved.rank_pattern = {k: 2 * v for k, v in (saved.rank_pattern or {}).items()}
+        saved.alpha_pattern = {k: 2 * v for k, v in (saved.alpha_pattern or {}).items()}
+        saved.init_lora_weights = True  # loading must not re-run the QR/SVD init on the base
+        saved.inference_mode = True
+        if saved.base_model_name_or_path is None:
+            saved.base_model_name_or_path = getattr(peft_model.get_base_model(), "name_or_path", None) or None
+        saved.save_pretrained(path)
+    if extra_metadata is not None:
+        _write_json_atomic(path / METADATA_FILE, extra_metadata)
+    return path
+
+
+def load_metadata(path: str | os.PathLike) -> dict | None:
+    """The `extra_metadata` saved with an adapter, or None when there is none."""
+    file = Path(path) / METADATA_FILE
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{file}: invalid JSON at line {exc.lineno}") from None
+
+
+def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftModel:
+    """Load a saved adapter onto `base_model` (modified in place) for inference."""
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise AdapterError(f"--adapter {path}: not an adapter directory (no adapter_config.json)")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return PeftModel.from_pretrained(base_model, str(path), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise AdapterError(f"--adapter {path}: cannot load: {str(exc).splitlines()[0]}") from exc

@@ -1,0 +1,181 @@
+"""Refinement vs exploration: how far adapter factors move from their initialisation.
+
+An OLoRA adapter starts with B_0 built from Q_r, the first r orthonormal columns of the QR of W.
+If training keeps span(B_t) close to span(B_0) the adapter *refines* that subspace; if the span
+turns away it *explores*. The measures below quantify that per layer:
+
+- principal angles θ between span(B_t) and span(B_0) and the normalised chordal distance
+  ‖sin θ‖₂ / √r in [0, 1] (0: same subspace, 1: orthogonal) — the primary subspace measure;
+- relative Frobenius change of each factor;
+- effective rank (Roy & Vetterli 2007) of the learned update ΔW = s (B_t A_t − B_0 A_0), taken from
+  the factors without forming the m×n matrix.
+
+All computations run in float64 on whatever device the inputs live on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from oloraplus.errors import AdapterError
+
+
+def _basis(M: Tensor) -> Tensor:
+    """Orthonormal basis Q of span(M) from the reduced QR M = Q R (M full column rank)."""
+    Q, _ = torch.linalg.qr(M.detach().double(), mode="reduced")
+    return Q
+
+
+def _check_same_rows(U: Tensor, V: Tensor) -> None:
+    if U.dim() != 2 or V.dim() != 2 or U.shape[0] != V.shape[0]:
+        raise ValueError(f"need two matrices with equal row counts, got {tuple(U.shape)} and {tuple(V.shape)}")
+
+
+def principal_angles(U: Tensor, V: Tensor) -> Tensor:
+    """The min(k, l) principal angles (radians, ascending) between span(U), U: (m, k), and span(V), V: (m, l).
+
+    cos θ_i are the singular values of Q_Uᵀ Q_V (Björck & Golub 1973); arccos loses accuracy
+    below ~1e-8 rad, which `subspace_distance` avoids by working with sines.
+    """
+    _check_same_rows(U, V)
+    cosines = torch.linalg.svdvals(_basis(U).T @ _basis(V)).clamp(0.0, 1.0)  # descending
+    return torch.arccos(cosines)
+
+
+def subspace_distance(U: Tensor, V: Tensor) -> float:
+    """Chordal distance ‖sin θ‖₂ / √r between span(U) and span(V), r = min(k, l), in [0, 1].
+
+    ‖sin θ‖₂ = ‖P_U − P_V‖_F / √2 for equal dimensions (projection-metric form). It is computed as
+    ‖Q_small − Q_big Q_bigᵀ Q_small‖_F, whose singular values are the sines, so tiny angles stay
+    accurate. NaN if either matrix is all zeros (e.g. LoRA's B_0 = 0 spans nothing).
+    """
+    _check_same_rows(U, V)
+    if not torch.any(U != 0) or not torch.any(V != 0):
+        return math.nan
+    small, big = (U, V) if U.shape[1] <= V.shape[1] else (V, U)
+    Q_s, Q_b = _basis(small), _basis(big)
+    residual = Q_s - Q_b @ (Q_b.T @ Q_s)  # component of span(small) outside span(big)
+    return float(torch.linalg.norm(residual) / math.sqrt(small.shape[1]))
+
+
+def max_principal_angle(U: Tensor, V: Tensor) -> float:
+    """The largest principal angle in radians (a worst-direction view next to the chordal distance)."""
+    return float(principal_angles(U, V).max())
+
+
+def relative_change(X_t: Tensor, X_0: Tensor) -> float:
+    """‖X_t − X_0‖_F / ‖X_0‖_F; NaN when X_0 = 0 (a zero-initialised factor has no relative scale)."""
+    X_t, X_0 = X_t.detach().double(), X_0.detach().to(X_t.device).double()
+    norm_0 = torch.linalg.norm(X_0)
+    if norm_0 == 0:
+        return math.nan
+    return float(torch.linalg.norm(X_t - X_0) / norm_0)
+
+
+def _entropy_rank(sigma: Tensor) -> float:
+    """exp(H(p)) with p_i = σ_i / Σσ (Roy & Vetterli 2007, eq. 2-3); 0 when there is no σ > 0."""
+    sigma = sigma[sigma > 0]
+    if sigma.numel() == 0:
+        return 0.0
+    p = sigma / sigma.sum()
+    return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+def effective_rank(M: Tensor) -> float:
+    """Effective rank of M: the exponential of the Shannon entropy of its normalised singular values.
+
+    Between 1 and rank(M); equals k exactly for k equal non-zero singular values. 0 for M = 0.
+    """
+    return _entropy_rank(torch.linalg.svdvals(M.detach().double()))
+
+
+def delta_effective_rank(B_t: Tensor, A_t: Tensor, B_0: Tensor, A_0: Tensor, s: float) -> float:
+    """Effective rank of ΔW = s (B_t A_t − B_0 A_0) from the factors.
+
+    ΔW = s [B_t, −B_0] [A_t; A_0] = s Q_L (R_L R_Rᵀ) Q_Rᵀ with L = Q_L R_L and [A_t; A_0]ᵀ = Q_R R_R,
+    so σ(ΔW) = σ(s R_L R_Rᵀ), a (2r × 2r) problem. Singular values at the rounding floor of the
+    cancellation B_t A_t − B_0 A_0 are dropped, so an unchanged adapter reports 0, not noise.
+    """
+    device = B_t.device
+    B_t, A_t = B_t.detach().double(), A_t.detach().to(device).double()
+    B_0, A_0 = B_0.detach().to(device).double(), A_0.detach().to(device).double()
+    L = torch.cat([B_t, -B_0], dim=1)  # (m, 2r)
+    R = torch.cat([A_t, A_0], dim=0)  # (2r, n)
+    m, n = L.shape[0], R.shape[1]
+    if L.shape[1] >= min(m, n):  # the factor form is no smaller than the matrix itself
+        sigma = torch.linalg.svdvals(s * (L @ R))
+    else:
+        _, R_L = torch.linalg.qr(L, mode="reduced")
+        _, R_R = torch.linalg.qr(R.T, mode="reduced")
+        sigma = torch.linalg.svdvals(s * (R_L @ R_R.T))
+    norm = torch.linalg.norm
+    scale = abs(s) * (norm(B_t) * norm(A_t) + norm(B_0) * norm(A_0))  # bounds ‖s B_t A_t‖ + ‖s B_0 A_0‖
+    floor = torch.finfo(torch.float64).eps * max(m, n) * scale
+    return _entropy_rank(sigma[sigma > floor])
+
+
+def _canonical(name: str) -> str:
+    """Same key for a layer whether named from the PeftModel or from its LoraModel."""
+    return name.removeprefix("base_model.").removeprefix("model.")
+
+
+def _lora_layers(peft_model, adapter_name: str):
+    """(name, lora_B weight, lora_A weight, s) for each linear LoRA layer carrying `adapter_name`."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer) or adapter_name not in module.lora_A:
+            continue
+        B = module.lora_B[adapter_name].weight  # (out, r)
+        A = module.lora_A[adapter_name].weight  # (r, in)
+        if B.dim() == 2 and A.dim() == 2:
+            yield name, B, A, float(module.scaling[adapter_name])
+
+
+def capture_initial_factors(peft_model, adapter_name: str = "default") -> dict[str, tuple[Tensor, Tensor]]:
+    """CPU copies of (B_0, A_0) for every LoRA layer; call right after the adapter is initialised."""
+    return {
+        name: (B.detach().cpu().clone(), A.detach().cpu().clone())
+        for name, B, A, _ in _lora_layers(peft_model, adapter_name)
+    }
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def adapter_diagnostics(
+    peft_model, initial_factors: dict[str, tuple[Tensor, Tensor]], adapter_name: str = "default"
+) -> dict[str, dict]:
+    """Per-layer refinement/exploration measures against (B_0, A_0), and their mean over layers.
+
+    Per layer: subspace_distance (chordal, span B_t vs span B_0), subspace_distance_A (row spaces
+    of A), rel_change_A, rel_change_B, delta_effective_rank. NaN values (e.g. B_0 = 0 for plain
+    LoRA) are skipped in the mean.
+    """
+    initial = {_canonical(name): factors for name, factors in initial_factors.items()}
+    layers: dict[str, dict[str, float]] = {}
+    for name, B_t, A_t, s in _lora_layers(peft_model, adapter_name):
+        if _canonical(name) not in initial:
+            continue
+        B_0, A_0 = initial[_canonical(name)]
+        B_t, A_t = B_t.detach().cpu(), A_t.detach().cpu()
+        layers[name] = {
+            "subspace_distance": subspace_distance(B_t, B_0),
+            "subspace_distance_A": subspace_distance(A_t.T, A_0.T),
+            "rel_change_A": relative_change(A_t, A_0),
+            "rel_change_B": relative_change(B_t, B_0),
+            "delta_effective_rank": delta_effective_rank(B_t, A_t, B_0, A_0, s),
+        }
+    if not layers:
+        raise AdapterError(
+            f"adapter_diagnostics: no LoRA layer of adapter '{adapter_name}' matches the "
+            f"{len(initial_factors)} initial factors (capture them with capture_initial_factors)"
+        )
+    keys = next(iter(layers.values())).keys()
+    mean = {key: _nanmean([row[key] for row in layers.values()]) for key in keys}
+    return {"layers": layers, "mean": mean}

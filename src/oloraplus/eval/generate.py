@@ -1,0 +1,139 @@
+"""Greedy generation of responses for already templated prompts.
+
+`generate_batched` is the fast path used by evaluation: left-padded batches (a decoder-only model
+continues from the last position, so every prompt must end there), prompts sorted by length so
+that a batch carries little padding, KV cache on. `generate_one_by_one` runs the same decoding
+one prompt at a time with no padding at all; it is the reference the batched path must match.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+
+def _add_special_tokens(tokenizer) -> bool:
+    """A chat template already wrote BOS and friends into the prompt string; do not add them twice."""
+    return not getattr(tokenizer, "chat_template", None)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    """Stop on any end token the model or the tokenizer knows (chat models often have several)."""
+    ids: list[int] = []
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (config_eos, tokenizer.eos_token_id):
+        if value is None:
+            continue
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if int(token_id) not in ids:
+                ids.append(int(token_id))
+    return ids
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _left_padding(tokenizer) -> Iterator[None]:
+    """Left padding (and a pad token, EOS if none) only for the duration of generation."""
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
+    if pad is None and tokenizer.eos_token is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token, so prompts cannot be batched")
+    tokenizer.padding_side = "left"
+    if pad is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = None
+
+
+def _decode_new(tokenizer, new_ids: torch.Tensor, eos_ids: list[int]) -> str:
+    """Cut at the first end token (pad may not be special), then decode without special tokens."""
+    tokens = new_ids.tolist()
+    for i, token_id in enumerate(tokens):
+        if token_id in eos_ids:
+            tokens = tokens[:i]
+            break
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def _greedy(model, tokenizer, encoded: dict, max_new_tokens: int, eos_ids: list[int]) -> torch.Tensor:
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
+    return model.generate(
+        **encoded,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_ids or None,
+        pad_token_id=pad_id,
+    )
+
+
+def _check_args(prompts: list[str], max_new_tokens: int, batch_size: int) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if any(not isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be strings (already rendered with the chat template)")
+
+
+def generate_batched(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 16
+) -> list[str]:
+    """Greedy responses for `prompts`, in their order, decoded without the prompt and stripped."""
+    _check_args(prompts, max_new_tokens, batch_size)
+    add_special = _add_special_tokens(tokenizer)
+    eos_ids = _eos_ids(model, tokenizer)
+    device = _model_device(model)
+    lengths = [len(tokenizer(p, add_special_tokens=add_special)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
+    outputs: list[str] = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        with _left_padding(tokenizer), torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                encoded = tokenizer(
+                    [prompts[i] for i in batch],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=add_special,
+                ).to(device)
+                generated = _greedy(model, tokenizer, encoded, max_new_tokens, eos_ids)
+                prompt_len = encoded["input_ids"].shape[1]  # left padding: every prompt ends here
+                for row, i in enumerate(batch):
+                    outputs[i] = _decode_new(tokenizer, generated[row, prompt_len:], eos_ids)
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def generate_one_by_one(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 1
+) -> list[str]:
+    """The slow reference: one unpadded prompt per `generate` call. `batch_size` is ignored."""
+    _check_args(prompts, max_new_tokens, max(batch_size, 1))
+    add_special = _add_special_tokens(tokenizer)
+    eos_ids = _eos_ids(model, tokenizer)
+    device = _model_device(model)
+    outputs = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for prompt in prompts:
+                encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special).to(device)
+                generated = _greedy(model, tokenizer, encoded, max_new_tokens, eos_ids)
+                outputs.append(_decode_new(tokenizer, generated[0, encoded["input_ids"].shape[1] :], eos_ids))
+    finally:
+        model.train(was_training)
+    return outputs

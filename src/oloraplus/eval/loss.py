@@ -1,0 +1,80 @@
+"""Held-out loss and perplexity over response tokens, token-weighted, optionally across ranks.
+
+The mean of per-batch means would weight a token in a short batch more than one in a long batch,
+so the result would change with batch size and with the number of processes. We sum the NLL of
+every label token and divide once by the number of label tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from oloraplus.errors import DataError
+
+IGNORE_INDEX = -100  # label of prompt and padding tokens (the Hugging Face convention)
+_COLUMNS = ("input_ids", "attention_mask", "labels")
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _row(dataset, index: int) -> dict:
+    """Only the token columns: a collator should not see text or metadata columns."""
+    row = dataset[index]
+    return {key: row[key] for key in _COLUMNS if key in row}
+
+
+def _nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL of next-token predictions and the number of label tokens (labels shift left by one)."""
+    logits = logits[:, :-1, :].float()  # position t predicts token t+1
+    targets = labels[:, 1:]
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return nll.double(), (targets != IGNORE_INDEX).sum()
+
+
+def evaluate_loss(
+    model, dataset: Sequence[dict], collator: Callable[[list[dict]], dict], batch_size: int = 8
+) -> dict[str, float]:
+    """Token-weighted mean NLL of the response tokens, its perplexity and the token count.
+
+    Under torch.distributed each rank takes rows rank, rank+world, ... and the sums are
+    all-reduced, so every rank returns the same numbers as a single process would.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rank, world = _rank_and_world()
+    device = next(model.parameters()).device
+    indices = list(range(rank, len(dataset), world))
+    nll_total = torch.zeros((), dtype=torch.float64, device=device)
+    tokens_total = torch.zeros((), dtype=torch.int64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(indices), batch_size):
+                batch = collator([_row(dataset, i) for i in indices[start : start + batch_size]])
+                inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask") if key in batch}
+                nll, count = _nll_sum(model(**inputs).logits, batch["labels"].to(device))
+                nll_total += nll
+                tokens_total += count
+    finally:
+        model.train(was_training)
+    if world > 1:
+        dist.all_reduce(nll_total)
+        dist.all_reduce(tokens_total)
+    n_tokens = int(tokens_total.item())
+    if n_tokens == 0:
+        raise DataError("evaluation set has no response tokens: every label is -100 (or the set is empty)")
+    eval_loss = float(nll_total.item()) / n_tokens
+    perplexity = math.exp(eval_loss) if eval_loss < 700 else math.inf  # exp overflows a float past ~709
+    return {"eval_loss": eval_loss, "perplexity": perplexity, "eval_tokens": n_tokens}

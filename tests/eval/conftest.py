@@ -1,0 +1,55 @@
+"""A tiny random Llama and a word-level tokenizer built in memory: no hub, CPU, milliseconds."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+WORDS = (
+    "the a cat dog sat ran on in mat park sun moon is was red blue big small what where who why "
+    "how answer question user assistant says tell me about of and to it this that one two three"
+).split()
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.decoder = decoders.WordPiece()  # joins word tokens with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture
+def tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer()
+
+
+def build_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.2,  # well separated logits: greedy argmax is not a near-tie
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config).float()
+
+
+@pytest.fixture
+def model(tokenizer) -> LlamaForCausalLM:
+    return build_model(len(tokenizer))
+
+
+@pytest.fixture
+def make_model():
+    """build_model(vocab_size, seed) for tests that need their own vocabulary size."""
+    return build_model
