@@ -49,6 +49,11 @@ def test_training_reduces_eval_loss_and_writes_the_run(tiny_llama_dir, alpaca_fi
     assert train_logs and all(r["lr_B"] == pytest.approx(4.0 * r["lr_A"]) for r in train_logs)
     assert all(r["grad_norm"] is not None for r in train_logs)
     assert logs[-1]["eval_loss"] == m["eval_loss"]
+    diags = [r for r in logs if "diag_subspace_distance" in r]
+    if method in ("olora", "pissa"):  # refinement vs exploration is logged when B_0, A_0 exist
+        assert diags and 0 < diags[-1]["diag_subspace_distance"] <= 1 and diags[-1]["diag_rel_change_A"] > 0
+    else:
+        assert not diags
 
 
 @pytest.mark.parametrize("method", ["olora", "pissa", "lora"])

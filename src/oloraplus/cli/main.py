@@ -36,6 +36,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from oloraplus.eval.run_eval import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
+                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    return 0
+
+
+def _compose(args: argparse.Namespace) -> int:
+    from oloraplus.compose.cli import compose_command
+
+    return compose_command(args.inputs, args.output, args.weights, args.dry_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oloraplus", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -50,6 +65,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(train, TrainConfig)
     train.set_defaults(func=_train)
+
+    ev = sub.add_parser(
+        "eval", help="evaluate a run: eval loss, perplexity, BLEU/ROUGE of generations",
+        description="Reload RUN_DIR/adapter onto the untouched base and evaluate on the run's eval split (or --data). "
+        "Updates RUN_DIR/metrics.json; with --generate writes RUN_DIR/generations.jsonl.",
+    )
+    ev.add_argument("run_dir", metavar="RUN_DIR")
+    ev.add_argument("--data", default=None, help="evaluate on this data instead of the run's eval split")
+    ev.add_argument("--generate", type=int, default=0, metavar="N",
+                    help="greedy-generate for N eval examples (batched, KV cache) and report BLEU/ROUGE")
+    ev.add_argument("--max-new-tokens", type=int, default=128, metavar="K")
+    ev.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
+    ev.set_defaults(func=_eval)
+
+    compose = sub.add_parser(
+        "compose", help="sum independently trained adapters exactly, with the interference diagnostic",
+        description="ΔW = Σ w_i ΔW_i as one PEFT LoRA of rank Σ r_i (DIR/adapter/), plus the pairwise cosine "
+        "similarity of the deltas per layer and its RMS over layers (DIR/interference.json, interference.png).",
+    )
+    compose.add_argument("inputs", nargs="+", metavar="RUN_OR_ADAPTER")
+    compose.add_argument("--output", required=True, metavar="DIR")
+    compose.add_argument("--weights", default=None, metavar="w1,w2,...")
+    compose.add_argument("--dry-run", action="store_true", help="only the interference diagnostic")
+    compose.set_defaults(func=_compose)
+
+    from oloraplus.experiments.cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

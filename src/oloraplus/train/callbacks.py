@@ -45,3 +45,27 @@ class PeriodicEvalCallback(TrainerCallback):
             metrics = self.evaluate(model)
             if state.is_world_process_zero:
                 append_jsonl(self.path, {"step": state.global_step, "epoch": state.epoch, **metrics})
+
+
+class DiagnosticsCallback(TrainerCallback):
+    """Refinement vs exploration, logged at every logging step as `diag_*` (mean over adapted layers).
+
+    Subspace distance of span(B_t) from span(B_0) = span(Q_r), relative change of A and B, and the
+    effective rank of ΔW_t = s(B_tA_t − B_0A_0); see `oloraplus.eval.diagnostics`.
+    """
+
+    def __init__(self, initial: dict, path: str | Path):
+        self.initial = initial
+        self.path = Path(path)
+
+    def _log(self, state, model) -> None:
+        from oloraplus.eval.diagnostics import adapter_diagnostics
+
+        if not state.is_world_process_zero:
+            return
+        mean = adapter_diagnostics(model, self.initial)["mean"]
+        append_jsonl(self.path, {"step": state.global_step, **{f"diag_{k}": v for k, v in mean.items()}})
+
+    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._log(state, model)

@@ -24,9 +24,10 @@ from oloraplus.data.formats import load_examples
 from oloraplus.data.split import split_examples
 from oloraplus.data.tokenize import encode_examples
 from oloraplus.eval.loss import evaluate_loss
+from oloraplus.eval.run_eval import generation_eval, write_generations
 from oloraplus.io import append_jsonl, atomic_write_json, atomic_write_yaml
 from oloraplus.train import rundir
-from oloraplus.train.callbacks import JsonlLogCallback, PeriodicEvalCallback
+from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
 from oloraplus.train.environment import hardware, package_versions
 from oloraplus.train.plots import plot_losses
 from oloraplus.train.trainer import RatioTrainer
@@ -148,6 +149,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         return evaluate_loss(m, prep.eval_dataset, collator, batch_size=cfg.batch_size)
 
     callbacks = [JsonlLogCallback(log_path)]
+    if initial:  # OLoRA/PiSSA: B_0, A_0 are meaningful, so refinement vs exploration is measurable
+        callbacks.append(DiagnosticsCallback({name: (f.B, f.A) for name, f in initial.items()}, log_path))
     if cfg.eval_steps:
         callbacks.append(PeriodicEvalCallback(cfg.eval_steps, evaluate, log_path))
     trainer = RatioTrainer(
@@ -157,6 +160,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     result = trainer.train(resume_from_checkpoint=True if cfg.resume and run.checkpoints.exists() else None)
     final_eval = evaluate(model)
     state = trainer.state
+    generations: list = []
+    if cfg.eval_generate:
+        gen_metrics, generations = generation_eval(model, prep.loaded.tokenizer, prep.eval_examples,
+                                                   cfg.eval_generate, cfg.max_new_tokens, cfg.batch_size)
+        final_eval.update(gen_metrics)
 
     train_logs = [r for r in state.log_history if "loss" in r]
     metrics = {
@@ -176,11 +184,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         **prep.data_stats,
     }
     if main:
-        append_jsonl(log_path, {"step": state.global_step, "epoch": state.epoch, **final_eval})
+        append_jsonl(log_path, {"step": state.global_step, "epoch": state.epoch,
+                                "eval_loss": final_eval["eval_loss"], "perplexity": final_eval["perplexity"]})
         save_adapter(model, run.work / "adapter", initial, extra_metadata={
             "base_fingerprint": prep.fingerprint, "base_model": cfg.model, "method": cfg.method,
             "rank": cfg.rank, "alpha": cfg.alpha,
         })
+        if generations:
+            write_generations(run.work / "generations.jsonl", generations)
         atomic_write_json(run.work / "metrics.json", metrics)
         plot_losses(log_path, run.work / "loss.png", title=f"{cfg.method} λ={cfg.ratio:g} r={cfg.rank}")
         rundir.finish(run)

@@ -1,0 +1,83 @@
+"""Evaluate a run: token-weighted eval loss and BLEU/ROUGE on generated responses.
+
+Used at the end of `train --eval-generate N` and by `oloraplus eval RUN_DIR` (which reloads the
+saved adapter onto the untouched base, exactly as a user of the adapter would).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from oloraplus.data.prompts import render_prompt
+from oloraplus.errors import ConfigError
+from oloraplus.eval.generate import generate_batched
+from oloraplus.eval.textmetrics import generation_metrics, per_example_scores
+from oloraplus.io import atomic_write_json, atomic_write_text
+
+
+def generation_eval(model, tokenizer, examples: Sequence, n: int, max_new_tokens: int, batch_size: int,
+                    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Greedy-generate for the first n eval examples; corpus BLEU, ROUGE-1/2/L and per-example rows."""
+    chosen = list(examples)[:n]
+    prompts = [render_prompt(tokenizer, ex) for ex in chosen]
+    references = [ex.response for ex in chosen]
+    generations = generate_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    metrics = generation_metrics(generations, references)
+    scores = per_example_scores(generations, references)
+    rows = [{"index": i, "prompt": p, "reference": r, "generation": g, **s}
+            for i, (p, r, g, s) in enumerate(zip(prompts, references, generations, scores))]
+    return {**metrics, "generated_examples": len(chosen)}, rows
+
+
+def write_generations(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def load_run_config(run_dir: Path):
+    from oloraplus.config import TrainConfig, build_config
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not an oloraplus run (no config.yaml)")
+    values = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("config")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: no 'config' section")
+    return build_config(TrainConfig, values, str(path))
+
+
+def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int = 0, max_new_tokens: int = 128,
+                 batch_size: int | None = None) -> dict[str, Any]:
+    """Reload base + adapter, evaluate on the run's eval split (or `data`), merge into metrics.json."""
+    from oloraplus.adapters.export import load_adapter
+    from oloraplus.data.collate import CausalLMCollator
+    from oloraplus.eval.loss import evaluate_loss
+    from oloraplus.train.recipe import prepare
+
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    if data is not None:  # all of the given data is eval data (capped by eval_size)
+        cfg = replace(cfg, data=data, train_size=1, eval_size=cfg.eval_size)
+    prep = prepare(cfg)
+    model = load_adapter(prep.loaded.model, run_dir / "adapter").eval()
+    batch = batch_size or cfg.batch_size
+    collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id)
+    metrics: dict[str, Any] = dict(evaluate_loss(model, prep.eval_dataset, collator, batch_size=batch))
+    if generate:
+        gen_metrics, rows = generation_eval(model, prep.loaded.tokenizer, prep.eval_examples, generate,
+                                            max_new_tokens, batch)
+        metrics.update(gen_metrics)
+        write_generations(run_dir / "generations.jsonl", rows)
+    metrics_path = run_dir / "metrics.json"
+    stored = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    key = "eval" if data is None else f"eval:{data}"
+    if data is None:
+        stored.update(metrics)
+    else:
+        stored[key] = metrics
+    atomic_write_json(metrics_path, stored)
+    return metrics
