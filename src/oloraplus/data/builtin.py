@@ -3,99 +3,37 @@
 Built at run time from the docstrings of Python's own standard library: "Explain what
 `json.dumps` does." -> the docstring's summary. The same Python version gives the same data;
 short responses (at most ~60 words) keep CPU training fast.
+
+The docstrings are read in a clean interpreter (`python -I -S stdlib_docs.py`): what the caller has
+imported changes the standard library in place (torch replaces `inspect.getfile`, transformers
+adds `logging.Logger.warning_once`), and the data must not depend on that.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import re
+import json
+import subprocess
+import sys
 from functools import lru_cache
-from typing import Any, Iterator
+from pathlib import Path
 
+from oloraplus.data import stdlib_docs
 from oloraplus.data.formats import Example
-
-MODULES = tuple(sorted((
-    "argparse", "array", "ast", "asyncio", "base64", "bisect", "calendar", "cmath", "codecs", "collections",
-    "colorsys", "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime",
-    "decimal", "difflib", "email.utils", "enum", "filecmp", "fnmatch", "fractions", "functools", "getopt",
-    "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http.client", "imaplib", "inspect", "io", "ipaddress",
-    "itertools", "json", "keyword", "linecache", "locale", "logging", "lzma", "math", "mimetypes", "operator",
-    "os", "os.path", "pathlib", "pickle", "pkgutil", "platform", "plistlib", "pprint", "queue", "quopri", "random",
-    "re", "reprlib", "sched", "secrets", "selectors", "shlex", "shutil", "signal", "smtplib", "socket",
-    "sqlite3", "statistics", "string", "struct", "subprocess", "sysconfig", "tarfile", "tempfile", "textwrap",
-    "threading", "time", "timeit", "tokenize", "traceback", "types", "typing", "unicodedata", "urllib.parse",
-    "urllib.request", "uuid", "warnings", "weakref", "xml.dom.minidom", "zipfile", "zlib",
-)))
-MAX_WORDS = 60
-MIN_WORDS = 3
-# "heappush(heap, item) -> None" or "S.find(sub[, start]) -> int": a signature, not a description
-_SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$")
-
-
-def summary(doc: str) -> str:
-    """First paragraph of a docstring, whitespace-normalised, signature lines skipped, capped in words."""
-    lines = inspect.cleandoc(doc).splitlines()
-    while lines and (not lines[0].strip() or _SIGNATURE.match(lines[0].strip())):
-        lines.pop(0)
-    paragraph: list[str] = []
-    for line in lines:
-        if not line.strip():
-            break
-        paragraph.append(line.strip())
-    words = " ".join(paragraph).split()
-    return " ".join(words[:MAX_WORDS]) + (" ..." if len(words) > MAX_WORDS else "")
-
-
-def _defined_here(obj: Any, module_name: str, module: Any) -> bool:
-    """Skip re-exports (documented where they are defined) but keep C halves such as `_heapq`, `posix`."""
-    home = getattr(obj, "__module__", None)
-    if home is None or home in (module_name, module.__name__) or home.startswith(module_name + "."):
-        return True
-    return home in ("_" + module_name.rsplit(".", 1)[-1], "posix", "nt")
-
-
-def _is_routine(member: Any) -> bool:
-    return inspect.isroutine(member) or isinstance(member, (classmethod, staticmethod))
-
-
-def _members(module_name: str) -> Iterator[tuple[str, Any]]:
-    """(dotted name, object) for public functions, classes and their own methods, sorted by name."""
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:  # e.g. a Python built without sqlite3
-        return
-    for name in sorted(vars(module)):
-        obj = vars(module)[name]
-        if name.startswith("_") or not (inspect.isroutine(obj) or inspect.isclass(obj)):
-            continue
-        if not _defined_here(obj, module_name, module):
-            continue
-        yield f"{module_name}.{name}", obj
-        if inspect.isclass(obj):
-            for attr in sorted(vars(obj)):
-                if not attr.startswith("_") and _is_routine(vars(obj)[attr]):
-                    yield f"{module_name}.{name}.{attr}", vars(obj)[attr]
+from oloraplus.errors import DataError
 
 
 @lru_cache(maxsize=1)
 def _build() -> tuple[Example, ...]:
-    seen_names: set[str] = set()
-    seen_objects: set[int] = set()
-    examples = []
-    for module_name in MODULES:
-        for qualname, obj in _members(module_name):
-            # own __doc__ only: inspect.getdoc would copy a base class's text onto undocumented overrides
-            doc = getattr(obj, "__doc__", None)
-            text = summary(doc) if isinstance(doc, str) else ""
-            if len(text.split()) < MIN_WORDS or qualname in seen_names or id(obj) in seen_objects:
-                continue
-            seen_names.add(qualname)
-            seen_objects.add(id(obj))
-            examples.append(Example((("user", f"Explain what `{qualname}` does."), ("assistant", text))))
-    return tuple(examples)
+    # -I also keeps the script's folder off sys.path, where our tokenize.py would shadow the stdlib's
+    script = Path(stdlib_docs.__file__)
+    done = subprocess.run([sys.executable, "-I", "-S", str(script)], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"builtin:stdlib: could not read the standard library's docstrings: {last}")
+    return tuple(Example((("user", f"Explain what `{name}` does."), ("assistant", text)))
+                 for name, text in json.loads(done.stdout))
 
 
 def stdlib_examples() -> list[Example]:
-    """The `builtin:stdlib` data set, in a fixed order (modules and names sorted)."""
+    """The `builtin:stdlib` data set, in a fixed order: modules and names sorted."""
     return list(_build())

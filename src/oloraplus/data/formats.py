@@ -91,7 +91,7 @@ def _system_message(record: dict, where: str) -> list[tuple[str, str]]:
         tools = json.dumps(tools, ensure_ascii=False) if tools else ""
     elif tools is not None and not isinstance(tools, str):
         raise DataError(f"{where}: field 'tools': expected a string or a list, got {_type_name(tools)}")
-    if tools and tools.strip():
+    if tools and tools.strip() not in ("", "[]"):
         parts.append("You can call these tools:\n" + tools.strip())
     return [("system", "\n\n".join(parts))] if parts else []
 
@@ -180,14 +180,19 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: line {line}: not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _loads(text: str, where: str) -> Any:
-    """json.loads with every failure as a DataError (ValueError covers over-long integers)."""
+    """json.loads with every failure as a DataError (ValueError: over-long integers; RecursionError: nesting)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
     except (ValueError, RecursionError) as exc:
-        raise DataError(f"{where}: invalid JSON: {str(exc).splitlines()[0] if str(exc) else 'nested too deeply'}") from None
+        raise DataError(f"{where}: invalid JSON: {_reason(exc)}") from None
 
 
 def _jsonl_records(path: Path, text: str) -> Iterator[tuple[str, Any]]:
@@ -201,17 +206,18 @@ def _jsonl_records(path: Path, text: str) -> Iterator[tuple[str, Any]]:
 
 
 def _file_records(path: Path, text: str) -> Iterable[tuple[str, Any]]:
-    """A JSON list, a {"data": [...]} object, or JSON Lines (also when named .json, as hub dumps often are)."""
-    if path.suffix == ".jsonl" or not text.strip():
-        return _jsonl_records(path, text)
+    """A JSON list, a {"data": [...]} object, or JSON Lines, told apart by content, not by file name
+    (hub dumps named .json are often JSON Lines)."""
+    if not text.strip():
+        return iter(())
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        if exc.msg == "Extra data" and not text.lstrip().startswith("["):
+        if exc.msg == "Extra data" and not text.lstrip().startswith("["):  # a second JSON value: JSON Lines
             return _jsonl_records(path, text)
         raise DataError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-    except (ValueError, RecursionError):
-        return _jsonl_records(path, text)  # reports the line that fails
+    except (ValueError, RecursionError) as exc:  # over-long integers, deep nesting
+        raise DataError(f"{path}: invalid JSON: {_reason(exc)}") from None
     if isinstance(data, dict):
         data = data["data"] if isinstance(data.get("data"), list) else [data]
     if not isinstance(data, list):
@@ -230,8 +236,7 @@ def load_hub_dataset(dataset_id: str, split: str = "train") -> list[Example]:
     try:
         ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as exc:  # network, unknown id, auth, bad script: all end the run the same way
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{dataset_id}: cannot load the data set from the Hugging Face hub: {reason}") from exc
+        raise DataError(f"{dataset_id}: cannot load the data set from the Hugging Face hub: {_reason(exc)}") from exc
     return parse_records(((f"{dataset_id}: record {i} (0-based)", r) for i, r in enumerate(ds)), dataset_id)
 
 

@@ -1,8 +1,15 @@
-"""Prompt rendering: the model's chat template when it has one, else the Alpaca template."""
+"""Prompt rendering: the model's chat template when it has one, else the classic Alpaca template.
+
+Training (tokenize.py) and generation evaluation both call render_prompt, so the model is asked
+for an answer exactly the way it was taught to give one.
+"""
 
 from __future__ import annotations
 
+import jinja2
+
 from oloraplus.data.formats import Example
+from oloraplus.errors import DataError
 
 ALPACA_HEADER = ("Below is an instruction that describes a task. "
                  "Write a response that appropriately completes the request.\n\n")
@@ -14,23 +21,32 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _alpaca(messages: tuple[tuple[str, str], ...]) -> str:
-    if len(messages) == 1 and messages[0][0] == "user":
-        instruction, _, extra = messages[0][1].partition("\n\n")
-        if extra:
-            return f"{ALPACA_HEADER_INPUT}### Instruction:\n{instruction}\n\n### Input:\n{extra}\n\n### Response:\n"
-        return f"{ALPACA_HEADER}### Instruction:\n{instruction}\n\n### Response:\n"
-    blocks = [f"### {role.capitalize()}:\n{content}\n\n" for role, content in messages]
-    return ALPACA_HEADER + "".join(blocks) + "### Assistant:\n"
+def alpaca_prompt(example: Example) -> str:
+    """Single turn: Instruction (and Input) sections; several turns: one `### Role:` block per turn."""
+    context = example.messages[:-1]
+    if len(context) == 1 and context[0][0] == "user":
+        user = context[0][1]
+        suffix = "\n\n" + example.input
+        if example.input and user.endswith(suffix):
+            instruction = user[: -len(suffix)]
+            return (f"{ALPACA_HEADER_INPUT}### Instruction:\n{instruction}\n\n"
+                    f"### Input:\n{example.input}\n\n### Response:\n")
+        return f"{ALPACA_HEADER}### Instruction:\n{user}\n\n### Response:\n"
+    blocks = "".join(f"### {role.capitalize()}:\n{content}\n\n" for role, content in context)
+    return f"{ALPACA_HEADER}{blocks}### Assistant:\n"
 
 
 def render_prompt(tokenizer, example: Example) -> str:
     """Everything before the response, ending where the model should start writing."""
-    context = example.messages[:-1]
-    if has_chat_template(tokenizer):
-        chat = [{"role": role, "content": content} for role, content in context]
+    if not has_chat_template(tokenizer):
+        return alpaca_prompt(example)
+    chat = [{"role": role, "content": content} for role, content in example.messages[:-1]]
+    try:
         return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-    return _alpaca(context)
+    except jinja2.TemplateError as exc:  # e.g. "roles must alternate user/assistant", or no `tool` role
+        roles = "/".join(role for role, _ in example.messages)
+        raise DataError(f"the tokenizer's chat template rejects a conversation with roles {roles}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def render_response(tokenizer, example: Example) -> str:

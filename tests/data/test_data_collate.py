@@ -1,0 +1,78 @@
+"""CausalLMCollator: pads to the batch's longest row, masks padding, and leaves the loss unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from data_helpers import make_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from oloraplus.data.collate import CausalLMCollator, ensure_pad_token
+from oloraplus.data.formats import Example
+from oloraplus.data.tokenize import IGNORE_INDEX, encode_examples
+from oloraplus.errors import ModelError
+
+ROWS = [
+    {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "length": 3},
+    {"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, 7, 8, 9], "length": 5},
+    {"input_ids": [5, 6], "labels": [-100, 6], "length": 2},
+]
+
+
+def test_pads_to_longest_row_not_max_length():
+    batch = CausalLMCollator(pad_token_id=0)(ROWS)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 0, 0], [5, 6, 7, 8, 9], [5, 6, 0, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, -100], [-100, -100, 7, 8, 9], [-100, 6, -100, -100, -100]]
+    assert all(t.dtype == torch.long for t in batch.values())
+
+
+def test_pad_to_multiple_of():
+    batch = CausalLMCollator(pad_token_id=0, pad_to_multiple_of=4)(ROWS)
+    assert batch["input_ids"].shape == (3, 8) and batch["attention_mask"][1].tolist() == [1] * 5 + [0] * 3
+
+
+def test_pad_equal_to_eos_keeps_the_trained_eos():
+    """With pad == eos the mask must come from lengths: the response's own eos stays a real token."""
+    batch = CausalLMCollator(pad_token_id=9)(ROWS[1:])  # row 0 ends with id 9
+    assert batch["attention_mask"][0].tolist() == [1] * 5 and batch["labels"][0, -1] == 9
+
+
+def test_padded_batch_loss_equals_per_row_reference(chat_tok):
+    examples = [Example((("user", "Say hi."), ("assistant", "Return the sum."))),
+                Example((("user", "Explain what the function does and why."), ("assistant", "It adds."))),
+                Example((("user", "2+3?"), ("assistant", "The answer is 42 and 5.")))]
+    ds, _ = encode_examples(examples, chat_tok.hf, max_length=256)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(chat_tok.hf), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
+    rows = [ds[i] for i in range(len(ds))]
+    with torch.no_grad():
+        loss = model(**CausalLMCollator(pad_token_id=chat_tok.hf.pad_token_id)(rows)).loss
+        total, count = 0.0, 0
+        for row in rows:  # each row alone, no padding: the reference
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, :-1]
+            targets = torch.tensor(row["labels"][1:])
+            total += torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            count += int((targets != IGNORE_INDEX).sum())
+    assert len({len(r["input_ids"]) for r in rows}) > 1  # padding really happened
+    torch.testing.assert_close(loss, total / count, rtol=1e-5, atol=1e-6)
+
+
+def test_ensure_pad_token():
+    tok = make_tokenizer(pad=False).hf
+    assert tok.pad_token_id is None
+    ensure_pad_token(tok)
+    assert tok.pad_token == "</s>" and tok.pad_token_id == tok.eos_token_id
+
+    tok = make_tokenizer().hf
+    ensure_pad_token(tok)
+    assert tok.pad_token == "<pad>"
+
+
+def test_no_pad_and_no_eos_is_a_model_error():
+    from transformers import PreTrainedTokenizerFast
+
+    bare = PreTrainedTokenizerFast(tokenizer_object=make_tokenizer().core)
+    with pytest.raises(ModelError, match="neither a pad nor an eos token"):
+        ensure_pad_token(bare)
