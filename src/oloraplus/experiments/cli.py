@@ -1,0 +1,130 @@
+"""The `sweep`, `report` and `tune-ratio` subcommands (registered by `add_parsers`)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from oloraplus.config import TrainConfig, add_arguments, build_config, resolve
+from oloraplus.errors import ConfigError
+from oloraplus.experiments import tune
+from oloraplus.experiments.report import format_table, write_report
+from oloraplus.experiments.runs import find_runs
+from oloraplus.experiments.sweep import format_value, run_sweep
+
+DEFAULT_TUNE_OUTPUT = "runs/tune-ratio"
+SWEEP_HELP = """\
+SWEEP.yaml:
+  base:     {option: value}            any `train` option, shared by every run
+  grid:     {option: [values]}         cartesian product, or a list of such mappings (their union)
+  seeds:    [1, 2, 3]                  crossed with every grid point (optional)
+  baseline: {method: olora, ratio: 1}  what the report compares against (this is the default)
+
+Runs go to DIR/runs/<name>; DIR/results.csv is rewritten after every run, DIR/report.md and
+DIR/plots/ at the end. Run the same command again after an interruption: finished runs are skipped.
+"""
+
+
+def parse_grid(text: str) -> list[float]:
+    """'1/16,0.25,1,4' -> [0.0625, 0.25, 1.0, 4.0] (fractions allowed)."""
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(float(Fraction(item.strip())))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(
+                f"--grid: {item.strip()!r} is not a number (expected e.g. --grid 1/16,1/4,1,4,16)"
+            ) from None
+    return values
+
+
+def parse_baseline(text: str) -> dict[str, Any]:
+    """'method=olora,ratio=1' -> {'method': 'olora', 'ratio': 1.0}, checked against the train options."""
+    mapping = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--baseline: expected KEY=VALUE pairs separated by commas, got {item!r}")
+        mapping[key.strip().replace("-", "_")] = yaml.safe_load(value.strip())
+    cfg = build_config(TrainConfig, mapping, "--baseline")
+    return {key: getattr(cfg, key) for key in mapping}
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    command = shlex.join(["oloraplus", "sweep", args.sweep_file, "--output", args.output])
+    results = run_sweep(args.sweep_file, args.output, command=command)
+    print(format_table(find_runs(args.output)))
+    print(f"\nresults: {results}\nreport:  {Path(args.output) / 'report.md'}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    if not Path(args.directory).is_dir():
+        raise ConfigError(f"report: {args.directory} is not a directory")
+    baseline = parse_baseline(args.baseline) if args.baseline else None
+    path = write_report(args.directory, baseline=baseline)
+    print(format_table(find_runs(args.directory)))
+    print(f"\nreport: {path}")
+    return 0
+
+
+def tune_command(args: argparse.Namespace) -> int:
+    cfg = resolve(TrainConfig, args)
+    output = cfg.output if cfg.output != TrainConfig.output else DEFAULT_TUNE_OUTPUT
+    ignored = [f"--{name.replace('_', '-')}" for name in ("ratio", "max_steps") if name in vars(args)]
+    if ignored:
+        print(f"oloraplus: note: {' and '.join(ignored)} ignored: the search chooses λ and the step budgets",
+              file=sys.stderr)
+    grid = parse_grid(args.grid) if args.grid else list(tune.DEFAULT_GRID)
+    command = "oloraplus " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["tune-ratio"] else None
+    result = tune.tune_ratio(cfg, output, grid=grid, min_steps=args.min_steps, rounds=args.rounds, command=command)
+    print(Path(result.output, tune.TUNE_FILE).read_text(encoding="utf-8"))
+    print(f"best λ = {format_value(result.best_ratio)}  (eval loss {result.best_loss:.4f}); "
+          f"details: {Path(result.output) / tune.TUNE_FILE}")
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register `sweep`, `report` and `tune-ratio` on the `oloraplus` subcommand parser."""
+    raw = argparse.RawDescriptionHelpFormatter
+    sweep = subparsers.add_parser(
+        "sweep", help="train a grid of runs (resumable), then write results.csv and report.md",
+        description="Train every run of SWEEP.yaml into DIR/runs/<name>.\n\n" + SWEEP_HELP, formatter_class=raw,
+    )
+    sweep.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep definition")
+    sweep.add_argument("--output", required=True, metavar="DIR", help="sweep directory (created; reused to resume)")
+    sweep.set_defaults(func=sweep_command)
+
+    report = subparsers.add_parser(
+        "report", help="tables, paired CIs and plots for a sweep directory",
+        description="Write DIR/report.md and DIR/plots/*.png from the finished runs in DIR and print the main table.",
+    )
+    report.add_argument("directory", metavar="DIR", help="a sweep directory (or any directory of runs)")
+    report.add_argument("--baseline", metavar="KEY=VALUE,...",
+                        help="the runs to compare against (default: the sweep's baseline, else method=olora,ratio=1)")
+    report.set_defaults(func=report_command)
+
+    tune_parser = subparsers.add_parser(
+        "tune-ratio", help="find λ by successive halving over a log grid",
+        description="Successive halving over λ: every round trains the surviving values with twice the steps and "
+        "keeps the better half by eval loss. Takes every `train` option; --ratio and --max-steps are set by the "
+        f"search. --output is the search directory (default {DEFAULT_TUNE_OUTPUT}); writes tune.md, tune.json "
+        "and tune.png there, and resumes when run again.",
+    )
+    add_arguments(tune_parser, TrainConfig)
+    output_flag = next(action for action in tune_parser._actions if action.dest == "output")
+    output_flag.help = f"search directory: rung-<k>/, tune.md, tune.json, tune.png (default: {DEFAULT_TUNE_OUTPUT})"
+    tune_parser.add_argument("--grid", metavar="L1,L2,...",
+                             help="λ values, fractions allowed (default: 1/16,1/8,...,16, factor 2)")
+    tune_parser.add_argument("--min-steps", type=int, default=tune.DEFAULT_MIN_STEPS,
+                             help="optimizer steps in the first round; doubled each round "
+                             f"(default {tune.DEFAULT_MIN_STEPS})")
+    tune_parser.add_argument("--rounds", type=int, default=None,
+                             help="number of rounds (default: until one λ is left, 4 for 9 values)")
+    tune_parser.set_defaults(func=tune_command)

@@ -1,0 +1,327 @@
+"""`oloraplus sweep SWEEP.yaml --output DIR`: a grid of training runs that survives being stopped.
+
+    base:     {option: value}              any `train` option, shared by every run
+    grid:     {option: [values, ...]}      cartesian product; or a list of such mappings (their union)
+    seeds:    [1, 2, 3]                    crossed with every grid point
+    baseline: {method: olora, ratio: 1}    the row the report compares every other row against
+
+Each run goes to DIR/runs/<name>, the name made from the parameters that vary between runs.
+Running the same command again skips finished runs whose recorded config equals the plan,
+restarts unfinished ones, and refuses a finished run with a different config: two sweeps never mix.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gc
+import hashlib
+import io
+import itertools
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from oloraplus.config import TrainConfig, build_config, read_yaml, to_dict
+from oloraplus.errors import ConfigError
+from oloraplus.io import atomic_write_json, atomic_write_text
+
+SWEEP_KEYS = ("base", "grid", "seeds", "baseline")
+MANAGED = ("output", "overwrite", "resume")  # decided by the sweep for each run, never by the file
+DEFAULT_BASELINE: dict[str, Any] = {"method": "olora", "ratio": 1.0}
+RUNS_DIR, RESULTS_FILE, PLAN_FILE = "runs", "results.csv", "sweep.json"
+_MAX_VALUE_CHARS = 40
+
+TrainFn = Callable[[TrainConfig], Any]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str
+    params: dict[str, Any]  # the parameters that vary between runs, as they appear in the name
+    config: TrainConfig  # fully resolved; `output` is set per sweep directory by `run_config`
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    source: str
+    base: dict[str, Any]
+    varying: tuple[str, ...]
+    runs: tuple[PlannedRun, ...]
+    baseline: dict[str, Any]
+
+
+def format_value(value: Any) -> str:
+    """Readable value for names and progress lines: 4.0 -> '4', 0.25 -> '0.25', lists joined by '+'."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        short = format(value, "g")
+        return short if float(short) == value else repr(value)
+    if isinstance(value, list):
+        return "+".join(format_value(v) for v in value)
+    return str(value)
+
+
+def safe_component(text: str) -> str:
+    """A name part that cannot leave its directory: only [A-Za-z0-9.+=-], no '..', bounded length.
+
+    Whenever the text had to change (a path like '../../x', a long hub id) a short hash of the
+    original is appended, so two different values never share a name.
+    """
+    safe = re.sub(r"[^A-Za-z0-9.+=-]+", "_", text)
+    safe = re.sub(r"\.{2,}", "_", safe).strip("._") or "_"
+    if safe != text or len(safe) > _MAX_VALUE_CHARS:
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+        safe = f"{safe[:_MAX_VALUE_CHARS].rstrip('._')}-{digest}"
+    return safe
+
+
+def run_name(params: dict[str, Any]) -> str:
+    """`method-olora_ratio-0.25_seed-1`; 'run' for a sweep of one."""
+    parts = [f"{safe_component(key)}-{safe_component(format_value(value))}" for key, value in params.items()]
+    return "_".join(parts) or "run"
+
+
+def describe(params: dict[str, Any]) -> str:
+    return " ".join(f"{key}={format_value(value)}" for key, value in params.items()) or "run"
+
+
+def _normalise_key(key: Any) -> str:
+    return str(key).replace("-", "_")
+
+
+def _check_mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of option: value, got {type(value).__name__}")
+    normalised = {_normalise_key(k): v for k, v in value.items()}
+    for key in MANAGED:
+        if key in normalised:
+            raise ConfigError(f"{where}: key '{key}' is set by the sweep for each run; remove it")
+    build_config(TrainConfig, normalised, where)  # unknown keys and wrong types, named
+    return normalised
+
+
+def _grid_points(grid: Any, source: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every grid point (union of the sub-grids' cartesian products) and the grid keys in order."""
+    subgrids = grid if isinstance(grid, list) else [grid]
+    points: list[dict[str, Any]] = []
+    keys: list[str] = []
+    for index, sub in enumerate(subgrids):
+        where = f"{source}: grid" + (f"[{index}]" if isinstance(grid, list) else "")
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{where}: expected a mapping of option: [values], got {type(sub).__name__}")
+        sub = {_normalise_key(k): v for k, v in sub.items()}
+        for key, values in sub.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}: key '{key}': expected a non-empty list of values")
+            for value in values:
+                _check_mapping({key: value}, where)
+            if key not in keys:
+                keys.append(key)
+        points += [dict(zip(sub, combo)) for combo in itertools.product(*sub.values())]
+    return points, keys
+
+
+def _seeds(value: Any, source: str) -> list[int] | None:
+    if value is None:
+        return None
+    integers = isinstance(value, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
+    if not integers or not value:
+        raise ConfigError(f"{source}: seeds: expected a non-empty list of integers")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{source}: seeds: repeated seed in {value}")
+    return list(value)
+
+
+def _comparable(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in to_dict(cfg).items() if k not in MANAGED}
+
+
+def plan_from_spec(spec: dict[str, Any], source: str) -> SweepPlan:
+    """Validate a sweep mapping and expand it into named, fully resolved runs (creates nothing)."""
+    unknown = [k for k in spec if k not in SWEEP_KEYS]
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key '{unknown[0]}' (expected {', '.join(SWEEP_KEYS)})")
+    base = _check_mapping(spec.get("base") or {}, f"{source}: base")
+    points, grid_keys = _grid_points(spec.get("grid") or {}, source)
+    seeds = _seeds(spec.get("seeds"), source)
+    if seeds is not None:
+        if "seed" in grid_keys or "seed" in base:
+            raise ConfigError(f"{source}: 'seed' is set in base/grid and by 'seeds'; keep only 'seeds'")
+        points = [{**point, "seed": seed} for point in points for seed in seeds]
+        grid_keys.append("seed")
+    baseline_map = _check_mapping(spec.get("baseline") or DEFAULT_BASELINE, f"{source}: baseline")
+    baseline_cfg = build_config(TrainConfig, baseline_map, f"{source}: baseline")
+    baseline = {key: getattr(baseline_cfg, key) for key in baseline_map}
+
+    configs: list[TrainConfig] = []
+    for point in points:
+        cfg = build_config(TrainConfig, {**base, **point}, f"{source}: grid")
+        if all(_comparable(cfg) != _comparable(seen) for seen in configs):  # sub-grids may overlap
+            configs.append(cfg)
+    varying = tuple(k for k in grid_keys if len({json.dumps(getattr(c, k)) for c in configs}) > 1)
+    runs: list[PlannedRun] = []
+    for cfg in configs:
+        params = {key: getattr(cfg, key) for key in varying}
+        name = run_name(params)
+        try:
+            cfg.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: run {name}: {exc}") from None
+        runs.append(PlannedRun(name=name, params=params, config=cfg))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"{source}: two different runs would both be named '{dup}'")
+    return SweepPlan(source=source, base=base, varying=varying, runs=tuple(runs), baseline=baseline)
+
+
+def plan_sweep(path: str | Path) -> SweepPlan:
+    """Read and validate SWEEP.yaml; every error names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep file not found")
+    return plan_from_spec(read_yaml(path), str(path))
+
+
+def run_path(output: str | Path, run: PlannedRun) -> Path:
+    """DIR/runs/<name>, checked to stay inside DIR/runs whatever the name."""
+    runs_dir = Path(output) / RUNS_DIR
+    target = runs_dir / run.name
+    if target.resolve().parent != runs_dir.resolve():
+        raise ConfigError(f"sweep: run name {run.name!r} would leave {runs_dir}")
+    return target
+
+
+def run_config(output: str | Path, run: PlannedRun) -> TrainConfig:
+    return dataclasses.replace(run.config, output=str(run_path(output, run)), overwrite=True, resume=False)
+
+
+def recorded_config(run_dir: Path) -> dict[str, Any] | None:
+    """The `config` mapping a run wrote to config.yaml, or None if unreadable."""
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    config = data.get("config") if isinstance(data, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def config_differences(planned: TrainConfig, recorded: dict[str, Any] | None) -> list[str]:
+    """'key: recorded != planned' for every option that differs (output/overwrite/resume ignored)."""
+    want = _comparable(planned)
+    if recorded is None:
+        return ["config.yaml: missing or unreadable"]
+    try:
+        got = _comparable(build_config(TrainConfig, recorded, "config.yaml"))
+    except ConfigError as exc:
+        return [str(exc)]
+    return [f"{k}: {got[k]!r} != {want[k]!r}" for k in want if got[k] != want[k]]
+
+
+def is_finished(output: str | Path, run: PlannedRun) -> bool:
+    """True when DIR/runs/<name> holds this exact run; ConfigError when it holds a different one."""
+    final = run_path(output, run)
+    if not (final / "metrics.json").is_file():
+        return False
+    differences = config_differences(run.config, recorded_config(final))
+    if differences:
+        raise ConfigError(
+            f"sweep: {final} holds a finished run with a different config ({'; '.join(differences[:3])}); "
+            "use another --output or delete that run"
+        )
+    return True
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def write_results(plan: SweepPlan, output: str | Path) -> Path:
+    """DIR/results.csv: one row per finished run, every varying and base parameter and every metric."""
+    finished = [r for r in plan.runs if (run_path(output, r) / "metrics.json").is_file()]
+    params = [*plan.varying, *(k for k in plan.base if k not in plan.varying)]
+    rows, metric_keys = [], []
+    for run in finished:
+        metrics = read_metrics(run_path(output, run))
+        metric_keys += [k for k in metrics if k not in metric_keys and k not in params]
+        rows.append({"run": run.name, **{k: getattr(run.config, k) for k in params}, **metrics})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["run", *params, *metric_keys], lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in writer.fieldnames})
+    path = Path(output) / RESULTS_FILE
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def _write_plan(plan: SweepPlan, output: Path, command: str | None) -> None:
+    atomic_write_json(output / PLAN_FILE, {
+        "source": plan.source, "command": command, "base": plan.base, "varying": list(plan.varying),
+        "baseline": plan.baseline, "runs": [{"name": r.name, "params": r.params} for r in plan.runs],
+    })
+
+
+def _default_train(cfg: TrainConfig) -> Any:
+    from oloraplus.train.recipe import train  # heavy imports only when something trains
+
+    return train(cfg)
+
+
+def execute(
+    plan: SweepPlan, output: str | Path, *, train_fn: TrainFn | None = None, report: bool = True,
+    command: str | None = None,
+) -> Path:
+    """Train every unfinished run of `plan` under `output`, refreshing results.csv after each one."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output}: exists and is not a directory")
+    done = [is_finished(output, run) for run in plan.runs]  # refuse a mixed directory before training
+    output.mkdir(parents=True, exist_ok=True)
+    _write_plan(plan, output, command)
+    train_fn = train_fn or _default_train
+    total = len(plan.runs)
+    for index, (run, finished) in enumerate(zip(plan.runs, done), start=1):
+        status = "  (finished earlier, skipped)" if finished else ""
+        print(f"[{index}/{total}] {describe(run.params)}{status}", file=sys.stderr, flush=True)
+        if finished:
+            continue
+        trained_model = getattr(train_fn(run_config(output, run)), "model", None)
+        if trained_model is not None:  # free it (PEFT wrappers hold reference cycles) before the next run
+            del trained_model
+            gc.collect()
+            _empty_accelerator_cache()
+        write_results(plan, output)
+    results = write_results(plan, output)
+    if report:
+        from oloraplus.experiments.report import write_report
+
+        write_report(output)
+    return results
+
+
+def _empty_accelerator_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_sweep(path: str | Path, output: str | Path, *, train_fn: TrainFn | None = None,
+              command: str | None = None) -> Path:
+    """Plan SWEEP.yaml, train what is missing under `output`, write results.csv and the report."""
+    return execute(plan_sweep(path), output, train_fn=train_fn, command=command)

@@ -1,0 +1,149 @@
+"""The report on hand-written runs: table values, paired CIs and verdicts, steps to target, refinement."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from experiment_helpers import write_run
+
+from oloraplus.errors import ConfigError
+from oloraplus.experiments.cli import add_parsers, parse_baseline
+from oloraplus.experiments.report import format_table, write_report
+from oloraplus.experiments.runs import find_runs
+
+SEEDS = (1, 2, 3)
+BASE_LOSS = {1: 2.0, 2: 2.1, 3: 2.2}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _log(curve: list[float], diag: dict[str, float] | None = None) -> list[dict]:
+    records = []
+    for step, loss in zip((10, 20, 30), curve):
+        records.append({"step": step, "loss": loss + 0.3, "lr_A": 1e-3, "lr_B": 1e-3, "grad_norm": 1.0})
+        if diag:  # an earlier, different diagnostic record must not be the one reported
+            scale = step / 30
+            records.append({"step": step, **{k: v * scale for k, v in diag.items()}})
+        records.append({"step": step, "eval_loss": loss})
+    return records
+
+
+def _generations(shift_rouge: float, bleu_signs: list[float]) -> list[dict]:
+    return [{"index": i, "prompt": f"p{i}", "reference": "r", "generation": "g", "rougeL": 10.0 * (i + 1) + shift_rouge,
+             "bleu": 20.0 + sign} for i, sign in enumerate(bleu_signs)]
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    """olora λ=1 (baseline), λ=4 (better), λ=0.25 (no difference) over 3 seeds; lora λ=1 with one seed."""
+    runs = tmp_path / "runs"
+    for seed in SEEDS:
+        base = BASE_LOSS[seed]
+        arms = {
+            1.0: ([base + 0.3, base + 0.1, base], 40.0 + 2 * (seed - 1), _generations(0.0, [0, 0, 0, 0]), 0.2),
+            4.0: ([2.5, base - 0.01, {1: 1.90, 2: 2.02, 3: 2.08}[seed]], 41.0 + 2 * (seed - 1),
+                  _generations(5.0, [1, -1, 1, -1]), 0.5),
+            0.25: ([2.6, 2.3, {1: 2.05, 2: 2.05, 3: 2.35}[seed]], None, None, 0.05),
+        }
+        for ratio, (curve, rouge1, generations, distance) in arms.items():
+            metrics = {"method": "olora", "ratio": ratio, "eval_loss": curve[-1], "steps": 30}
+            if rouge1 is not None:
+                metrics["rouge1"] = rouge1
+            write_run(runs / f"olora-{ratio}-{seed}", {"model": "m", "method": "olora", "ratio": ratio, "seed": seed},
+                      metrics, _log(curve, {"diag_subspace_distance": distance, "diag_rel_change_B": 1.5 * distance}),
+                      generations)
+    write_run(runs / "lora-1", {"model": "m", "method": "lora", "ratio": 1.0, "seed": 1},
+              {"method": "lora", "ratio": 1.0, "eval_loss": 2.5}, _log([2.9, 2.7, 2.5]))
+    return tmp_path
+
+
+def test_table_shows_mean_and_std_over_seeds_and_dashes_for_missing_metrics(sweep_dir):
+    table = format_table(find_runs(sweep_dir))
+    assert table.startswith("model: m\n")
+    assert "| method | seeds | eval loss | ROUGE-1 | ROUGE-2 | ROUGE-L | BLEU |" in table
+    assert "| lora λ=1 | 1 | 2.5000 | – | – | – | – |" in table
+    assert "| olora λ=0.25 | 3 | 2.1500 ± 0.1732 | – | – | – | – |" in table
+    assert "| olora λ=1 | 3 | 2.1000 ± 0.1000 | 42.00 ± 2.00 | – | – | – |" in table
+    assert "| olora λ=4 | 3 | 2.0000 ± 0.0917 | 43.00 ± 2.00 | – | – | – |" in table
+    lines = table.splitlines()
+    rows = [line.split(" | ")[0] for line in lines[4:]]
+    assert rows == ["| lora λ=1", "| olora λ=0.25", "| olora λ=1", "| olora λ=4"]
+
+
+def test_report_has_paired_intervals_and_verdicts(sweep_dir):
+    report = write_report(sweep_dir).read_text()
+    # d = [−0.10, −0.08, −0.12]: mean −0.1, sd 0.02, half-width 4.302653 · 0.02/√3 = 0.049683
+    assert "| olora λ=4 | eval loss | -0.1000 | [-0.1497, -0.0503] | 3 | better |" in report
+    assert "| olora λ=4 | ROUGE-1 | +1.00 | [+1.00, +1.00] | 3 | better |" in report
+    # d = [0.05, −0.05, 0.15]: mean 0.05, sd 0.1, half-width 0.248414
+    assert "| olora λ=0.25 | eval loss | +0.0500 | [-0.1984, +0.2984] | 3 | no significant difference |" in report
+    assert "| lora λ=1 | eval loss | +0.5000 | [–, –] | 1 | too few pairs for a CI |" in report
+    assert "| olora λ=1 | eval loss" not in report  # the baseline is not compared with itself
+    # per-example: ROUGE-L +5 on each of 4 examples × 3 seeds; BLEU ±1 averages to 0
+    assert "| olora λ=4 | ROUGE-L | +5.00 | [+5.00, +5.00] | 12 | better |" in report
+    bleu = next(line for line in report.splitlines() if line.startswith("| olora λ=4 | BLEU |"))
+    assert bleu.startswith("| olora λ=4 | BLEU | +0.00 | [-") and bleu.endswith("| 12 | no significant difference |")
+
+
+def test_report_counts_steps_to_the_baselines_final_eval_loss(sweep_dir):
+    report = write_report(sweep_dir).read_text()
+    assert "| olora λ=4 | 2.1000 | 20 | 3/3 |" in report
+    assert "| olora λ=0.25 | 2.1000 | 30 | 1/3 |" in report  # only seed 2 (2.05 <= 2.1) gets there
+    assert "| lora λ=1 | 2.0000 | – | not reached |" in report
+    assert "| olora λ=1 | 2.1000 | 30 | 3/3 |" in report
+
+
+def test_report_says_which_runs_refined_and_which_explored(sweep_dir):
+    report = write_report(sweep_dir).read_text()
+    assert "| olora λ=0.25 | 0.0500 | 0.0750 | diag_subspace_distance | 0.25 | refined |" in report
+    assert "| olora λ=4 | 0.5000 | 0.7500 | diag_subspace_distance | 2.50 | explored |" in report
+    assert "| olora λ=1 | 0.2000 | 0.3000 | diag_subspace_distance | 1.00 | reference (λ=1) |" in report
+    assert "- refined: olora λ=0.25" in report and "- explored: olora λ=4" in report
+    assert "| lora λ=1 | –" not in report  # no diagnostics logged for LoRA
+
+
+def test_report_writes_every_plot_it_links(sweep_dir):
+    report = write_report(sweep_dir).read_text()
+    names = {"loss-curves.png", "metrics-vs-ratio.png", "steps-to-baseline.png", "diagnostics-vs-ratio.png"}
+    for name in names:
+        assert f"(plots/{name})" in report
+        assert (sweep_dir / "plots" / name).read_bytes().startswith(PNG)
+
+
+def test_baseline_can_be_chosen_and_a_missing_one_is_reported(sweep_dir):
+    report = write_report(sweep_dir, baseline={"method": "lora", "ratio": 1.0}).read_text()
+    assert "### Versus the baseline (lora λ=1)" in report
+    assert "| olora λ=4 | eval loss | -0.6000 | [–, –] | 1 | too few pairs for a CI |" in report
+    report = write_report(sweep_dir, baseline={"method": "pissa"}).read_text()
+    assert "No run matches the baseline (method=pissa)" in report
+
+
+def test_models_get_separate_tables_and_plots(tmp_path):
+    for model in ("m1", "hub/m2"):
+        for ratio in (1.0, 2.0):
+            write_run(tmp_path / "runs" / f"{model.replace('/', '_')}-{ratio}",
+                      {"model": model, "method": "olora", "ratio": ratio}, {"eval_loss": 1.0 + ratio})
+    write_report(tmp_path)
+    table = format_table(find_runs(tmp_path))
+    assert "model: m1\n" in table and "model: hub/m2\n" in table
+    assert len(list((tmp_path / "plots").glob("loss-curves_*.png"))) == 2
+
+
+def test_report_command_prints_the_table_and_checks_its_flags(sweep_dir, capsys):
+    parser = argparse.ArgumentParser(prog="oloraplus")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", str(sweep_dir), "--baseline", "method=olora,ratio=4"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "| olora λ=1 | 3 | 2.1000 ± 0.1000 |" in out and "report.md" in out
+    assert "### Versus the baseline (olora λ=4)" in (sweep_dir / "report.md").read_text()
+    with pytest.raises(ConfigError, match="--baseline: unknown key 'metod'"):
+        parse_baseline("metod=lora")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_baseline("lora")
+
+
+def test_a_directory_without_runs_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no finished runs"):
+        write_report(tmp_path)
