@@ -1,7 +1,8 @@
-"""Wrap a causal LM in a PEFT LoRA adapter initialised by one of the supported methods.
+"""Wrap a causal LM in a PEFT adapter initialised by one of the supported methods.
 
 lora: B = 0 (PEFT default) · olora: B, A = Q_r, R_r of W (base shifted) · pissa: top-r SVD of W
-(base shifted, PEFT) · dora: LoRA plus a learned magnitude vector (PEFT).
+(base shifted, PEFT) · dora: LoRA plus a learned magnitude vector (PEFT) · hira: ΔW = W ⊙ (BA)
+(PEFT) · ohora: QR-ranked Kronecker factors, m + n parameters per layer (our PEFT method).
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from transformers.pytorch_utils import Conv1D
 
 from oloraplus.adapters.olora import LoraFactors, apply_olora_
 from oloraplus.adapters.targets import out_in_shape, resolve_target_modules, targeted_layers
+from oloraplus.config import METHODS  # one list of methods for the CLI and the library
 from oloraplus.errors import AdapterError
-
-METHODS = ("lora", "olora", "pissa", "dora")
 
 
 @dataclass
@@ -72,7 +72,17 @@ def attach_adapter(model: torch.nn.Module, spec: AdapterSpec) -> tuple[PeftModel
     _validate(spec)
     targets = resolve_target_modules(model, spec.target_modules)
     layers = targeted_layers(model, targets)
+    if spec.method == "ohora":  # no rank: r_high follows from each layer's shape; s = α/r as for LoRA
+        from oloraplus.adapters.ohora_peft import attach_ohora
+
+        return attach_ohora(model, targets, scale=spec.alpha / spec.rank, dropout=spec.dropout), {}
     _check_ranks(layers, spec.rank)
+    if spec.method == "hira":
+        from oloraplus.adapters.hira import attach_hira
+
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(torch.initial_seed())
+            return attach_hira(model, spec.rank, targets, spec.dropout), {}
     init = "pissa" if spec.method == "pissa" else True
     config = LoraConfig(
         task_type="CAUSAL_LM",

@@ -71,7 +71,7 @@ def save_adapter(
     adapter_name = peft_model.active_adapter
     config = peft_model.peft_config[adapter_name]
     path.mkdir(parents=True, exist_ok=True)
-    if not _modifies_base(config.init_lora_weights):
+    if not _modifies_base(getattr(config, "init_lora_weights", True)):  # HiRA, OHoRA: already base-relative
         if initial_factors:
             raise AdapterError(
                 f"save adapter {path}: initial factors given, but adapter '{adapter_name}' did not modify the base"
@@ -116,6 +116,8 @@ def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftMo
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise AdapterError(f"--adapter {path}: not an adapter directory (no adapter_config.json)")
+    import oloraplus.adapters.ohora_peft  # noqa: F401  (registers the OHORA adapter type with PEFT)
+
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -45,6 +45,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from oloraplus.adapters.merge import merge_run
+
+    print(f"merged model written to {merge_run(args.run_dir, args.output)}")
+    return 0
+
+
 def _compose(args: argparse.Namespace) -> int:
     from oloraplus.compose.cli import compose_command
 
@@ -78,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=128, metavar="K")
     ev.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
     ev.set_defaults(func=_eval)
+
+    merge = sub.add_parser(
+        "merge", help="merge a run's adapter into the base weights (plain HF model)",
+        description="Load the base model of RUN_DIR, apply RUN_DIR/adapter, merge it into the weights and save a "
+        "plain Hugging Face model (safetensors + tokenizer) to --output.",
+    )
+    merge.add_argument("run_dir", metavar="RUN_DIR")
+    merge.add_argument("--output", required=True, metavar="DIR")
+    merge.set_defaults(func=_merge)
 
     compose = sub.add_parser(
         "compose", help="sum independently trained adapters exactly, with the interference diagnostic",

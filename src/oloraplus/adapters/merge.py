@@ -1,0 +1,34 @@
+"""`oloraplus merge`: fold a run's adapter into the base weights and write a plain HF model."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from oloraplus.errors import ConfigError
+
+
+def merge_run(run_dir: str | Path, output: str | Path) -> Path:
+    """Base + adapter → merged safetensors model (+ tokenizer) at `output`, written atomically."""
+    from oloraplus import models
+    from oloraplus.adapters.export import load_adapter
+    from oloraplus.eval.run_eval import load_run_config
+
+    run_dir, output = Path(run_dir), Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"--output {output}: exists and is not empty; choose another directory")
+    cfg = load_run_config(run_dir)
+    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    merged = load_adapter(loaded.model, run_dir / "adapter").merge_and_unload()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=output.name + ".tmp-", dir=output.parent))
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        if output.exists():
+            output.rmdir()
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output
