@@ -5,7 +5,9 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from oloraplus.adapters.build import METHODS, AdapterSpec, attach_adapter
+from oloraplus.adapters.build import AdapterSpec, attach_adapter
+
+METHODS = ("lora", "olora", "pissa", "dora")  # the PEFT-LoRA family; HiRA and OHoRA have their own tests
 from oloraplus.errors import AdapterError
 
 
