@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     compose.add_argument("--dry-run", action="store_true", help="only the interference diagnostic")
     compose.set_defaults(func=_compose)
 
+    from oloraplus.compose.study import add_parser as add_compose_study
     from oloraplus.experiments.cli import add_parsers
+
+    add_compose_study(sub)
 
     add_parsers(sub)
     return parser
