@@ -26,11 +26,11 @@ from oloraplus.data.tokenize import encode_examples
 from oloraplus.eval.loss import evaluate_loss
 from oloraplus.eval.run_eval import generation_eval, write_generations
 from oloraplus.io import append_jsonl, atomic_write_json, atomic_write_yaml
-from oloraplus.train import rundir
+from oloraplus.train import checkpoint, rundir
 from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
 from oloraplus.train.environment import hardware, package_versions
 from oloraplus.train.plots import plot_losses
-from oloraplus.train.trainer import RatioTrainer
+from oloraplus.train.trainer import NonFiniteLossError, RatioTrainer
 
 TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s")
 
@@ -127,6 +127,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     # Only rank 0 owns the filesystem: other ranks must not race its checks against its writes.
     run = (rundir.plan_run_dir(cfg.output, overwrite=cfg.overwrite, resume=cfg.resume) if main
            else rundir.paths(cfg.output))
+    if main and cfg.resume:
+        rundir.check_resume_config(run, to_dict(cfg))
     set_seed(cfg.seed)
     t0 = time.perf_counter()
     prep = prepare(cfg)
@@ -144,6 +146,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             "model_path": prep.loaded.path, "base_fingerprint": prep.fingerprint, "data_stats": prep.data_stats,
         })
     log_path = run.work / "log.jsonl"
+    resume_from = None
+    if cfg.resume:  # rank 0 also drops what the interrupted run wrote after its last checkpoint
+        resume_from = (checkpoint.prepare_resume(run.checkpoints, log_path, run.work) if main
+                       else checkpoint.last_checkpoint(run.checkpoints))
 
     def evaluate(m) -> dict:
         return evaluate_loss(m, prep.eval_dataset, collator, batch_size=cfg.batch_size)
@@ -157,7 +163,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         model=model, args=_training_arguments(cfg, run), train_dataset=prep.train_dataset,
         data_collator=collator, callbacks=callbacks, ratio=cfg.ratio,
     )
-    result = trainer.train(resume_from_checkpoint=True if cfg.resume and run.checkpoints.exists() else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except NonFiniteLossError as exc:
+        if main:
+            checkpoint.write_failure(run.work, exc.record())
+        raise
     final_eval = evaluate(model)
     state = trainer.state
     generations: list = []

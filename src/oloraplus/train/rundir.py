@@ -12,10 +12,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from oloraplus.errors import ConfigError
 
 RUN_MARKER = "config.yaml"
+PER_INVOCATION = ("output", "overwrite", "resume")  # may differ between a run and its resumption
 
 
 @dataclass(frozen=True)
@@ -32,18 +36,18 @@ def is_run(path: Path) -> bool:
     return (path / RUN_MARKER).is_file()
 
 
-def _check_writable(directory: Path, flag_name: str) -> None:
+def _check_writable(output: Path, flag_name: str) -> None:
     """Fail before any training if the output cannot be written (read-only disk, permissions)."""
-    probe_dir = directory
+    probe_dir = output.parent
     while not probe_dir.exists():
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
-        raise ConfigError(f"{flag_name} {directory}: {probe_dir} is not a directory")
+        raise ConfigError(f"{flag_name} {output}: {probe_dir} is not a directory")
     try:
         with tempfile.TemporaryFile(dir=probe_dir):
             pass
     except OSError as exc:
-        raise ConfigError(f"{flag_name} {directory}: not writable ({exc.strerror})") from None
+        raise ConfigError(f"{flag_name} {output}: {probe_dir} is not writable ({exc.strerror})") from None
 
 
 def paths(output: str | Path) -> RunDir:
@@ -67,10 +71,30 @@ def plan_run_dir(output: str | Path, *, overwrite: bool, resume: bool, flag_name
         raise ConfigError(f"--resume: no unfinished run at {work}")
     if work.exists() and not resume and not overwrite:
         raise ConfigError(
-            f"{flag_name} {final}: an unfinished run is in {work}; pass --resume to continue it or --overwrite to restart"
+            f"{flag_name} {final}: an unfinished run is in {work}; "
+            "pass --resume to continue it or --overwrite to restart"
         )
-    _check_writable(final.parent, flag_name)
+    _check_writable(final, flag_name)
     return RunDir(final=final, work=work)
+
+
+def check_resume_config(run: RunDir, config: dict[str, Any]) -> None:
+    """`--resume` continues the same run: every option but output/overwrite/resume must match the recorded one."""
+    marker = run.work / RUN_MARKER
+    try:
+        recorded = yaml.safe_load(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--resume: cannot read {marker} ({exc})".splitlines()[0]) from None
+    recorded = recorded.get("config") if isinstance(recorded, dict) else None
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"--resume: {marker} has no 'config' section; pass --overwrite to start over")
+    changed = [key for key in config if key not in PER_INVOCATION and recorded.get(key) != config[key]]
+    if changed:
+        key = changed[0]
+        raise ConfigError(
+            f"--resume: --{key.replace('_', '-')} is {config[key]!r} but the unfinished run in {run.work} used "
+            f"{recorded.get(key)!r}; repeat its options or pass --overwrite to start over"
+        )
 
 
 def start(run: RunDir, *, resume: bool) -> None:
