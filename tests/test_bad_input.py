@@ -256,14 +256,7 @@ PRE_EXISTING: dict[str, Callable[[Workspace, Path], Path]] = {
 
 # Cases that fail today because of code outside train/ (see docs/reliability.md, "Open gaps").
 # strict: once the fix lands the case passes, the xfail turns into a failure, and its entry is deleted here.
-KNOWN_GAPS = {
-    "unknown-method-flag": "cli/main.py: argparse prints the whole usage (~20 lines) before its error line",
-    "eval-truncated-adapter": "adapters/export.py load_adapter: SafetensorError escapes as a traceback",
-    "eval-tampered-header": "adapters/export.py load_adapter: SafetensorError escapes as a traceback",
-    "eval-tampered-values": "adapters/export.py load_adapter: NaN weights load; eval writes NaN into metrics.json",
-    "eval-pickle-adapter": "adapters/export.py load_adapter: PEFT falls back to adapter_model.bin (torch.load)",
-    "eval-adapter-from-other-base": "eval/run_eval.py evaluate_run: the base fingerprint is not compared",
-}
+KNOWN_GAPS: dict[str, str] = {}  # every case of the matrix now passes
 
 
 def snapshot(path: Path) -> dict[str, bytes] | None:

@@ -131,18 +131,13 @@ def yaml_file(tmp_path: Path, text: str) -> argparse.Namespace:
     return argparse.Namespace(config=str(tmp_path / "config.yaml"))
 
 
-# The inputs the strategies leave out: each breaks the contract today (config.py, see the report).
+# The inputs the strategies leave out, each once a gap in config.py: now one-line ConfigErrors.
 KNOWN_GAPS = [
-    pytest.param("rank: 1" + "0" * 400, id="int-beyond-float-range-in-validate",
-                 marks=pytest.mark.xfail(strict=True, reason="config.py validate: math.isfinite(int) OverflowError")),
-    pytest.param("lr: 1" + "0" * 400, id="int-beyond-float-range-for-a-float-field",
-                 marks=pytest.mark.xfail(strict=True, reason="config.py _coerce: float(int) OverflowError")),
-    pytest.param("rank: " + "[" * 1500 + "]" * 1500, id="nesting-deeper-than-the-recursion-limit",
-                 marks=pytest.mark.xfail(strict=True, reason="config.py read_yaml: RecursionError escapes")),
-    pytest.param("rank: 4\x0e\n", id="control-character",
-                 marks=pytest.mark.xfail(strict=True, reason="config.py read_yaml: ReaderError text is two lines")),
-    pytest.param('"rank\\nsize": 4\n', id="line-break-in-a-key",
-                 marks=pytest.mark.xfail(strict=True, reason="config.py build_config: key printed unescaped")),
+    pytest.param("rank: 1" + "0" * 400, id="int-beyond-float-range-in-validate"),
+    pytest.param("lr: 1" + "0" * 400, id="int-beyond-float-range-for-a-float-field"),
+    pytest.param("rank: " + "[" * 1500 + "]" * 1500, id="nesting-deeper-than-the-recursion-limit"),
+    pytest.param("rank: 4\x0e\n", id="control-character"),
+    pytest.param('"rank\\nsize": 4\n', id="line-break-in-a-key"),
 ]
 
 

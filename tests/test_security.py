@@ -67,7 +67,6 @@ def test_compose_refuses_a_pickle_adapter_unopened(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="adapters/export.py load_adapter lets PEFT fall back to adapter_model.bin")
 def test_eval_refuses_a_pickle_adapter_unopened(tiny_llama_dir, alpaca_file, tmp_path, capsys):
     out, marker = tmp_path / "run", tmp_path / "PWNED"
     assert main(["train", "--model", str(tiny_llama_dir), "--data", str(alpaca_file), "--method", "lora", "--rank", "4",

@@ -78,12 +78,12 @@ class TrainConfig:
                     "eval_size": self.eval_size, "logging_steps": self.logging_steps,
                     "max_new_tokens": self.max_new_tokens}
         for name, value in positive.items():
-            if not (math.isfinite(value) and value > 0):
+            if not (_finite(value) and value > 0):
                 raise ConfigError(f"{flag(name)}: must be > 0, got {value}")
         non_negative = {"dropout": self.dropout, "weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
                         "eval_steps": self.eval_steps, "eval_generate": self.eval_generate, "save_steps": self.save_steps}
         for name, value in non_negative.items():
-            if not (math.isfinite(value) and value >= 0):
+            if not (_finite(value) and value >= 0):
                 raise ConfigError(f"{flag(name)}: must be >= 0, got {value}")
         if self.dropout >= 1 or self.warmup_ratio > 1:
             raise ConfigError("--dropout must be < 1 and --warmup-ratio <= 1")
@@ -96,9 +96,17 @@ class TrainConfig:
         return self
 
 
+def _finite(value: float) -> bool:
+    """math.isfinite, also for ints beyond float range (which it cannot convert)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def check_ratio(ratio: float) -> float:
     """λ must be a finite positive number: λ < 1 refines, λ > 1 explores, λ = 1 is plain AdamW."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not _finite(ratio) or ratio <= 0:
         raise ConfigError(f"--ratio: λ must be a finite number > 0, got {ratio}")
     return float(ratio)
 
@@ -158,7 +166,10 @@ def _coerce(cls_name: str, source: str, key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: {str(value)[:20]}... is beyond the float range") from None
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
         try:
             return float(value)
@@ -180,7 +191,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(f"{path}: {where}invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        problem = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+        raise ConfigError(f"{path}: {where}invalid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -197,7 +211,7 @@ def build_config(cls: type, values: dict[str, Any], source: str) -> Any:
         if key not in known:
             hint = difflib.get_close_matches(key, known, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ConfigError(f"{source}: unknown key '{raw_key}'{suggestion}")
+            raise ConfigError(f"{source}: unknown key {str(raw_key)!r}{suggestion}")
         kwargs[key] = _coerce(cls.__name__, source, key, value, known[key])
     return cls(**kwargs)
 

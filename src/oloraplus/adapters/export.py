@@ -111,6 +111,25 @@ def load_metadata(path: str | os.PathLike) -> dict | None:
         raise AdapterError(f"{file}: invalid JSON at line {exc.lineno}") from None
 
 
+def check_adapter_weights(path: Path) -> None:
+    """Refuse pickle-only, corrupt or non-finite adapter weights before PEFT ever opens them."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        found = ", ".join(sorted(p.name for p in path.glob("adapter_model*"))) or "nothing"
+        raise AdapterError(f"{weights}: missing (found {found}); only safetensors adapter weights are loaded, "
+                           "never pickle files like adapter_model.bin")
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterError(f"{weights}: corrupt or truncated safetensors file ({str(exc).splitlines()[0]})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise AdapterError(f"{path}: tensor '{name}' holds non-finite values (NaN/inf)")
+
+
 def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftModel:
     """Load a saved adapter onto `base_model` (modified in place) for inference."""
     path = Path(path)
@@ -118,6 +137,7 @@ def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftMo
         raise AdapterError(f"--adapter {path}: not an adapter directory (no adapter_config.json)")
     import oloraplus.adapters.ohora_peft  # noqa: F401  (registers the OHORA adapter type with PEFT)
 
+    check_adapter_weights(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

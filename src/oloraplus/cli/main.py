@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Callable
@@ -21,6 +22,13 @@ Baselines: lora, pissa (SVD init), dora, hira, ohora (QR-ranked Kronecker, m+n p
 
 Every option of `train` can also be set in a YAML file given with --config; flags override it.
 """
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (`oloraplus train: error: ...`) and exit 2, like every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"oloraplus: error: {message} (see {self.prog} --help)\n")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -59,7 +67,7 @@ def _compose(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="oloraplus", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"oloraplus {__version__}")
@@ -123,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         return func(args)
     except OloraError as exc:
         print(f"oloraplus: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, read-only, permissions: the run dir itself is left as it was
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        print(f"oloraplus: error: cannot write {exc.filename or 'output'}: {exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("oloraplus: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ from oloraplus import __version__
 from oloraplus.compose.interference import format_table, interference, write_interference
 from oloraplus.compose.io import RUN_ADAPTER_DIR, Adapter, load_adapter
 from oloraplus.compose.sum import sum_adapters, write_adapter
+from oloraplus.io import atomic_write_text
 from oloraplus.errors import AdapterError, ConfigError
 
 COMPOSE_FILE = "compose.json"
@@ -99,6 +100,6 @@ def compose_command(inputs: list[str], output: str, weights: str | None, dry_run
         "overall_rms_cosine": result.overall.tolist(),
         "oloraplus_version": __version__,
     }
-    (out / COMPOSE_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / COMPOSE_FILE, json.dumps(record, indent=2) + "\n")
     print(f"wrote {adapter_dir} (LoRA rank {config['r']}, ΔW = Σ w_i ΔW_i) and {out / COMPOSE_FILE}")
     return 0

@@ -20,6 +20,7 @@ import torch
 
 from oloraplus.compose.io import Adapter, LoraFactors, target_name
 from oloraplus.compose.sum import check_compatible
+from oloraplus.io import atomic_write_text
 
 INTERFERENCE_FILE = "interference.json"
 HEATMAP_FILE = "interference.png"
@@ -108,6 +109,6 @@ def write_interference(result: Interference, out_dir: str | Path) -> tuple[Path,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / INTERFERENCE_FILE, out_dir / HEATMAP_FILE
-    json_path.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
     _plot_heatmap(result, png_path)
     return json_path, png_path

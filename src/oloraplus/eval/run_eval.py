@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import yaml
 
 from oloraplus.data.prompts import render_prompt
-from oloraplus.errors import ConfigError
+from oloraplus.errors import AdapterError, ConfigError
 from oloraplus.eval.generate import generate_batched
 from oloraplus.eval.textmetrics import generation_metrics, per_example_scores
 from oloraplus.io import atomic_write_json, atomic_write_text
@@ -53,7 +53,7 @@ def load_run_config(run_dir: Path):
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int = 0, max_new_tokens: int = 128,
                  batch_size: int | None = None) -> dict[str, Any]:
     """Reload base + adapter, evaluate on the run's eval split (or `data`), merge into metrics.json."""
-    from oloraplus.adapters.export import load_adapter
+    from oloraplus.adapters.export import load_adapter, load_metadata
     from oloraplus.data.collate import CausalLMCollator
     from oloraplus.eval.loss import evaluate_loss
     from oloraplus.train.recipe import prepare
@@ -63,6 +63,10 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     if data is not None:  # all of the given data is eval data (capped by eval_size)
         cfg = replace(cfg, data=data, train_size=1, eval_size=cfg.eval_size)
     prep = prepare(cfg)
+    recorded = (load_metadata(run_dir / "adapter") or {}).get("base_fingerprint")
+    if recorded and recorded != prep.fingerprint:
+        raise AdapterError(f"{run_dir / 'adapter'}: trained on another base model (base fingerprint {recorded} "
+                           f"!= {prep.fingerprint} of --model {cfg.model})")
     model = load_adapter(prep.loaded.model, run_dir / "adapter").eval()
     batch = batch_size or cfg.batch_size
     collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id)
