@@ -1,0 +1,333 @@
+"""Turn the benchmark's child results into results.md, a scaling plot and a few summary lines."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+Results = dict[str, dict[str, Any]]
+
+
+def _ok(results: Results, *tags: str) -> bool:
+    return all(tag in results and "error" not in results[tag] for tag in tags)
+
+
+def _failures(results: Results, *tags: str) -> list[str]:
+    return [f"> **{tag} failed**: `{results[tag]['error']}`\n" for tag in tags if "error" in results.get(tag, {})]
+
+
+def _not_run(title: str, results: Results, *tags: str) -> list[str]:
+    """The section's failures under its title, or nothing when it was not run (`--only`)."""
+    failures = _failures(results, *tags)
+    return [title, "", *failures] if failures else []
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:,.{digits}f}"
+
+
+def _speedup(ratio: float) -> str:
+    """A time or throughput ratio (>1: the second is faster), in words either way."""
+    return f"**{ratio:.2f}× faster**" if ratio >= 1 else f"**{1 / ratio:.2f}× slower**"
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def matmul_rate(results: Results) -> float | None:
+    """The best fp32 matmul rate seen in the run (FLOP/s): the MFU denominator."""
+    rates = [results[t]["best_flops"] for t in ("machine_start", "machine_end") if _ok(results, t)]
+    return max(rates) if rates else None
+
+
+def mfu(flops: float, seconds: float, rate: float | None) -> str:
+    return "n/a" if not rate else f"{100 * flops / seconds / rate:.1f} %"
+
+
+def _rate(m: dict) -> str:
+    return f"{m['best_flops'] / 1e9:.0f} / {m['median_flops'] / 1e9:.0f} GFLOP/s" if "best_flops" in m else "n/a"
+
+
+def machine_section(results: Results) -> list[str]:
+    if not _ok(results, "machine_start"):
+        return _not_run("## Machine", results, "machine_start")
+    m, end = results["machine_start"], results.get("machine_end", {})
+    v = m["versions"]
+    load = f"{m['loadavg'][0]:.2f}" + (f" / {end['loadavg'][0]:.2f}" if "loadavg" in end else "")
+    lines = ["## Machine", "",
+             _row("CPU", "logical / usable CPUs", "torch threads", f"fp32 matmul n={m['n']}, start (best / median)",
+                  "at the end", "load average (1 min), start / end"),
+             _row(*["---"] * 6),
+             _row(m["cpu"], f"{m['logical_cpus']} / {m['usable_cpus']}", m["torch_threads"], _rate(m), _rate(end),
+                  load),
+             "", f"{m['platform']} · Python {v['python']} · torch {v['torch']} · transformers {v['transformers']}"
+                 f" · peft {v['peft']} · oloraplus {v['oloraplus']}", ""]
+    if m["loadavg"][0] > 0.5 * m["usable_cpus"]:
+        lines += [f"> **Noisy machine**: the load average was {m['loadavg'][0]:.2f} on {m['usable_cpus']} CPUs "
+                  "when the run started; other processes competed for the cores and every timing is inflated.", ""]
+    return lines
+
+
+def train_section(results: Results, rate: float | None) -> list[str]:
+    tags = ("train_baseline", "train_oloraplus")
+    if not _ok(results, *tags):
+        return _not_run("## Training side by side", results, *tags)
+    b, o = results["train_baseline"], results["train_oloraplus"]
+    s = b["spec"]["setup"]
+    setup = (f"SmolLM2-135M-Instruct (fp32), `{Path(s['data']).name}`, OLoRA r = 32, α = 16, η = 3e-4, λ = 4, "
+             f"{s['steps']} steps × batch {s['batch_size']} = {s['steps'] * s['batch_size']} training examples "
+             f"(each seen once by both), max length {s['max_length']}, {b['eval_tokens']} eval tokens from "
+             f"{s['eval_size']} held-out examples, seed 42.")
+    pad_share = 1 - b["train_tokens"] / b["processed_tokens"]
+    rows = [
+        ("padding", f"every row to {s['max_length']}", "per batch to its longest row, rows grouped by length", ""),
+        ("real (non-padding) tokens/s", _num(b["tokens_per_s"], 1), _num(o["tokens_per_s"], 1),
+         _speedup(o["tokens_per_s"] / b["tokens_per_s"])),
+        ("seconds per optimizer step", _num(b["seconds_per_step"]), _num(o["seconds_per_step"]),
+         f"{b['seconds_per_step'] / o['seconds_per_step']:.2f}×"),
+        ("real tokens trained", f"{b['train_tokens']:,}", f"{o['train_tokens']:,}", ""),
+        ("share of computed positions that are padding", f"{100 * pad_share:.0f} %",
+         "only up to each batch's longest row", ""),
+        ("model FLOPs (real tokens, formula below)", f"{b['model_flops'] / 1e12:.2f} TFLOP",
+         f"{o['model_flops'] / 1e12:.2f} TFLOP", ""),
+        ("MFU vs the measured fp32 matmul rate", mfu(b["model_flops"], b["train_runtime_s"], rate),
+         mfu(o["model_flops"], o["train_runtime_s"], rate), ""),
+        ("peak RSS of the process", f"{b['peak_rss_mib']:,.0f} MiB", f"{o['peak_rss_mib']:,.0f} MiB",
+         f"{o['peak_rss_mib'] / b['peak_rss_mib']:.2f}×"),
+        ("final eval loss (token-weighted)", f"{b['eval_loss']:.4f}", f"{o['eval_loss']:.4f}",
+         f"Δ = {o['eval_loss'] - b['eval_loss']:+.4f}"),
+        ("mean train loss", f"{b['mean_train_loss']:.4f}", f"{o['mean_train_loss']:.4f}", ""),
+        ("trainable parameters", f"{b['trainable_params']:,}", f"{o['trainable_params']:,}", ""),
+        ("wall time of the whole process", f"{b['wall_s']:.0f} s", f"{o['wall_s']:.0f} s", ""),
+    ]
+    return ["## Training side by side", "", setup, "",
+            _row("", "paper baseline (`bench/baseline.py`)", "oloraplus (`train()`)", "oloraplus vs baseline"),
+            _row(*["---"] * 4), *[_row(*r) for r in rows], "",
+            "Both runs sample their batches in a different order (random vs grouped by length) from the same "
+            "examples, so their eval losses agree closely but not exactly. oloraplus's time includes its "
+            "refinement/exploration diagnostics and logging.", ""]
+
+
+def loss_section(results: Results) -> list[str]:
+    title = "## Response-only loss (`oloraplus.train.fast_loss.response_only_loss`)"
+    if not _ok(results, "loss_compare"):
+        return _not_run(title, results, "loss_compare")
+    r = results["loss_compare"]
+    st, fast = r["step_s"]["standard"], r["step_s"]["response_only"]
+    mem_st, mem_fast = r["peak_step_mib"]["standard"], r["peak_step_mib"]["response_only"]
+    real, scored, spec = r["real_tokens_per_step"], r["scored_tokens_per_step"], r["spec"]
+    rows = [
+        ("seconds per forward + backward (median)", _num(st, 3), _num(fast, 3), _speedup(st / fast)),
+        ("real tokens/s", _num(real / st, 1), _num(real / fast, 1), ""),
+        ("peak memory above the loaded model", f"{_num(mem_st, 0)} MiB", f"{_num(mem_fast, 0)} MiB",
+         f"{mem_fast - mem_st:+,.0f} MiB" if mem_st is not None and mem_fast is not None else ""),
+    ]
+    return [title, "",
+            f"Forward + backward on {spec['batches']} real Alpaca batch(es) of {spec['setup']['batch_size']} "
+            f"(dynamic padding; per batch {real:.0f} real tokens, of which {scored:.0f} ({100 * scored / real:.0f} %) "
+            "are response tokens the loss scores), the same parameters for both, in one process; "
+            f"{spec['reps']} timed pass(es) alternating the two losses after a warm-up. The optimizer step, the "
+            "same for both, is left out. The output head (576 → 49,152) runs only at the scored positions.", "",
+            _row("", "standard `model(**batch).loss`", "response-only", "gain"), _row(*["---"] * 4),
+            *[_row(*row) for row in rows], "",
+            f"Same loss and gradients on SmolLM2: max |Δ loss| = {r['max_abs_loss_diff']:.1e}, "
+            f"max |Δ gradient| = {r['max_abs_grad_diff']:.1e}.", ""]
+
+
+def init_section(results: Results) -> list[str]:
+    if not _ok(results, "olora_init"):
+        return _not_run("## OLoRA initialisation", results, "olora_init")
+    r = results["olora_init"]
+    d = r["max_abs_diff"]
+    shapes = ", ".join(f"{a}×{b}" for a, b in r["shapes"])
+    return ["## OLoRA initialisation", "",
+            f"r = 32 on the {r['layers']} adapted layers of SmolLM2-135M"
+            + (f" in its first {r['spec']['blocks']} blocks" if r["spec"].get("blocks") else "")
+            + f" (out×in shapes {shapes}); best of {r['spec']['reps']} after a warm-up call.", "",
+            _row("", "oloraplus: thin QR of W[:, :r]", "PEFT: full QR of W", "speed-up"), _row(*["---"] * 4),
+            _row("factor math (`olora_factors` vs `olora_factors_full_qr`)", f"{1e3 * r['thin_qr_s']:.0f} ms",
+                 f"{1e3 * r['full_qr_s']:.0f} ms", f"**{r['full_qr_s'] / r['thin_qr_s']:.1f}×**"),
+            _row("attach to the model (`attach_adapter` vs `get_peft_model(init_lora_weights=\"olora\")`)",
+                 f"{r['attach_oloraplus_s']:.2f} s", f"{r['attach_peft_s']:.2f} s",
+                 f"{r['attach_peft_s'] / r['attach_oloraplus_s']:.1f}×"), "",
+            f"Same factors as PEFT: max |ΔA| = {d['A']:.1e}, max |ΔB| = {d['B']:.1e}, "
+            f"max |ΔW′| = {d['W_res']:.1e} over all layers.", ""]
+
+
+def load_section(results: Results) -> list[str]:
+    if not _ok(results, "load_cached"):
+        return _not_run("## Model load", results, "load_cached")
+    c = results["load_cached"]
+    cold = results.get("load_cold")
+    cold_cell = (f"{cold['first_s']:.1f} s" if cold and "error" not in cold
+                 else f"failed: {cold['error']}" if cold else "not run (`--quick`)")
+    return ["## Model load", "",
+            _row("cached `load_model('smollm2-135m')`",
+                 "first load: GGUF → safetensors conversion into an empty `$OLORAPLUS_CACHE`"),
+            _row("---", "---"), _row(f"{c['first_s']:.2f} s (best {c['best_s']:.2f} s)", cold_cell), ""]
+
+
+def generation_section(results: Results) -> list[str]:
+    if not _ok(results, "generation"):
+        return _not_run("## Generation eval", results, "generation")
+    g = results["generation"]
+    return ["## Generation eval", "",
+            f"Greedy decoding of {g['prompts']} Alpaca prompts, at most {g['max_new_tokens']} new tokens, "
+            "OLoRA-adapted SmolLM2 (KV cache on).", "",
+            _row(f"`generate_batched` (batch {g['batch_size']}, left-padded, sorted by length)",
+                 "`generate_one_by_one`", "speed-up", "identical outputs"), _row(*["---"] * 4),
+            _row(f"{g['batched_s']:.1f} s", f"{g['one_by_one_s']:.1f} s",
+                 f"**{g['one_by_one_s'] / g['batched_s']:.1f}×**", f"{g['identical']} / {g['prompts']}"), "",
+            "Padding changes the fp32 summation order, so a near-tie between two tokens can rarely resolve "
+            "differently; any output that is not identical is such a case.", ""]
+
+
+def scaling_rows(results: Results, prefix: str) -> list[dict]:
+    return sorted((r for t, r in results.items() if t.startswith(prefix) and "error" not in r),
+                  key=lambda r: (r["spec"]["seq"] * r["spec"]["batch"], r["spec"]["rank"]))
+
+
+def attention_share(fm: dict, seq: int) -> float:
+    """Share of the attention term 12·L·d_attn·ℓ² in the training FLOPs of one example of length ℓ."""
+    attn = 12 * fm["n_layers"] * fm["d_attn"] * seq
+    return attn / (4 * fm["n_matmul"] + 6 * fm["n_lora"] + attn)
+
+
+def scaling_section(results: Results, rate: float | None) -> list[str]:
+    seq, ranks = scaling_rows(results, "seq_"), scaling_rows(results, "rank_")
+    failures = _failures(results, *[t for t in results if t.startswith(("seq_", "rank_"))])
+    if not seq and not ranks:
+        return ["## Scaling", "", *failures] if failures else []
+    lines = ["## Scaling of one training step (oloraplus path)", "",
+             "OLoRA adapter on every block linear, forward + backward + AdamW step, random tokens with every "
+             "position scored, median of the timed steps after one warm-up. *Peak step memory* is resident "
+             "memory above the loaded model at its peak during the steps.", "", *failures]
+    if seq:
+        base = seq[0]
+        t0, n0 = base["step_s"], base["spec"]["seq"] * base["spec"]["batch"]
+        lines += [_row("sequence length", "batch", "s/step", "ms per token", "model GFLOP/step", "MFU",
+                       "attention share of FLOPs", "peak step memory", "time ÷ linear-in-tokens prediction"),
+                  _row(*["---"] * 9)]
+        for r in seq:
+            n = r["spec"]["seq"] * r["spec"]["batch"]
+            lines.append(_row(r["spec"]["seq"], r["spec"]["batch"], _num(r["step_s"], 3), _num(1e3 * r["step_s"] / n),
+                              _num(r["model_flops"] / 1e9, 0), mfu(r["model_flops"], r["step_s"], rate),
+                              f"{100 * attention_share(r['flop_model'], r['spec']['seq']):.0f} %",
+                              f"{_num(r['peak_step_mib'], 0)} MiB", f"{r['step_s'] / (t0 * n / n0):.2f}"))
+        lines.append("")
+    if ranks:
+        t8 = ranks[0]["step_s"]
+        lines += [_row("rank r", "trainable parameters", "s/step", "peak step memory", "time ÷ smallest rank's"),
+                  _row(*["---"] * 5)]
+        for r in ranks:
+            lines.append(_row(r["spec"]["rank"], f"{r['trainable_params']:,}", _num(r["step_s"], 3),
+                              f"{_num(r['peak_step_mib'], 0)} MiB", f"{r['step_s'] / t8:.2f}"))
+        spec = ranks[0]["spec"]
+        lines += ["", f"(rank sweep at sequence length {spec['seq']}, batch {spec['batch']})", ""]
+    return lines
+
+
+FORMULA = """## How the numbers are made
+
+- Every measurement runs in its own process; *peak RSS* is that process's `ru_maxrss` (from `wait4`).
+- *Real tokens/s* counts non-padding tokens only (the Trainer's `include_num_input_tokens_seen="non_padding"`,
+  i.e. the attention mask), divided by the Trainer's `train_runtime`.
+- *Model FLOPs* of LoRA training per example of ℓ real tokens (`bench/flops.py`; checked against
+  `torch.utils.flop_counter.FlopCounterMode` in `tests/bench/test_flops.py`):
+  `4·N·ℓ + 6·N_lora·ℓ + 12·L·d_attn·ℓ²` — forward 2·N·ℓ, backward 2·N·ℓ (activation gradients only:
+  the frozen W needs no weight-gradient matmul), LoRA 6·N_lora·ℓ (forward, activation and weight gradients),
+  attention 4·L·d_attn·ℓ² forward and twice that backward. N counts every matmul weight (block linears and
+  the output head), N_lora = Σ r·(in + out). Padding is never counted, so the padded baseline's wasted work
+  lowers its MFU.
+- *MFU* = model FLOPs / training time / the best fp32 `torch.mm` rate (n×n by n×n, 2n³ FLOPs) measured at
+  the start and the end of this run.
+"""
+
+
+def render(results: Results, sizes: Any, command: str, elapsed_s: float, *, quick: bool, plot: Path | None) -> str:
+    rate = matmul_rate(results)
+    head = ["# oloraplus vs the OLoRA+ paper's implementation", "",
+            f"Command: `{command}` · {'quick' if quick else 'full'} sizes · {elapsed_s / 60:.1f} min · "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", ""]
+    if quick:
+        head += ["> **`--quick`**: tiny sizes that only check that every section runs; the numbers mean nothing. "
+                 "Run `python bench/run_bench.py` on a quiet machine for the real table.", ""]
+    body = [*machine_section(results), *train_section(results, rate), *loss_section(results),
+            *init_section(results), *load_section(results), *generation_section(results),
+            *scaling_section(results, rate)]
+    if plot:
+        body += [f"![scaling]({plot.name})", ""]
+    sizes_line = ", ".join(f"{k}={v}" for k, v in asdict(sizes).items())
+    return "\n".join(head + body) + "\n" + FORMULA + f"\nSizes: {sizes_line}.\n"
+
+
+def summary_lines(results: Results) -> list[str]:
+    """The headline numbers, for the terminal."""
+    out, rate = [], matmul_rate(results)
+    if rate:
+        out.append(f"fp32 matmul: {rate / 1e9:.0f} GFLOP/s (best)")
+    if _ok(results, "train_baseline", "train_oloraplus"):
+        b, o = results["train_baseline"], results["train_oloraplus"]
+        out.append(f"train: baseline {b['tokens_per_s']:.1f} tok/s, {b['seconds_per_step']:.2f} s/step, "
+                   f"RSS {b['peak_rss_mib']:.0f} MiB, eval {b['eval_loss']:.4f}, MFU "
+                   f"{mfu(b['model_flops'], b['train_runtime_s'], rate)} | oloraplus {o['tokens_per_s']:.1f} tok/s, "
+                   f"{o['seconds_per_step']:.2f} s/step, RSS {o['peak_rss_mib']:.0f} MiB, eval {o['eval_loss']:.4f}, "
+                   f"MFU {mfu(o['model_flops'], o['train_runtime_s'], rate)} | "
+                   f"speed-up {o['tokens_per_s'] / b['tokens_per_s']:.2f}x")
+    if _ok(results, "loss_compare"):
+        r = results["loss_compare"]
+        st, fast = r["step_s"]["standard"], r["step_s"]["response_only"]
+        mem = r["peak_step_mib"]
+        out.append(f"response-only loss: {st:.3f} -> {fast:.3f} s per forward+backward ({st / fast:.2f}x), memory "
+                   f"{_num(mem['standard'], 0)} -> {_num(mem['response_only'], 0)} MiB, max |dloss| "
+                   f"{r['max_abs_loss_diff']:.1e}, max |dgrad| {r['max_abs_grad_diff']:.1e}")
+    if _ok(results, "olora_init"):
+        r = results["olora_init"]
+        out.append(f"olora init: thin QR {1e3 * r['thin_qr_s']:.0f} ms vs full QR {1e3 * r['full_qr_s']:.0f} ms "
+                   f"({r['full_qr_s'] / r['thin_qr_s']:.1f}x); attach {r['attach_oloraplus_s']:.2f} s vs PEFT "
+                   f"{r['attach_peft_s']:.2f} s; max |dA|,|dB|,|dW'| = "
+                   + ", ".join(f"{v:.1e}" for v in r["max_abs_diff"].values()))
+    if _ok(results, "load_cached"):
+        cold = results.get("load_cold", {})
+        out.append(f"model load: cached {results['load_cached']['first_s']:.2f} s"
+                   + (f", first conversion {cold['first_s']:.1f} s" if "first_s" in cold else ""))
+    if _ok(results, "generation"):
+        g = results["generation"]
+        out.append(f"generation: batched {g['batched_s']:.1f} s vs one-by-one {g['one_by_one_s']:.1f} s "
+                   f"({g['one_by_one_s'] / g['batched_s']:.1f}x), identical {g['identical']}/{g['prompts']}")
+    for r in scaling_rows(results, "seq_") + scaling_rows(results, "rank_"):
+        s = r["spec"]
+        out.append(f"step seq={s['seq']} batch={s['batch']} r={s['rank']}: {r['step_s']:.3f} s, "
+                   f"peak step memory {_num(r['peak_step_mib'], 0)} MiB")
+    return out
+
+
+def write_scaling_plot(results: Results, path: Path) -> Path | None:
+    """Seconds per step against tokens per step and against rank, next to results.md."""
+    seq, ranks = scaling_rows(results, "seq_"), scaling_rows(results, "rank_")
+    if len(seq) < 2 and len(ranks) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if seq:
+        x = [r["spec"]["seq"] for r in seq]
+        left.plot(x, [r["step_s"] for r in seq], "o-", label="measured")
+        left.plot(x, [seq[0]["step_s"] * n / x[0] for n in x], "--", label="linear in tokens")
+        left.set(xlabel=f"sequence length (batch {seq[0]['spec']['batch']})", ylabel="seconds per step", xscale="log",
+                 yscale="log", title="step time vs sequence length")
+        left.legend()
+    if ranks:
+        x = [r["spec"]["rank"] for r in ranks]
+        right.plot(x, [r["step_s"] for r in ranks], "o-")
+        right.set(xlabel="rank r", ylabel="seconds per step", xscale="log", title="step time vs rank")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,87 @@
+"""bench/report.py on a synthetic full-size result set: every section renders and its ratios are right."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from report import render, summary_lines, write_scaling_plot  # noqa: E402
+from run_bench import FULL, plan  # noqa: E402
+
+FM = {"n_matmul": 1000, "n_lora": 10, "n_layers": 2, "d_attn": 8}
+MACHINE = {"cpu": "Test CPU", "logical_cpus": 2, "usable_cpus": 2, "torch_threads": 2, "platform": "Linux",
+           "versions": {"python": "3.11", "torch": "2", "transformers": "5", "peft": "0.21", "oloraplus": "0.1"},
+           "loadavg": [0.1, 0.1, 0.1], "best_flops": 100e9, "median_flops": 90e9, "n": 2048, "reps": 8}
+
+
+def training(tokens_per_s: float, runtime: float, eval_loss: float) -> dict:
+    return {"steps": 10, "mean_train_loss": 1.5, "eval_loss": eval_loss, "eval_tokens": 900, "train_tokens": 2000,
+            "processed_tokens": 8000, "train_runtime_s": runtime, "tokens_per_s": tokens_per_s,
+            "seconds_per_step": runtime / 10, "model_flops": 50e9 * runtime, "trainable_params": 123,
+            "peak_rss_mib": 1000.0, "wall_s": runtime + 10}
+
+
+def synthetic() -> dict:
+    setup = {"data": "/x/alpaca_en_demo.json", "steps": 10, "batch_size": 4, "eval_size": 32, "max_length": 512}
+    results = {
+        "machine_start": MACHINE, "machine_end": MACHINE,
+        "load_cached": {"first_s": 0.8, "best_s": 0.7}, "load_cold": {"first_s": 40.0, "best_s": 40.0},
+        "olora_init": {"layers": 210, "shapes": [[576, 576]], "thin_qr_s": 0.5, "full_qr_s": 5.0,
+                       "attach_oloraplus_s": 1.0, "attach_peft_s": 3.0,
+                       "max_abs_diff": {"A": 1e-6, "B": 1e-7, "W_res": 1e-7}, "spec": {"reps": 3}},
+        "train_baseline": {**training(100.0, 20.0, 1.30), "spec": {"setup": setup}},
+        "train_oloraplus": {**training(200.0, 10.0, 1.31), "spec": {"setup": setup}},
+        "loss_compare": {"step_s": {"standard": 1.2, "response_only": 1.0},
+                         "peak_step_mib": {"standard": 500.0, "response_only": 300.0}, "max_abs_loss_diff": 1e-7,
+                         "max_abs_grad_diff": 1e-8, "real_tokens_per_step": 700, "scored_tokens_per_step": 350,
+                         "spec": {"setup": setup, "batches": 3, "reps": 4}},
+        "generation": {"prompts": 64, "max_new_tokens": 32, "batch_size": 16, "batched_s": 10.0,
+                       "one_by_one_s": 40.0, "identical": 64},
+    }
+    for seq, seconds in [(128, 1.0), (256, 2.0), (512, 5.0)]:
+        results[f"seq_{seq}"] = {"step_s": seconds, "peak_step_mib": seq / 2, "model_flops": 1e9 * seq,
+                                 "flop_model": FM, "trainable_params": 99,
+                                 "spec": {"seq": seq, "batch": 2, "rank": 32}}
+    for rank, seconds in [(8, 1.0), (32, 1.5)]:
+        results[f"rank_{rank}"] = {"step_s": seconds, "peak_step_mib": 10.0, "model_flops": 1e9, "flop_model": FM,
+                                   "trainable_params": rank * 1000, "spec": {"seq": 256, "batch": 2, "rank": rank}}
+    return results
+
+
+def test_every_section_renders_with_its_ratios(tmp_path):
+    plot = write_scaling_plot(synthetic(), tmp_path / "r_scaling.png")
+    text = render(synthetic(), FULL, "python bench/run_bench.py", 600.0, quick=False, plot=plot)
+    assert plot.stat().st_size > 1000 and "![scaling](r_scaling.png)" in text
+    assert "**2.00× faster**" in text  # tokens/s 200 vs 100
+    assert "| 75 % |" in text  # padding share: 1 − 2000/8000
+    assert "| 50.0 % | 50.0 % |" in text  # MFU: 50 GFLOP/s of 100
+    assert "**1.20× faster**" in text and "-200 MiB" in text  # response-only loss
+    assert "**10.0×**" in text and "**4.0×**" in text and "64 / 64" in text  # init, generation
+    assert "40.0 s" in text and "Noisy machine" not in text
+    ratios = [line.rsplit("|", 2)[-2].strip() for line in text.splitlines() if line.startswith(("| 128 |", "| 256 |",
+                                                                                                "| 512 |"))]
+    assert ratios == ["1.00", "1.00", "1.25"]  # 5 s for 4× the tokens of 1 s
+    assert len(summary_lines(synthetic())) == 6 + 5  # one line per section, one per scaling row
+
+
+def test_a_failed_measurement_is_reported_not_fatal():
+    results = synthetic()
+    results["train_oloraplus"] = {"error": "RuntimeError: boom", "spec": {}}
+    text = render(results, FULL, "cmd", 1.0, quick=True, plot=None)
+    assert "**train_oloraplus failed**: `RuntimeError: boom`" in text and "`--quick`" in text
+
+
+def test_plan_runs_each_measurement_once_and_filters_sections():
+    jobs = plan(FULL, "/data.json", {"train", "loss"})
+    assert [tag for _, tag, _, _ in jobs] == ["train_baseline", "train_oloraplus", "loss_compare"]
+    tags = [tag for _, tag, _, _ in plan(FULL, "/data.json", {"machine", "load", "init", "train", "loss",
+                                                               "generate", "scaling"})]
+    assert len(tags) == len(set(tags)) and "load_cold" in tags and tags[0] == "machine_start"
+
+
+def test_sections_that_were_not_run_are_left_out():
+    results = {tag: r for tag, r in synthetic().items() if tag.startswith(("machine", "loss"))}
+    text = render(results, FULL, "cmd", 1.0, quick=False, plot=None)
+    assert "## Response-only loss" in text and "## Machine" in text
+    assert "## Model load" not in text and "## Training" not in text and "## Generation" not in text
