@@ -189,7 +189,7 @@ def train_oloraplus(spec: Spec) -> dict:
     cfg = TrainConfig(model=setup.model, data=setup.data, method="olora", ratio=setup.ratio, rank=setup.rank,
                       alpha=setup.alpha, lr=setup.lr, max_steps=setup.steps, batch_size=setup.batch_size,
                       max_length=setup.max_length, train_size=setup.train_size, eval_size=setup.eval_size,
-                      seed=setup.seed, logging_steps=max(1, setup.steps // 4), output=str(out))
+                      seed=setup.seed, output=str(out))  # logging (and its diagnostics) every 5 steps, the default
     try:
         result = train(cfg)
     finally:
