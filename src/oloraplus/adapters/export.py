@@ -11,7 +11,6 @@ import copy
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from safetensors.torch import save_file
 
 from oloraplus.adapters.olora import LoraFactors
 from oloraplus.errors import AdapterError
+from oloraplus.io import atomic_write_json
 
 METADATA_FILE = "oloraplus_adapter.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -46,18 +46,6 @@ def _base_relative_state(
         converted[f"{name}.lora_A.weight"] = torch.cat([A_t.float().cpu(), A_0.float()], dim=0)  # (2r, in)
         converted[f"{name}.lora_B.weight"] = torch.cat([B_t.float().cpu(), -B_0.float()], dim=1)  # (out, 2r)
     return {key: t.detach().cpu().contiguous() for key, t in converted.items()}
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_adapter(
@@ -96,7 +84,7 @@ def save_adapter(
             saved.base_model_name_or_path = getattr(peft_model.get_base_model(), "name_or_path", None) or None
         saved.save_pretrained(path)
     if extra_metadata is not None:
-        _write_json_atomic(path / METADATA_FILE, extra_metadata)
+        atomic_write_json(path / METADATA_FILE, extra_metadata)
     return path
 
 

@@ -10,18 +10,17 @@ counted from 0 ("record 0 (0-based)"), lines of a file from 1, as editors do.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from oloraplus.errors import DataError
+from oloraplus.models import HUB_ID
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "function_call": "assistant", "observation": "tool", "tool": "tool", "system": "system"}
 BUILTIN = "builtin:stdlib"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -241,7 +240,7 @@ def load_hub_dataset(dataset_id: str, split: str = "train") -> list[Example]:
 
 
 def looks_like_hub_id(source: str) -> bool:
-    return bool(_HUB_ID.match(source)) and Path(source).suffix not in (".json", ".jsonl")
+    return bool(HUB_ID.match(source)) and Path(source).suffix not in (".json", ".jsonl")
 
 
 def load_examples(source: str) -> list[Example]:
