@@ -56,6 +56,8 @@ class TrainConfig:
     seed: int = opt(42, "seed for data split, adapter init and training")
     target_modules: list[str] = opt([], "layer names to adapt (default: every linear layer in the blocks)")
     group_by_length: bool = opt(True, "batch examples of similar length (less padding, same data)")
+    response_only_loss: bool = opt(True, "run the output head only where the loss is scored (same loss, "
+                                         "less compute); off: the model's standard loss")
     logging_steps: int = opt(5, "log every N optimizer steps")
     eval_steps: int = opt(0, "also evaluate every N steps for the eval curve (0: only at the end)")
     eval_generate: int = opt(0, "at the end, generate for N eval examples and report BLEU/ROUGE")

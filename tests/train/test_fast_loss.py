@@ -6,10 +6,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, Trainer, TrainingArguments)
+                          LlamaForCausalLM, TrainingArguments)
 
 from oloraplus.data.collate import CausalLMCollator
 from oloraplus.errors import ModelError
+from oloraplus.train.trainer import RatioTrainer
 from oloraplus.train.fast_loss import (IGNORE_INDEX, next_token_targets, response_only_loss,
                                        supports_response_only_loss)
 
@@ -156,44 +157,33 @@ def test_a_model_that_cannot_mask_its_head_is_detected_and_refused():
     assert supports_response_only_loss(model) and model.training  # the probe restores the training mode
 
 
-class ResponseOnlyTrainer(Trainer):
-    """The hook proposed for RatioTrainer, mirroring Trainer.compute_loss's scaling."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.response_only = supports_response_only_loss(self.model)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if (return_outputs or not self.response_only or "labels" not in inputs
-                or self.label_smoother is not None or self.compute_loss_func is not None):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        count = num_items_in_batch if self.model_accepts_loss_kwargs else None
-        loss = response_only_loss(model, inputs, count)
-        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and count is not None:
-            scale = self.accelerator.num_processes // self.get_tp_size()
-            loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
-        return loss
-
-
-def test_trainer_hook_gives_the_same_training_with_gradient_accumulation(tmp_path):
+def test_ratio_trainer_trains_as_with_the_models_own_loss_under_gradient_accumulation(tmp_path):
+    """RatioTrainer's compute_loss hook against Trainer's: same losses and adapter weights after 2 steps."""
     g = torch.Generator().manual_seed(5)
     rows = []
     for i in range(8):
         ids = torch.randint(3, VOCAB, (6 + 3 * i,), generator=g).tolist()
         rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (2 + i) + ids[2 + i:]})
     trained = {}
-    for cls in (Trainer, ResponseOnlyTrainer):
+    for fast in (False, True):
         model = MODELS["llama"]()
-        args = TrainingArguments(output_dir=str(tmp_path / cls.__name__), per_device_train_batch_size=2,
+        args = TrainingArguments(output_dir=str(tmp_path / str(fast)), per_device_train_batch_size=2,
                                  gradient_accumulation_steps=2, max_steps=2, learning_rate=1e-2, report_to=[],
                                  use_cpu=True, save_strategy="no", logging_steps=1, seed=0,
                                  remove_unused_columns=False, disable_tqdm=True)
-        trainer = cls(model=model, args=args, train_dataset=rows, data_collator=CausalLMCollator(pad_token_id=0))
-        assert getattr(trainer, "response_only", True)
+        trainer = RatioTrainer(model=model, args=args, train_dataset=rows, response_only=fast,
+                               data_collator=CausalLMCollator(pad_token_id=0))
+        assert trainer.response_only is fast
         trainer.train()
         losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-        trained[cls] = ({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, losses)
-    (ref, ref_losses), (fast, fast_losses) = trained[Trainer], trained[ResponseOnlyTrainer]
+        trained[fast] = ({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, losses)
+    (ref, ref_losses), (fast, fast_losses) = trained[False], trained[True]
     assert fast_losses == pytest.approx(ref_losses, rel=1e-5) and len(ref_losses) == 2
     for name in ref:
         torch.testing.assert_close(fast[name], ref[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_ratio_trainer_falls_back_to_the_standard_loss_for_a_model_that_cannot_mask_its_head(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, save_strategy="no")
+    model = FullLogitsLM()
+    assert RatioTrainer(model=model, args=args).response_only is False

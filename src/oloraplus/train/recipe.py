@@ -162,6 +162,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     trainer = RatioTrainer(
         model=model, args=_training_arguments(cfg, run), train_dataset=prep.train_dataset,
         data_collator=collator, callbacks=callbacks, ratio=cfg.ratio,
+        response_only=cfg.response_only_loss,
     )
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback
 from oloraplus.errors import OloraError
 from oloraplus.optim.ratio import ratio_param_groups
 from oloraplus.train import checkpoint
+from oloraplus.train.fast_loss import response_only_loss, supports_response_only_loss
 
 LOSS_STATE = "oloraplus_loss_state-{rank}.json"  # per process: each one accumulates its own pending loss
 # What a failed checkpoint write raises: OSError from Python and fsync, RuntimeError from torch.save
@@ -68,12 +69,14 @@ class _RestoreLossState(TrainerCallback):
 class RatioTrainer(Trainer):
     """Trainer whose optimizer puts every A factor at η and every B factor at λη (LoRA+/OLoRA+)."""
 
-    def __init__(self, *args, ratio: float = 1.0, **kwargs):
+    def __init__(self, *args, ratio: float = 1.0, response_only: bool = True, **kwargs):
         self.ratio = ratio
         self._staging: Path | None = None
         self._resumed_from: str | None = None
         self._last_loss = math.nan  # of the latest micro-batch, reported when training diverges
         super().__init__(*args, **kwargs)
+        # Probed once: a model that ignores a boolean logits_to_keep falls back to its own loss.
+        self.response_only = response_only and supports_response_only_loss(self.model)
         self.add_callback(_FiniteParameters(self))
         self.add_callback(_RestoreLossState(self))
 
@@ -97,6 +100,19 @@ class RatioTrainer(Trainer):
             f"{kept}",
             what=what, step=step, loss=self._last_loss, last_checkpoint=last,
         )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's loss, with the V-wide output head applied only at scored positions (fast_loss)."""
+        if (return_outputs or not self.response_only or "labels" not in inputs
+                or self.label_smoother is not None or self.compute_loss_func is not None):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        count = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        loss = response_only_loss(model, inputs, count)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and count is not None:
+            # Trainer.compute_loss's rule: the count is global, DDP averages the gradients, so undo the mean.
+            scale = self.accelerator.num_processes // self.get_tp_size()
+            loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
