@@ -1,5 +1,9 @@
 """Errors a user can fix. The CLI prints them as one line and exits with code 2."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 
 class OloraError(Exception):
     """Bad input (file, record, field, flag): the message names what is wrong and where."""
@@ -19,3 +23,19 @@ class ModelError(OloraError):
 
 class AdapterError(OloraError):
     """An adapter cannot be built, saved, loaded or composed."""
+
+
+class NonFiniteLossError(OloraError):
+    """Training diverged (a NaN/inf loss or weight): the message names the step; earlier checkpoints are kept."""
+
+    def __init__(self, message: str, *, what: str, step: int, loss: float, last_checkpoint: Path | None):
+        super().__init__(message)
+        self.what = what
+        self.step = step
+        self.loss = loss
+        self.last_checkpoint = last_checkpoint
+
+    def record(self) -> dict:
+        """What `failure.json` keeps: enough to decide how to restart without reading the log."""
+        return {"error": self.what, "step": self.step, "loss": self.loss, "message": str(self),
+                "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None}

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import yaml
 
 from oloraplus.config import TrainConfig, to_dict
+from oloraplus.errors import NonFiniteLossError
 from oloraplus.train import rundir
 
 
@@ -34,10 +35,12 @@ def objective(cfg: TrainConfig) -> float:
 class FakeTrain:
     """Writes a run the way `train` does (`.partial` then rename) with `objective` as eval loss; counts calls."""
 
-    def __init__(self, fail_on_call: int | None = None, loss: Callable[[TrainConfig], float] = objective):
+    def __init__(self, fail_on_call: int | None = None, loss: Callable[[TrainConfig], float] = objective,
+                 diverges: Callable[[TrainConfig], bool] = lambda cfg: False):
         self.calls: list[str] = []
         self.fail_on_call = fail_on_call
         self.loss = loss
+        self.diverges = diverges
 
     def __call__(self, cfg: TrainConfig) -> dict:
         cfg.validate()
@@ -47,6 +50,10 @@ class FakeTrain:
         if self.fail_on_call == len(self.calls) + 1:
             raise KeyboardInterrupt  # killed mid-run: a half-written .partial stays behind
         self.calls.append(Path(cfg.output).name)
+        if self.diverges(cfg):  # as RatioTrainer does: a log up to the bad step, then the error
+            (run.work / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 9.5}) + "\n")
+            raise NonFiniteLossError("training stopped at step 2: the loss is not finite (loss nan)",
+                                     what="the loss is not finite", step=2, loss=math.nan, last_checkpoint=None)
         loss = self.loss(cfg)
         steps = cfg.max_steps
         (run.work / "log.jsonl").write_text(json.dumps({"step": steps, "eval_loss": loss}) + "\n")

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
-from experiment_helpers import FakeTrain
+from experiment_helpers import FakeTrain, objective
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from oloraplus.config import TrainConfig
 from oloraplus.errors import ConfigError
 from oloraplus.experiments.sweep import (
     RESULTS_FILE, plan_from_spec, plan_sweep, run_name, run_path, run_sweep, safe_component,
@@ -148,6 +150,33 @@ def test_a_finished_run_with_another_config_is_refused(tmp_path):
     message = str(exc.value)
     assert "method-olora_ratio-0.5" in message and "lr: 0.0003 != 0.001" in message and "\n" not in message
     assert fresh.calls == []
+
+
+def test_a_diverged_run_is_kept_as_a_result_and_the_sweep_goes_on(tmp_path, capsys):
+    spec = {"base": {"max_steps": 8}, "grid": {"method": ["olora"], "ratio": [1, 16]}, "seeds": [1, 2]}
+    sweep = write_sweep(tmp_path / "s.yaml", spec)
+    train = FakeTrain(diverges=lambda cfg: cfg.ratio == 16 and cfg.seed == 1)
+    run_sweep(sweep, tmp_path / "out", train_fn=train)
+    assert len(train.calls) == 4 and not list((tmp_path / "out" / "runs").glob("*.partial"))
+    assert "diverged at step 2 (the loss is not finite); kept as a result" in capsys.readouterr().err
+
+    bad = tmp_path / "out" / "runs" / "ratio-16_seed-1"
+    metrics = json.loads((bad / "metrics.json").read_text())
+    assert metrics == {"diverged": True, "diverged_step": 2, "diverged_reason": "the loss is not finite"}
+    failure = json.loads((bad / "failure.json").read_text())
+    assert failure["step"] == 2 and failure["last_checkpoint"] is None and (bad / "log.jsonl").is_file()
+    rows = {r["run"]: r for r in _rows(tmp_path / "out" / RESULTS_FILE)}
+    assert rows["ratio-16_seed-1"]["diverged"] == "True" and rows["ratio-16_seed-1"]["eval_loss"] == ""
+    assert rows["ratio-16_seed-2"]["eval_loss"] and rows["ratio-16_seed-2"]["diverged"] == ""
+
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "4 finished runs (1 diverged: NaN/inf loss)" in report and "ratio-16_seed-1" in report
+    loss_16 = objective(TrainConfig(ratio=16, seed=2, max_steps=8))
+    assert f"| olora λ=16 | 2 (1 diverged) | {loss_16:.4f} |" in report  # mean of the seed that trained
+
+    again = FakeTrain()
+    run_sweep(sweep, tmp_path / "out", train_fn=again)
+    assert again.calls == []  # a diverged run is finished: a rerun does not repeat it
 
 
 def test_an_output_that_is_a_file_is_refused(tmp_path):

@@ -42,6 +42,13 @@ def test_successive_halving_finds_the_known_best_ratio(tmp_path):
     assert (tmp_path / "tune.png").read_bytes().startswith(PNG)
 
 
+def test_a_diverging_ratio_drops_out_of_the_search_instead_of_stopping_it(tmp_path):
+    train = FakeTrain(diverges=lambda cfg: cfg.ratio >= 8)
+    result = tune.tune_ratio(TrainConfig(), tmp_path, grid=[0.5, 1, 2, 8, 16], min_steps=4, train_fn=train)
+    assert result.best_ratio == 2.0
+    assert math.isnan(result.rungs[0].losses[16.0]) and sorted(result.rungs[1].losses) == [0.5, 1.0, 2.0]
+
+
 def test_an_interrupted_search_resumes_without_retraining(tmp_path):
     killed = FakeTrain(fail_on_call=7)  # the second run of the second round
     with pytest.raises(KeyboardInterrupt):

@@ -58,9 +58,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _seeds_cell(arm: Arm) -> str:
+    """'2', or '2 (1 diverged)': the mean ± std of the metrics is over the seeds that did not diverge."""
+    diverged = sum(run.diverged for run in arm.runs)
+    return f"{len(arm.runs)} ({diverged} diverged)" if diverged else str(len(arm.runs))
+
+
 def results_table(arms: Sequence[Arm]) -> str:
     header = ["method", "seeds", *(title for _, title, _, _ in METRICS)]
-    rows = [[arm.label, str(len(arm.runs)), *(mean_std(arm.values(key), digits) for key, _, _, digits in METRICS)]
+    rows = [[arm.label, _seeds_cell(arm), *(mean_std(arm.values(key), digits) for key, _, _, digits in METRICS)]
             for arm in arms]
     return markdown_table(header, rows)
 
@@ -270,8 +276,12 @@ def write_report(directory: str | Path, baseline: dict[str, Any] | None = None) 
     lines = ["# Sweep report", ""]
     if plan.get("command"):
         lines += [f"Made by `{plan['command']}`.", ""]
-    lines += [f"{len(runs)} finished runs; seeds {', '.join(map(str, seeds))}; baseline "
+    diverged = [run.name for run in runs if run.diverged]
+    count = f"{len(runs)} finished runs" + (f" ({len(diverged)} diverged: NaN/inf loss)" if diverged else "")
+    lines += [f"{count}; seeds {', '.join(map(str, seeds))}; baseline "
               f"{_describe_selector(selector)}. Per-run numbers: `results.csv` and `runs/<name>/metrics.json`.", ""]
+    if diverged:
+        lines += [f"Diverged (no eval metrics; see `runs/<name>/failure.json`): {', '.join(diverged)}.", ""]
     for model, arms in grouped.items():
         suffix = "" if len(grouped) == 1 else "_" + safe_component(model)
         lines += model_section(model, arms, selector, directory / PLOTS_DIR, suffix)

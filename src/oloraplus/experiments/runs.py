@@ -26,6 +26,11 @@ class Run:
     metrics: dict[str, Any]
 
     @property
+    def diverged(self) -> bool:
+        """Stopped by a NaN/inf loss or weight (the sweep keeps it; it has no eval metrics)."""
+        return bool(self.metrics.get("diverged"))
+
+    @property
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
 

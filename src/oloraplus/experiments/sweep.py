@@ -8,6 +8,8 @@
 Each run goes to DIR/runs/<name>, the name made from the parameters that vary between runs.
 Running the same command again skips finished runs whose recorded config equals the plan,
 restarts unfinished ones, and refuses a finished run with a different config: two sweeps never mix.
+A run that diverges (NaN/inf loss, e.g. too large a λ) is a result, not a crash: it is kept with
+`metrics.json` saying where it stopped, and the sweep goes on with the next run.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from typing import Any, Callable
 import yaml
 
 from oloraplus.config import TrainConfig, build_config, read_yaml, to_dict
-from oloraplus.errors import ConfigError
+from oloraplus.errors import ConfigError, NonFiniteLossError
 from oloraplus.io import atomic_write_json, atomic_write_text
+from oloraplus.train import rundir
 
 SWEEP_KEYS = ("base", "grid", "seeds", "baseline")
 MANAGED = ("output", "overwrite", "resume")  # decided by the sweep for each run, never by the file
@@ -301,7 +304,13 @@ def execute(
         print(f"[{index}/{total}] {describe(run.params)}{status}", file=sys.stderr, flush=True)
         if finished:
             continue
-        trained_model = getattr(train_fn(run_config(output, run)), "model", None)
+        try:
+            trained_model = getattr(train_fn(run_config(output, run)), "model", None)
+        except NonFiniteLossError as exc:
+            record_divergence(output, run, exc)
+            print(f"  diverged at step {exc.step} ({exc.what}); kept as a result, going on", file=sys.stderr,
+                  flush=True)
+            trained_model = None
         if trained_model is not None:  # free it (PEFT wrappers hold reference cycles) before the next run
             del trained_model
             gc.collect()
@@ -313,6 +322,24 @@ def execute(
 
         write_report(output)
     return results
+
+
+def record_divergence(output: str | Path, run: PlannedRun, exc: NonFiniteLossError) -> Path:
+    """Finish a diverged run as DIR/runs/<name> (config, log, failure.json, metrics.json with no eval metric).
+
+    A rerun then skips it, results.csv lists it and the report counts it as diverged.
+    """
+    cfg = run_config(output, run)
+    paths = rundir.paths(cfg.output)
+    paths.work.mkdir(parents=True, exist_ok=True)
+    if not (paths.work / rundir.RUN_MARKER).is_file():  # the run stopped before writing its config
+        atomic_write_text(paths.work / rundir.RUN_MARKER, yaml.safe_dump({"config": to_dict(cfg)}, sort_keys=False))
+    record = {**exc.record(), "last_checkpoint": None}  # the sweep removes its checkpoints below
+    atomic_write_json(paths.work / "failure.json", record)
+    atomic_write_json(paths.work / "metrics.json", {"diverged": True, "diverged_step": exc.step,
+                                                     "diverged_reason": exc.what})
+    rundir.finish(paths)
+    return paths.final
 
 
 def _empty_accelerator_cache() -> None:

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import Trainer, TrainerCallback
 
-from oloraplus.errors import OloraError
+from oloraplus.errors import NonFiniteLossError
 from oloraplus.optim.ratio import ratio_param_groups
 from oloraplus.train import checkpoint
 from oloraplus.train.fast_loss import response_only_loss, supports_response_only_loss
@@ -26,22 +26,6 @@ LOSS_STATE = "oloraplus_loss_state-{rank}.json"  # per process: each one accumul
 # What a failed checkpoint write raises: OSError from Python and fsync, RuntimeError from torch.save
 # ("PytorchStreamWriter failed writing file" on a full disk), SafetensorError from safetensors.
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
-
-
-class NonFiniteLossError(OloraError):
-    """Training diverged (a NaN/inf loss or weight): the message names the step; earlier checkpoints are kept."""
-
-    def __init__(self, message: str, *, what: str, step: int, loss: float, last_checkpoint: Path | None):
-        super().__init__(message)
-        self.what = what
-        self.step = step
-        self.loss = loss
-        self.last_checkpoint = last_checkpoint
-
-    def record(self) -> dict:
-        """What `failure.json` keeps: enough to decide how to restart without reading the log."""
-        return {"error": self.what, "step": self.step, "loss": self.loss, "message": str(self),
-                "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None}
 
 
 class _FiniteParameters(TrainerCallback):
