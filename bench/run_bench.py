@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from oloraplus.config import TrainConfig
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 DATA = REPO.parent / "shared" / "data" / "alpaca_en_demo.json"  # read in place, never copied
@@ -39,7 +41,7 @@ class Sizes:
     loss_reps: int  # timed passes (each runs both losses on every batch)
     gen_prompts: int
     gen_tokens: int
-    gen_batch: int
+    gen_batches: tuple[int, ...]  # generate_batched is timed at each; the product default is among them
     seq_lens: tuple[int, ...]
     seq_batch: int
     ranks: tuple[int, ...]
@@ -54,13 +56,17 @@ class Sizes:
 
 
 FULL = Sizes(steps=12, batch=4, eval_size=32, max_length=512, loss_batches=2, loss_reps=3, gen_prompts=64,
-             gen_tokens=32, gen_batch=16, seq_lens=(128, 256, 512, 1024), seq_batch=2, ranks=(8, 16, 32, 64, 128),
+             gen_tokens=32, gen_batches=(16, 32, 64), seq_lens=(128, 256, 512, 1024), seq_batch=2, ranks=(8, 16, 32, 64, 128),
              rank_seq=256, rank_batch=2, step_reps=2, cold_load=True, matmul_n=2048, matmul_reps=8, reps=3,
              init_blocks=None)
 QUICK = Sizes(steps=2, batch=2, eval_size=4, max_length=128, loss_batches=1, loss_reps=1, gen_prompts=4,
-              gen_tokens=8, gen_batch=4, seq_lens=(64, 128), seq_batch=1, ranks=(8, 32), rank_seq=64, rank_batch=1,
+              gen_tokens=8, gen_batches=(2, 4), seq_lens=(64, 128), seq_batch=1, ranks=(8, 32), rank_seq=64, rank_batch=1,
               step_reps=1, cold_load=False, matmul_n=1024, matmul_reps=3, reps=1,
               init_blocks=2)
+
+
+GENERATE_BATCH = TrainConfig().generate_batch_size  # what `train --eval-generate` and `eval --generate` use
+META = "_meta"  # results.json key of the commands that made it (not a measurement)
 
 
 def run_child(worker: str, spec: dict, workdir: Path, tag: str, threads: int | None = None) -> dict:
@@ -104,11 +110,15 @@ def plan(sizes: Sizes, data: str, sections: set[str]) -> list[tuple[str, str, st
                                                       "blocks": sizes.init_blocks}))
     jobs.append(("train", "train_baseline", "train_baseline", {"setup": setup}))
     jobs.append(("train", "train_oloraplus", "train_oloraplus", {"setup": setup}))
+    # The same batches in the same order as the baseline (random sampler, same seed): only the padding differs,
+    # so the eval loss must match the baseline's to rounding; the grouped run above trades that for speed.
+    jobs.append(("train", "train_oloraplus_same_order", "train_oloraplus", {"setup": setup, "group_by_length": False}))
     jobs.append(("loss", "loss_compare", "loss_compare",
                  {"setup": setup, "batches": sizes.loss_batches, "reps": sizes.loss_reps}))
     jobs.append(("generate", "generation", "generation", {"setup": setup, "prompts": sizes.gen_prompts,
                                                           "max_new_tokens": sizes.gen_tokens,
-                                                          "batch_size": sizes.gen_batch}))
+                                                          "batch_sizes": sizes.gen_batches,
+                                                          "default_batch_size": GENERATE_BATCH}))
     for seq in sizes.seq_lens:
         jobs.append(("scaling", f"seq_{seq}", "step_scaling",
                      {**model, "rank": 32, "seq": seq, "batch": sizes.seq_batch, "reps": sizes.step_reps}))
@@ -137,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads per child (default: torch's, one per core); "
                         "use fewer than the idle cores on a shared machine")
     parser.add_argument("--only", help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--update", action="store_true", help="keep the numbers of the sections not run from the "
+                        "existing results.json beside --out (with --only: re-measure some sections)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -156,21 +168,31 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{command.strip()}  ({'quick' if args.quick else 'full'} sizes; load average {os.getloadavg()[0]:.2f})",
           flush=True)
     t0 = time.perf_counter()
+    out = Path(args.out)
     results: dict[str, dict] = {}
+    commands = [command.strip()]
+    if args.update:
+        try:
+            results = json.loads(out.with_suffix(".json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            parser.error(f"--update: cannot read {out.with_suffix('.json')}: {exc}")
+        earlier = results.pop(META, {}).get("commands", ["an earlier `python bench/run_bench.py`"])
+        commands = [*earlier, *commands]
     workdir = Path(tempfile.mkdtemp(prefix="oloraplus-bench-"))
     for section, tag, worker, spec in plan(sizes, args.data, sections):
         results[tag] = run_child(worker, spec, workdir, tag, args.threads)
         results[tag]["spec"] = spec
-    failed = any("error" in r for r in results.values())
+    failed = any("error" in results[tag] for _, tag, _, _ in plan(sizes, args.data, sections))
     if not failed:  # on failure the logs stay for reading
         shutil.rmtree(workdir, ignore_errors=True)
     sys.path.insert(0, str(BENCH))
     from report import render, summary_lines, write_scaling_plot
 
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))  # the raw numbers behind the table
+    # the raw numbers behind the table, and the command(s) that measured them
+    out.with_suffix(".json").write_text(json.dumps({**results, META: {"commands": commands}}, indent=1))
     plot = write_scaling_plot(results, out.with_name(out.stem + "_scaling.png"))
-    out.write_text(render(results, sizes, command.strip(), time.perf_counter() - t0, quick=args.quick, plot=plot))
+    out.write_text(render(results, sizes, ", then ".join(f"`{c}`" for c in commands), time.perf_counter() - t0, quick=args.quick,
+                          plot=plot))
     print("\n".join(summary_lines(results)))
     print(f"wrote {out}, {out.with_suffix('.json')}" + (f", {plot}" if plot else "")
           + f" in {time.perf_counter() - t0:.0f} s")

@@ -189,7 +189,8 @@ def train_oloraplus(spec: Spec) -> dict:
     cfg = TrainConfig(model=setup.model, data=setup.data, method="olora", ratio=setup.ratio, rank=setup.rank,
                       alpha=setup.alpha, lr=setup.lr, max_steps=setup.steps, batch_size=setup.batch_size,
                       max_length=setup.max_length, train_size=setup.train_size, eval_size=setup.eval_size,
-                      seed=setup.seed, output=str(out))  # logging (and its diagnostics) every 5 steps, the default
+                      seed=setup.seed, output=str(out),  # logging (and its diagnostics) every 5 steps, the default
+                      group_by_length=spec.get("group_by_length", True))
     try:
         result = train(cfg)
     finally:
@@ -292,7 +293,7 @@ def step_scaling(spec: Spec) -> dict:
 
 
 def generation(spec: Spec) -> dict:
-    """generate_batched vs generate_one_by_one on the same Alpaca prompts, on an OLoRA-adapted model."""
+    """generate_batched at each batch size vs generate_one_by_one on the same Alpaca prompts (OLoRA-adapted model)."""
     setup = RunSetup(**spec["setup"])
     model, tokenizer = _adapted(setup.model, setup.rank, setup.alpha)
     examples, _ = split_examples(load_examples(setup.data), spec["prompts"], 0, setup.seed)
@@ -300,13 +301,16 @@ def generation(spec: Spec) -> dict:
     new = spec["max_new_tokens"]
     generate_batched(model, tokenizer, prompts[:2], max_new_tokens=2)  # warm-up: first-call costs are not speed
     t0 = time.perf_counter()
-    batched = generate_batched(model, tokenizer, prompts, max_new_tokens=new, batch_size=spec["batch_size"])
-    batched_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
     single = generate_one_by_one(model, tokenizer, prompts, max_new_tokens=new)
     single_s = time.perf_counter() - t0
-    return {"prompts": len(prompts), "max_new_tokens": new, "batch_size": spec["batch_size"], "batched_s": batched_s,
-            "one_by_one_s": single_s, "identical": sum(a == b for a, b in zip(batched, single))}
+    batched = {}
+    for batch_size in spec["batch_sizes"]:
+        t0 = time.perf_counter()
+        outputs = generate_batched(model, tokenizer, prompts, max_new_tokens=new, batch_size=batch_size)
+        batched[str(batch_size)] = {"seconds": time.perf_counter() - t0,
+                                    "identical": sum(a == b for a, b in zip(outputs, single))}
+    return {"prompts": len(prompts), "max_new_tokens": new, "one_by_one_s": single_s, "batched": batched,
+            "default_batch_size": spec["default_batch_size"]}
 
 
 WORKERS: dict[str, Callable[[Spec], dict]] = {

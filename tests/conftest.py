@@ -6,6 +6,7 @@ them in seconds. The real SmolLM2 is used by the few tests marked `smollm2`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -61,6 +62,32 @@ def save_model_dir(path: Path, model, tokenizer) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count set to n inside the block. Tiny matmuls on a shared 2-core machine are
+    several times (up to ~50×) slower with 2 spinning threads; a killed-and-resumed run must also sum in
+    the same order as its reference, which needs the same count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """For module-scoped fixtures that train (function-scoped `one_thread` is set up after them)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,7 @@ class TrainConfig:
     eval_steps: int = opt(0, "also evaluate every N steps for the eval curve (0: only at the end)")
     eval_generate: int = opt(0, "at the end, generate for N eval examples and report BLEU/ROUGE")
     max_new_tokens: int = opt(128, "tokens generated per example by --eval-generate")
+    generate_batch_size: int = opt(32, "prompts decoded together by --eval-generate (left-padded, KV cache)")
     save_steps: int = opt(0, "write a resumable checkpoint every N steps (0: none)")
     resume: bool = opt(False, "continue from the last checkpoint in --output")
     trust_remote_code: bool = opt(False, "allow model code from the hub to run (off by default)")
@@ -78,7 +79,7 @@ class TrainConfig:
         positive = {"rank": self.rank, "alpha": self.alpha, "lr": self.lr, "epochs": self.epochs,
                     "batch_size": self.batch_size, "grad_accum": self.grad_accum, "train_size": self.train_size,
                     "eval_size": self.eval_size, "logging_steps": self.logging_steps,
-                    "max_new_tokens": self.max_new_tokens}
+                    "max_new_tokens": self.max_new_tokens, "generate_batch_size": self.generate_batch_size}
         for name, value in positive.items():
             if not (_finite(value) and value > 0):
                 raise ConfigError(f"{flag(name)}: must be > 0, got {value}")

@@ -42,12 +42,9 @@ def build_model(arch: str, seed: int = 0) -> torch.nn.Module:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls on a shared 2-core machine are ~50x slower with 2 spinning threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_thread):
+    """Every adapter test on one torch thread (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -62,6 +62,57 @@ def test_kron_matvec_forward_and_gradients_equal_materialised(m, n, lead):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
+def _kron_reference(A, B, x):
+    return x @ torch.kron(A, B.T.contiguous()).T
+
+
+def test_backward_keeps_nothing_but_the_inputs():
+    """The reason for the custom Function: autograd would otherwise keep Z = X·B (r_high² per row) per layer."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(24, 24, generator=g, requires_grad=True)
+    B = torch.randn(24, 24, generator=g, requires_grad=True)
+    x = torch.randn(64, 576, generator=g, requires_grad=True)
+    inputs = {t.untyped_storage().data_ptr() for t in (A, B, x)}
+
+    def saved_by(fn):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = fn(A, B, x)
+        return out, [t for t in saved if t.untyped_storage().data_ptr() not in inputs]
+
+    y, own = saved_by(kron_matvec)
+    y_ref, own_ref = saved_by(_kron_reference)
+    assert own == []  # kron_matvec keeps only x, A and B
+    assert any(t.numel() == 576 * 576 for t in own_ref)  # the materialised path keeps the m×n product
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_gradients_of_the_factors_alone_when_the_input_needs_none():
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(4, 6, generator=g, requires_grad=True)
+    B = torch.randn(8, 6, generator=g, requires_grad=True)
+    x = torch.randn(3, 48, generator=g)  # the first adapted layer's input: no gradient wanted
+    got = torch.autograd.grad(kron_matvec(A, B, x).square().sum(), (A, B))
+    ref = torch.autograd.grad(_kron_reference(A, B, x).square().sum(), (A, B))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_bf16_autocast_runs_in_bf16_and_stays_close_to_float32():
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(12, 12, generator=g, requires_grad=True)
+    B = torch.randn(12, 12, generator=g, requires_grad=True)
+    x = torch.randn(16, 144, generator=g, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kron_matvec(A, B, x)
+    assert y.dtype == torch.bfloat16
+    got = torch.autograd.grad(y.float().sum(), (A, B, x))
+    ref = torch.autograd.grad(_kron_reference(A, B, x).sum(), (A, B, x))
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype == torch.float32  # gradients come back in each input's dtype
+        assert (a - b).norm() <= 2e-2 * b.norm()
+
+
 def _matrix_with_known_R(m: int, n: int, diag: list[float], seed: int) -> np.ndarray:
     """W = Q_true · R_true with |diag R_true| given: QR is unique up to signs, so |R_kk| of any QR of W is `diag`."""
     rng = np.random.default_rng(seed)

@@ -36,8 +36,9 @@ def synthetic() -> dict:
                          "peak_step_mib": {"standard": 500.0, "response_only": 300.0}, "max_abs_loss_diff": 1e-7,
                          "max_abs_grad_diff": 1e-8, "real_tokens_per_step": 700, "scored_tokens_per_step": 350,
                          "spec": {"setup": setup, "batches": 3, "reps": 4}},
-        "generation": {"prompts": 64, "max_new_tokens": 32, "batch_size": 16, "batched_s": 10.0,
-                       "one_by_one_s": 40.0, "identical": 64},
+        "train_oloraplus_same_order": {**training(150.0, 13.0, 1.30), "spec": {"setup": setup}},
+        "generation": {"prompts": 64, "max_new_tokens": 32, "one_by_one_s": 40.0, "default_batch_size": 32,
+                       "batched": {"16": {"seconds": 10.0, "identical": 64}, "32": {"seconds": 8.0, "identical": 63}}},
     }
     for seq, seconds in [(128, 1.0), (256, 2.0), (512, 5.0)]:
         results[f"seq_{seq}"] = {"step_s": seconds, "peak_step_mib": seq / 2, "model_flops": 1e9 * seq,
@@ -57,12 +58,15 @@ def test_every_section_renders_with_its_ratios(tmp_path):
     assert "| 75 % |" in text  # padding share: 1 − 2000/8000
     assert "| 50.0 % | 50.0 % |" in text  # MFU: 50 GFLOP/s of 100
     assert "**1.20× faster**" in text and "-200 MiB" in text  # response-only loss
-    assert "**10.0×**" in text and "**4.0×**" in text and "64 / 64" in text  # init, generation
+    assert "**10.0×**" in text  # init
+    assert "| `generate_batched`, batch 16 | 10.0 s | **4.0×** | 64 / 64 |" in text
+    assert "| `generate_batched`, batch 32 (the default) | 8.0 s | **5.0×** | 63 / 64 |" in text
+    assert "**1.50× faster**" in text and "| Δ = +0.0000 |" in text  # the same-order run: 150 vs 100 tokens/s
     assert "40.0 s" in text and "Noisy machine" not in text
     ratios = [line.rsplit("|", 2)[-2].strip() for line in text.splitlines() if line.startswith(("| 128 |", "| 256 |",
                                                                                                 "| 512 |"))]
     assert ratios == ["1.00", "1.00", "1.25"]  # 5 s for 4× the tokens of 1 s
-    assert len(summary_lines(synthetic())) == 6 + 5  # one line per section, one per scaling row
+    assert len(summary_lines(synthetic())) == 7 + 5  # one line per section (two for training), one per scaling row
 
 
 def test_a_failed_measurement_is_reported_not_fatal():
@@ -74,7 +78,8 @@ def test_a_failed_measurement_is_reported_not_fatal():
 
 def test_plan_runs_each_measurement_once_and_filters_sections():
     jobs = plan(FULL, "/data.json", {"train", "loss"})
-    assert [tag for _, tag, _, _ in jobs] == ["train_baseline", "train_oloraplus", "loss_compare"]
+    assert [tag for _, tag, _, _ in jobs] == ["train_baseline", "train_oloraplus", "train_oloraplus_same_order",
+                                              "loss_compare"]
     tags = [tag for _, tag, _, _ in plan(FULL, "/data.json", {"machine", "load", "init", "train", "loss",
                                                                "generate", "scaling"})]
     assert len(tags) == len(set(tags)) and "load_cold" in tags and tags[0] == "machine_start"
@@ -85,3 +90,22 @@ def test_sections_that_were_not_run_are_left_out():
     text = render(results, FULL, "cmd", 1.0, quick=False, plot=None)
     assert "## Response-only loss" in text and "## Machine" in text
     assert "## Model load" not in text and "## Training" not in text and "## Generation" not in text
+
+
+def test_update_re_measures_some_sections_and_keeps_the_others(tmp_path):
+    import json
+
+    from run_bench import main
+
+    out = tmp_path / "results.md"
+    kept = {tag: r for tag, r in synthetic().items() if tag.startswith("train_")}
+    (tmp_path / "results.json").write_text(json.dumps({**kept, "_meta": {"commands": ["python bench/run_bench.py"]}}))
+    data = tmp_path / "data.json"
+    data.write_text("[]")
+    assert main(["--quick", "--only", "machine", "--update", "--out", str(out), "--data", str(data)]) == 0
+    text = out.read_text()
+    assert "## Training side by side" in text and "**2.00× faster**" in text  # kept from the earlier run
+    assert "## Machine" in text and "Test CPU" not in text  # measured again, on this machine
+    assert text.count("`python bench/run_bench.py") == 2 and "--update" in text  # both commands
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["train_baseline"] == kept["train_baseline"] and len(saved["_meta"]["commands"]) == 2

@@ -63,25 +63,13 @@ def _cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny matrices on a shared 2-core machine: one intra-op thread is faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def finished(tiny_llama_dir, tmp_path_factory):
+def finished(tiny_llama_dir, tmp_path_factory, one_thread_module):
     """One three-domain study, run once through the CLI, shared by the tests that only read it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in one_thread, for the whole module's shared study
     root = tmp_path_factory.mktemp("study")
     spec = _spec(root / "study.yaml", tiny_llama_dir, _write_domains(root / "data"))
     assert _cli(["compose-study", str(spec), "--output", str(root / "out")]) == 0
-    yield spec, root / "out"
-    torch.set_num_threads(threads)
+    return spec, root / "out"
 
 
 def test_study_writes_every_file_and_table(finished):

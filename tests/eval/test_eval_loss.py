@@ -54,11 +54,24 @@ def tiny_model(make_model):
     return make_model(VOCAB, seed=3)
 
 
+class FullHeadOnly(torch.nn.Module):
+    """The same model, but its forward has no `logits_to_keep`: evaluation must fall back to full logits."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+@pytest.mark.parametrize("head", ["scored positions only", "full logits"])
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 8])
-def test_token_weighted_loss_matches_hand_computation(tiny_model, batch_size):
+def test_token_weighted_loss_matches_hand_computation(tiny_model, batch_size, head):
     rows = make_rows()
     expected, count = reference_loss(tiny_model, rows)
-    got = evaluate_loss(tiny_model, rows, collate, batch_size=batch_size)
+    model = tiny_model if head == "scored positions only" else FullHeadOnly(tiny_model)
+    got = evaluate_loss(model, rows, collate, batch_size=batch_size)
     assert got["eval_tokens"] == count == sum(n for _, n in SHAPES) - sum(1 for p, _ in SHAPES if p == 0)
     assert got["eval_loss"] == pytest.approx(expected, rel=1e-6)
     assert got["perplexity"] == pytest.approx(math.exp(expected), rel=1e-6)

@@ -7,21 +7,11 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from oloraplus.experiments.cli import add_parsers
 from oloraplus.train import recipe
 from oloraplus.train.recipe import TIMING_KEYS
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny matrices on a shared 2-core machine: one intra-op thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _sweep_file(tmp_path: Path, model: Path, data: Path) -> Path:

@@ -35,24 +35,16 @@ def flags(model_dir, data, out, *extra: str) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _single_thread(one_thread):
     """The killed run is a subprocess with OMP_NUM_THREADS=1: the same thread count keeps float sums identical."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_llama_dir, alpaca_file, tmp_path_factory) -> Path:
-    """The same command, never interrupted (set up before `one_thread`, so it sets the thread count itself)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def reference(tiny_llama_dir, alpaca_file, tmp_path_factory, one_thread_module) -> Path:
+    """The same command, never interrupted."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    try:
-        assert main(flags(tiny_llama_dir, alpaca_file, out)) == 0
-    finally:
-        torch.set_num_threads(before)
+    assert main(flags(tiny_llama_dir, alpaca_file, out)) == 0
     return out
 
 

@@ -65,12 +65,19 @@ def apply_olora_(peft_model: torch.nn.Module, adapter_name: str = "default") -> 
             Q_r, R_r = olora_factors(W, layer.r[adapter_name])
         except AdapterError as exc:
             raise AdapterError(f"layer '{name}': {exc}") from None
-        W_res = W - s * (Q_r @ R_r)  # W' = W − s·B·A
         with torch.no_grad():
             layer.lora_B[adapter_name].weight.copy_(Q_r)
             layer.lora_A[adapter_name].weight.copy_(R_r)
-            base.weight.copy_(W_res.T if conv1d else W_res)
-        factors[name] = LoraFactors(A=R_r.detach().cpu().clone(), B=Q_r.detach().cpu().clone())
+            weight = base.weight
+            if weight.dtype == torch.float32:  # W' = W − s·B·A in place: no m×n temporary, one pass over W
+                if conv1d:
+                    weight.addmm_(R_r.T, Q_r.T, alpha=-s)  # Conv1D stores Wᵀ
+                else:
+                    weight.addmm_(Q_r, R_r, alpha=-s)
+            else:  # a low-precision base: subtract in float32, round once
+                W_res = W - s * (Q_r @ R_r)
+                weight.copy_((W_res.T if conv1d else W_res).to(weight.dtype))
+        factors[name] = LoraFactors(A=R_r.cpu(), B=Q_r.cpu())  # fresh tensors, not views of the parameters
     if not factors:
         raise AdapterError(f"adapter '{adapter_name}': the model has no LoRA layers to initialise")
     peft_model.peft_config[adapter_name].init_lora_weights = "olora"  # tells save_adapter the base was shifted

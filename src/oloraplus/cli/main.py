@@ -48,7 +48,8 @@ def _eval(args: argparse.Namespace) -> int:
     from oloraplus.eval.run_eval import evaluate_run
 
     metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
-                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                           generate_batch_size=args.generate_batch_size)
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return 0
 
@@ -91,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--generate", type=int, default=0, metavar="N",
                     help="greedy-generate for N eval examples (batched, KV cache) and report BLEU/ROUGE")
     ev.add_argument("--max-new-tokens", type=int, default=128, metavar="K")
-    ev.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
+    ev.add_argument("--batch-size", type=int, default=None, help="examples per eval-loss batch (default: the run's "
+                    "batch size)")
+    ev.add_argument("--generate-batch-size", type=int, default=None, metavar="B",
+                    help="prompts decoded together by --generate (default: the run's, 32)")
     ev.set_defaults(func=_eval)
 
     merge = sub.add_parser(

@@ -2,7 +2,9 @@
 
 The mean of per-batch means would weight a token in a short batch more than one in a long batch,
 so the result would change with batch size and with the number of processes. We sum the NLL of
-every label token and divide once by the number of label tokens.
+every label token and divide once by the number of label tokens. Where the model supports it the
+output head runs only at the scored positions (`train.fast_loss`): the V-wide logits of the prompt
+and padding positions were the largest allocation of an evaluation.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from oloraplus.errors import DataError
+from oloraplus.train.fast_loss import scored_nll, supports_response_only_loss
 
 IGNORE_INDEX = -100  # label of prompt and padding tokens (the Hugging Face convention)
 _COLUMNS = ("input_ids", "attention_mask", "labels")
@@ -58,14 +61,19 @@ def evaluate_loss(
     nll_total = torch.zeros((), dtype=torch.float64, device=device)
     tokens_total = torch.zeros((), dtype=torch.int64, device=device)
     was_training = model.training
+    response_only = supports_response_only_loss(model)
     model.eval()
     try:
         with torch.inference_mode():
             for start in range(0, len(indices), batch_size):
                 batch = collator([_row(dataset, i) for i in indices[start : start + batch_size]])
                 inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask") if key in batch}
-                nll, count = _nll_sum(model(**inputs).logits, batch["labels"].to(device))
-                nll_total += nll
+                labels = batch["labels"].to(device)
+                if response_only:
+                    nll, count = scored_nll(model, {**inputs, "labels": labels})
+                else:
+                    nll, count = _nll_sum(model(**inputs).logits, labels)
+                nll_total += nll.double()
                 tokens_total += count
     finally:
         model.train(was_training)

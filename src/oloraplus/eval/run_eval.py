@@ -51,7 +51,7 @@ def load_run_config(run_dir: Path):
 
 
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int = 0, max_new_tokens: int = 128,
-                 batch_size: int | None = None) -> dict[str, Any]:
+                 batch_size: int | None = None, generate_batch_size: int | None = None) -> dict[str, Any]:
     """Reload base + adapter, evaluate on the run's eval split (or `data`), merge into metrics.json."""
     from oloraplus.adapters.export import load_adapter, load_metadata
     from oloraplus.data.collate import CausalLMCollator
@@ -73,7 +73,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     metrics: dict[str, Any] = dict(evaluate_loss(model, prep.eval_dataset, collator, batch_size=batch))
     if generate:
         gen_metrics, rows = generation_eval(model, prep.loaded.tokenizer, prep.eval_examples, generate,
-                                            max_new_tokens, batch)
+                                            max_new_tokens, generate_batch_size or cfg.generate_batch_size)
         metrics.update(gen_metrics)
         write_generations(run_dir / "generations.jsonl", rows)
     metrics_path = run_dir / "metrics.json"

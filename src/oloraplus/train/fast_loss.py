@@ -29,13 +29,11 @@ def next_token_targets(labels: Tensor) -> Tensor:
     return F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
 
 
-def response_only_loss(model: torch.nn.Module, inputs: Mapping[str, Any],
-                       num_items_in_batch: Tensor | int | None = None) -> Tensor:
-    """Σ NLL of the trained tokens / num_items_in_batch, or their mean when it is None: HF's loss, cheaper.
+def scored_nll(model: torch.nn.Module, inputs: Mapping[str, Any]) -> tuple[Tensor, int]:
+    """(Σ NLL over the scored positions, their count), the output head applied only at those positions.
 
     `inputs` holds `labels` (or pre-shifted `shift_labels`, as padding-free collators give) and the
-    model's inputs. The value and the gradients equal `model(**inputs).loss` with the same
-    `num_items_in_batch` (the Trainer's count for gradient accumulation).
+    model's inputs. Shared by training (`response_only_loss`) and evaluation (`eval.loss`).
     """
     inputs = dict(inputs)
     labels = inputs.pop("labels", None)
@@ -50,6 +48,17 @@ def response_only_loss(model: torch.nn.Module, inputs: Mapping[str, Any],
         raise ModelError(f"{type(model).__name__}: returned logits of shape {tuple(logits.shape)} for a boolean "
                          f"logits_to_keep mask of {n_kept} positions; this model needs the standard loss")
     nll = F.cross_entropy(logits.float(), targets[keep].to(logits.device), reduction="sum")  # float: as HF upcasts
+    return nll, n_kept
+
+
+def response_only_loss(model: torch.nn.Module, inputs: Mapping[str, Any],
+                       num_items_in_batch: Tensor | int | None = None) -> Tensor:
+    """Σ NLL of the trained tokens / num_items_in_batch, or their mean when it is None: HF's loss, cheaper.
+
+    The value and the gradients equal `model(**inputs).loss` with the same `num_items_in_batch`
+    (the Trainer's count for gradient accumulation).
+    """
+    nll, n_kept = scored_nll(model, inputs)
     if num_items_in_batch is None:
         return nll / n_kept  # the mean of the label tokens (nan when there are none, as in HF)
     if torch.is_tensor(num_items_in_batch):

@@ -175,7 +175,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     generations: list = []
     if cfg.eval_generate:
         gen_metrics, generations = generation_eval(model, prep.loaded.tokenizer, prep.eval_examples,
-                                                   cfg.eval_generate, cfg.max_new_tokens, cfg.batch_size)
+                                                   cfg.eval_generate, cfg.max_new_tokens,
+                                                   cfg.generate_batch_size)
         final_eval.update(gen_metrics)
 
     train_logs = [r for r in state.log_history if "loss" in r]
