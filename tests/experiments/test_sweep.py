@@ -179,6 +179,23 @@ def test_a_diverged_run_is_kept_as_a_result_and_the_sweep_goes_on(tmp_path, caps
     assert again.calls == []  # a diverged run is finished: a rerun does not repeat it
 
 
+def test_extending_the_grid_with_a_new_option_moves_finished_runs_instead_of_retraining(tmp_path, capsys):
+    spec = {"base": {"max_steps": 8}, "grid": {"ratio": [1, 2]}, "seeds": [1]}
+    sweep = write_sweep(tmp_path / "s.yaml", spec)
+    run_sweep(sweep, tmp_path / "out", train_fn=FakeTrain())
+    before = (tmp_path / "out" / "runs" / "ratio-2" / "metrics.json").read_text()
+
+    write_sweep(sweep, {**spec, "grid": [{"ratio": [1, 2]}, {"ratio": [1], "lr": [1e-3]}]})  # lr now varies
+    extension = FakeTrain()
+    run_sweep(sweep, tmp_path / "out", train_fn=extension)
+    assert extension.calls == ["ratio-1_lr-0.001"]
+    runs = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
+    assert runs == ["ratio-1_lr-0.0003", "ratio-1_lr-0.001", "ratio-2_lr-0.0003"]
+    assert (tmp_path / "out" / "runs" / "ratio-2_lr-0.0003" / "metrics.json").read_text() == before
+    assert "ratio-2 -> ratio-2_lr-0.0003 (same config, finished earlier)" in capsys.readouterr().err
+    assert len(_rows(tmp_path / "out" / RESULTS_FILE)) == 3
+
+
 def test_an_output_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):

@@ -242,6 +242,30 @@ def is_finished(output: str | Path, run: PlannedRun) -> bool:
     return True
 
 
+def adopt_renamed_runs(plan: SweepPlan, output: str | Path) -> list[tuple[str, str]]:
+    """Give finished runs whose name the plan no longer uses the planned name of the same config.
+
+    A run's name lists the options that vary, so extending the grid with a new option (e.g. a second
+    lr) renames every run; a finished run with exactly the planned config is moved, not retrained.
+    """
+    runs_dir = Path(output) / RUNS_DIR
+    planned = {run.name for run in plan.runs}
+    orphans = [d for d in sorted(runs_dir.glob("*")) if d.is_dir() and d.name not in planned
+               and not d.name.endswith(".partial") and (d / "metrics.json").is_file()] if runs_dir.is_dir() else []
+    moved = []
+    for run in plan.runs:
+        target = run_path(output, run)
+        if target.exists() or target.with_name(target.name + ".partial").exists():
+            continue
+        match = next((d for d in orphans if not config_differences(run.config, recorded_config(d))), None)
+        if match is not None:
+            match.rename(target)
+            orphans.remove(match)
+            moved.append((match.name, run.name))
+            print(f"  {match.name} -> {run.name} (same config, finished earlier)", file=sys.stderr, flush=True)
+    return moved
+
+
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
 
@@ -294,6 +318,7 @@ def execute(
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output}: exists and is not a directory")
+    adopt_renamed_runs(plan, output)
     done = [is_finished(output, run) for run in plan.runs]  # refuse a mixed directory before training
     output.mkdir(parents=True, exist_ok=True)
     _write_plan(plan, output, command)
