@@ -65,6 +65,9 @@ def machine_section(results: Results) -> list[str]:
                   load),
              "", f"{m['platform']} · Python {v['python']} · torch {v['torch']} · transformers {v['transformers']}"
                  f" · peft {v['peft']} · oloraplus {v['oloraplus']}", ""]
+    if "cuda_device" in m:  # recorded since the bench learned to ask
+        lines += [f"CUDA device: {m['cuda_device']}." if m["cuda_device"] else
+                  "CUDA: not available on this machine; every number below is CPU, fp32.", ""]
     if m["loadavg"][0] > 0.5 * m["usable_cpus"]:
         lines += [f"> **Noisy machine**: the load average was {m['loadavg'][0]:.2f} on {m['usable_cpus']} CPUs "
                   "when the run started; other processes competed for the cores and every timing is inflated.", ""]

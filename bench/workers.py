@@ -91,6 +91,7 @@ def machine(spec: Spec) -> dict:
         "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(), "platform": platform.platform(), "versions": package_versions(),
         "loadavg": os.getloadavg(), **matmul_rate(spec["matmul_n"], spec["matmul_reps"]),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 

@@ -106,6 +106,10 @@ def test_update_re_measures_some_sections_and_keeps_the_others(tmp_path):
     text = out.read_text()
     assert "## Training side by side" in text and "**2.00× faster**" in text  # kept from the earlier run
     assert "## Machine" in text and "Test CPU" not in text  # measured again, on this machine
+    import torch
+
+    cuda_line = "CUDA device:" if torch.cuda.is_available() else "CUDA: not available on this machine"
+    assert cuda_line in text
     assert text.count("`python bench/run_bench.py") == 2 and "--update" in text  # both commands
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["train_baseline"] == kept["train_baseline"] and len(saved["_meta"]["commands"]) == 2

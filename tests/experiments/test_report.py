@@ -147,3 +147,20 @@ def test_report_command_prints_the_table_and_checks_its_flags(sweep_dir, capsys)
 def test_a_directory_without_runs_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="no finished runs"):
         write_report(tmp_path)
+
+
+def test_execution_only_options_do_not_split_an_arm(tmp_path):
+    """A run recorded before `generate_batch_size` existed and one with it set are the same arm."""
+    import yaml
+
+    from oloraplus.experiments.runs import group_arms
+
+    old = write_run(tmp_path / "runs" / "a", {"seed": 1, "method": "olora"}, {"eval_loss": 1.0})
+    recorded = yaml.safe_load((old / "config.yaml").read_text())
+    del recorded["config"]["generate_batch_size"]
+    (old / "config.yaml").write_text(yaml.safe_dump(recorded))
+    write_run(tmp_path / "runs" / "b", {"seed": 2, "method": "olora", "generate_batch_size": 8,
+                                        "logging_steps": 1}, {"eval_loss": 3.0})
+    write_run(tmp_path / "runs" / "c", {"seed": 1, "method": "olora", "lr": 1e-3}, {"eval_loss": 2.0})
+    arms = group_arms(find_runs(tmp_path))["smollm2-135m"]
+    assert [(arm.label, len(arm.runs)) for arm in arms] == [("olora λ=1 lr=0.0003", 2), ("olora λ=1 lr=0.001", 1)]

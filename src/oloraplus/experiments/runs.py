@@ -15,7 +15,11 @@ from typing import Any, Sequence
 from oloraplus.config import METHODS
 from oloraplus.experiments.sweep import DEFAULT_BASELINE, PLAN_FILE, RUNS_DIR, format_value, recorded_config
 
-NOT_ARM_KEYS = ("output", "overwrite", "resume", "seed", "model")  # seeds are pooled, models split
+# Seeds are pooled, models split; the rest change how a run executes, not what it learns (the
+# response-only loss is the same loss; a generation batch only pads differently), so they never
+# split an arm, also when runs recorded before the option existed lack it.
+NOT_ARM_KEYS = ("output", "overwrite", "resume", "seed", "model", "response_only_loss", "generate_batch_size",
+                "logging_steps", "trust_remote_code")
 
 
 @dataclass
