@@ -92,6 +92,7 @@ def run_baseline(setup: RunSetup, output_dir: Path) -> dict[str, Any]:
         learning_rate=setup.lr, lr_scheduler_type="linear", weight_decay=0.0, logging_steps=max(1, setup.steps // 4),
         save_strategy="no", eval_strategy="no", report_to=[], seed=setup.seed, data_seed=setup.seed,
         remove_unused_columns=False, include_num_input_tokens_seen="non_padding", use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # as oloraplus's train() on a GPU
         dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_ds.remove_columns("length"),

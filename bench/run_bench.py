@@ -41,6 +41,7 @@ class Sizes:
     loss_reps: int  # timed passes (each runs both losses on every batch)
     gen_prompts: int
     gen_tokens: int
+    order_seeds: tuple[int, ...]  # extra batch orders of the same-order run (the order-noise check)
     gen_batches: tuple[int, ...]  # generate_batched is timed at each; the product default is among them
     seq_lens: tuple[int, ...]
     seq_batch: int
@@ -55,11 +56,11 @@ class Sizes:
     init_blocks: int | None  # time the OLoRA init on the first blocks only (None: all)
 
 
-FULL = Sizes(steps=12, batch=4, eval_size=32, max_length=512, loss_batches=2, loss_reps=3, gen_prompts=64,
+FULL = Sizes(steps=12, batch=4, eval_size=32, max_length=512, order_seeds=(1, 2), loss_batches=2, loss_reps=3, gen_prompts=64,
              gen_tokens=32, gen_batches=(16, 32, 64), seq_lens=(128, 256, 512, 1024), seq_batch=2, ranks=(8, 16, 32, 64, 128),
              rank_seq=256, rank_batch=2, step_reps=2, cold_load=True, matmul_n=2048, matmul_reps=8, reps=3,
              init_blocks=None)
-QUICK = Sizes(steps=2, batch=2, eval_size=4, max_length=128, loss_batches=1, loss_reps=1, gen_prompts=4,
+QUICK = Sizes(steps=2, batch=2, eval_size=4, max_length=128, order_seeds=(1,), loss_batches=1, loss_reps=1, gen_prompts=4,
               gen_tokens=8, gen_batches=(2, 4), seq_lens=(64, 128), seq_batch=1, ranks=(8, 32), rank_seq=64, rank_batch=1,
               step_reps=1, cold_load=False, matmul_n=1024, matmul_reps=3, reps=1,
               init_blocks=2)
@@ -109,10 +110,14 @@ def plan(sizes: Sizes, data: str, sections: set[str]) -> list[tuple[str, str, st
     jobs.append(("init", "olora_init", "olora_init", {**model, "rank": 32, "reps": sizes.reps,
                                                       "blocks": sizes.init_blocks}))
     jobs.append(("train", "train_baseline", "train_baseline", {"setup": setup}))
-    jobs.append(("train", "train_oloraplus", "train_oloraplus", {"setup": setup}))
-    # The same batches in the same order as the baseline (random sampler, same seed): only the padding differs,
-    # so the eval loss must match the baseline's to rounding; the grouped run above trades that for speed.
+    jobs.append(("train", "train_oloraplus", "train_oloraplus", {"setup": setup, "group_by_length": True}))
+    # oloraplus's default: the same batches in the same order as the baseline (random sampler, same seed), so
+    # only the padding differs and the eval loss must match the baseline's to rounding. The run above groups
+    # rows by length (`--group-by-length`): faster, other batches.
     jobs.append(("train", "train_oloraplus_same_order", "train_oloraplus", {"setup": setup, "group_by_length": False}))
+    for order in sizes.order_seeds:  # the same run, other random batch orders: how much the order alone moves it
+        jobs.append(("train", f"train_order_{order}", "train_oloraplus",
+                     {"setup": setup, "group_by_length": False, "data_seed": order}))
     jobs.append(("loss", "loss_compare", "loss_compare",
                  {"setup": setup, "batches": sizes.loss_batches, "reps": sizes.loss_reps}))
     jobs.append(("generate", "generation", "generation", {"setup": setup, "prompts": sizes.gen_prompts,
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             results = json.loads(out.with_suffix(".json").read_text())
         except (OSError, json.JSONDecodeError) as exc:
             parser.error(f"--update: cannot read {out.with_suffix('.json')}: {exc}")
-        earlier = results.pop(META, {}).get("commands", ["an earlier `python bench/run_bench.py`"])
+        earlier = results.pop(META, {}).get("commands", ["python bench/run_bench.py (an earlier run)"])
         commands = [*earlier, *commands]
     workdir = Path(tempfile.mkdtemp(prefix="oloraplus-bench-"))
     for section, tag, worker, spec in plan(sizes, args.data, sections):

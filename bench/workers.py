@@ -191,7 +191,18 @@ def train_oloraplus(spec: Spec) -> dict:
                       alpha=setup.alpha, lr=setup.lr, max_steps=setup.steps, batch_size=setup.batch_size,
                       max_length=setup.max_length, train_size=setup.train_size, eval_size=setup.eval_size,
                       seed=setup.seed, output=str(out),  # logging (and its diagnostics) every 5 steps, the default
-                      group_by_length=spec.get("group_by_length", True))
+                      group_by_length=spec["group_by_length"])
+    if "data_seed" in spec:  # another batch order over the same split, init and examples: order noise
+        from oloraplus.train import recipe
+
+        make_arguments = recipe._training_arguments
+
+        def reordered(cfg, run):
+            arguments = make_arguments(cfg, run)
+            arguments.data_seed = spec["data_seed"]  # the Trainer's sampler seed; nothing else reads it
+            return arguments
+
+        recipe._training_arguments = reordered  # this worker is its own process: nothing else sees the patch
     try:
         result = train(cfg)
     finally:

@@ -37,6 +37,8 @@ def synthetic() -> dict:
                          "max_abs_grad_diff": 1e-8, "real_tokens_per_step": 700, "scored_tokens_per_step": 350,
                          "spec": {"setup": setup, "batches": 3, "reps": 4}},
         "train_oloraplus_same_order": {**training(150.0, 13.0, 1.30), "spec": {"setup": setup}},
+        "train_order_1": {**training(150.0, 13.0, 1.35), "spec": {"setup": setup}},
+        "train_order_2": {**training(150.0, 13.0, 1.28), "spec": {"setup": setup}},
         "generation": {"prompts": 64, "max_new_tokens": 32, "one_by_one_s": 40.0, "default_batch_size": 32,
                        "batched": {"16": {"seconds": 10.0, "identical": 64}, "32": {"seconds": 8.0, "identical": 63}}},
     }
@@ -62,11 +64,13 @@ def test_every_section_renders_with_its_ratios(tmp_path):
     assert "| `generate_batched`, batch 16 | 10.0 s | **4.0×** | 64 / 64 |" in text
     assert "| `generate_batched`, batch 32 (the default) | 8.0 s | **5.0×** | 63 / 64 |" in text
     assert "**1.50× faster**" in text and "| Δ = +0.0000 |" in text  # the same-order run: 150 vs 100 tokens/s
+    assert "(1, 2; same split, init and examples) ends at eval loss 1.3500, 1.2800, against 1.3000" in text
+    assert "a spread of 0.0700 over 3 orders" in text
     assert "40.0 s" in text and "Noisy machine" not in text
     ratios = [line.rsplit("|", 2)[-2].strip() for line in text.splitlines() if line.startswith(("| 128 |", "| 256 |",
                                                                                                 "| 512 |"))]
     assert ratios == ["1.00", "1.00", "1.25"]  # 5 s for 4× the tokens of 1 s
-    assert len(summary_lines(synthetic())) == 7 + 5  # one line per section (two for training), one per scaling row
+    assert len(summary_lines(synthetic())) == 8 + 5  # one line per section (three for training), one per scaling row
 
 
 def test_a_failed_measurement_is_reported_not_fatal():
@@ -79,7 +83,7 @@ def test_a_failed_measurement_is_reported_not_fatal():
 def test_plan_runs_each_measurement_once_and_filters_sections():
     jobs = plan(FULL, "/data.json", {"train", "loss"})
     assert [tag for _, tag, _, _ in jobs] == ["train_baseline", "train_oloraplus", "train_oloraplus_same_order",
-                                              "loss_compare"]
+                                              "train_order_1", "train_order_2", "loss_compare"]
     tags = [tag for _, tag, _, _ in plan(FULL, "/data.json", {"machine", "load", "init", "train", "loss",
                                                                "generate", "scaling"})]
     assert len(tags) == len(set(tags)) and "load_cold" in tags and tags[0] == "machine_start"
@@ -110,6 +114,8 @@ def test_update_re_measures_some_sections_and_keeps_the_others(tmp_path):
 
     cuda_line = "CUDA device:" if torch.cuda.is_available() else "CUDA: not available on this machine"
     assert cuda_line in text
-    assert text.count("`python bench/run_bench.py") == 2 and "--update" in text  # both commands
+    command_line = next(line for line in text.splitlines() if line.startswith("Command:"))
+    assert command_line.startswith("Command: `python bench/run_bench.py`, then `python bench/run_bench.py --quick "
+                                   "--only machine --update")  # both commands
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["train_baseline"] == kept["train_baseline"] and len(saved["_meta"]["commands"]) == 2

@@ -76,52 +76,16 @@ def kron_materialised(A: Tensor, B: Tensor) -> Tensor:
     return torch.kron(A, B.T.contiguous())
 
 
-class _KronMatvec(torch.autograd.Function):
-    """y = vec_row(A · X · B) per row, keeping only x, A and B for backward (Z = X·B is recomputed).
-
-    Autograd's own graph of the two matmuls would save Z = X·B (r_high² numbers per row) in every
-    adapted layer until the backward pass: at SmolLM2's shapes as much as the m×n product it
-    replaces (576 numbers per token for a 576×576 layer). Recomputing Z costs one (r × n/r)·(n/r × r)
-    matmul per row in backward and saves nothing beyond the layer's input, which LoRA keeps too.
-    Backward runs in the gradient's dtype, so bf16 autocast (forward matmuls in bf16) stays consistent.
-    """
-
-    @staticmethod
-    def forward(ctx, x2: Tensor, A: Tensor, B: Tensor) -> Tensor:
-        p, r = A.shape
-        Z = x2.reshape(-1, r, B.shape[0]) @ B  # (T, r, r): X·B for every row
-        Y = torch.bmm(A.expand(Z.shape[0], p, r).to(Z.dtype), Z)  # (T, m/r, r): A·X·B
-        ctx.save_for_backward(x2, A, B)
-        return Y.reshape(x2.shape[0], p * r)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dY: Tensor):
-        x2, A, B = ctx.saved_tensors
-        p, r = A.shape
-        q = B.shape[0]
-        dt = dY.dtype
-        X = x2.reshape(-1, r, q).to(dt)
-        A_, B_ = A.to(dt), B.to(dt)
-        dY3 = dY.reshape(-1, p, r)
-        dZ = A_.T @ dY3  # (T, r, r): ∂L/∂Z for Y = A·Z
-        dx = dA = dB = None
-        if ctx.needs_input_grad[0]:
-            dx = (dZ @ B_.T).reshape(x2.shape)  # ∂L/∂X = dZ·Bᵀ
-        if ctx.needs_input_grad[1]:
-            dA = torch.einsum("tpk,tjk->pj", dY3, X @ B_)  # Σ_t dY_t · Z_tᵀ, Z recomputed here
-        if ctx.needs_input_grad[2]:
-            dB = X.reshape(-1, q).T @ dZ.reshape(-1, r)  # Σ_t X_tᵀ · dZ_t
-        return dx, dA, dB
-
-
 def kron_matvec(A: Tensor, B: Tensor, x: Tensor) -> Tensor:
     """(A ⊗ Bᵀ) x for every row x (..., n) without forming the m×n product.
 
     With X = x reshaped row-major to (r, n/r), (A ⊗ Bᵀ) x = vec_row(A · X · B); X·B first costs
-    (m + n)·r multiply-adds per row instead of 2·m·n/r. A batched matmul with A broadcast writes the
-    output in place; `torch.matmul` would fold it into one matmul on transposed copies (~1.5× slower
-    for the 7B shapes, same memory). Backward keeps no intermediate (see `_KronMatvec`).
+    (m + n)·r multiply-adds per row instead of 2·m·n/r, and keeps only the (r × r) product for backward.
+    A batched matmul with A broadcast writes the output in place; `torch.matmul` would fold it into one
+    matmul on transposed copies (~1.5× slower for the 7B shapes, same memory).
     """
-    y = _KronMatvec.apply(x.reshape(-1, x.shape[-1]), A, B)
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+    p, r = A.shape
+    q = B.shape[0]
+    Z = x.reshape(-1, r, q) @ B  # (T, r, r): X·B for every row
+    Y = torch.bmm(A.expand(Z.shape[0], p, r), Z)  # (T, m/r, r): A·X·B
+    return Y.reshape(*x.shape[:-1], p * r)
