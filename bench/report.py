@@ -139,14 +139,16 @@ def train_section(results: Results, rate: float | None) -> list[str]:
     if orders and _ok(results, "train_oloraplus_same_order"):
         losses = [results["train_oloraplus_same_order"]["eval_loss"], *(results[t]["eval_loss"] for t in orders)]
         seeds = ", ".join(t.rsplit("_", 1)[1] for t in orders)
-        grouped = (f" The grouped run's {results['train_oloraplus']['eval_loss']:.4f} is "
-                   f"{abs(results['train_oloraplus']['eval_loss'] - losses[0]) / max(max(losses) - min(losses), 1e-12):.0f}"
-                   "× that spread away from the default: grouping changes the optimisation, not only the order."
-                   if _ok(results, "train_oloraplus") else "")
+        spread = max(losses) - min(losses)
+        grouped = ""
+        if _ok(results, "train_oloraplus"):
+            loss = results["train_oloraplus"]["eval_loss"]
+            grouped = (f" The grouped run's {loss:.4f} is {abs(loss - losses[0]) / max(spread, 1e-12):.0f}× that "
+                       "spread away from the default: grouping changes the optimisation, not only the order.")
         notes.append(f"How much the batch order alone moves the result: the default run repeated with other sampler "
                      f"seeds ({seeds}; same split, init and examples) ends at eval loss "
                      f"{', '.join(f'{x:.4f}' for x in losses[1:])}, against {losses[0]:.4f} with the baseline's "
-                     f"order: a spread of {max(losses) - min(losses):.4f} over {len(losses)} orders.{grouped}")
+                     f"order: a spread of {spread:.4f} over {len(losses)} orders.{grouped}")
     return ["## Training side by side", "", setup, "", _row(*header), _row(*["---"] * len(header)),
             *[_row(*r) for r in rows], "", *(line for note in notes for line in (note, ""))]
 

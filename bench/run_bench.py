@@ -56,13 +56,13 @@ class Sizes:
     init_blocks: int | None  # time the OLoRA init on the first blocks only (None: all)
 
 
-FULL = Sizes(steps=12, batch=4, eval_size=32, max_length=512, order_seeds=(1, 2), loss_batches=2, loss_reps=3, gen_prompts=64,
-             gen_tokens=32, gen_batches=(16, 32, 64), seq_lens=(128, 256, 512, 1024), seq_batch=2, ranks=(8, 16, 32, 64, 128),
-             rank_seq=256, rank_batch=2, step_reps=2, cold_load=True, matmul_n=2048, matmul_reps=8, reps=3,
-             init_blocks=None)
-QUICK = Sizes(steps=2, batch=2, eval_size=4, max_length=128, order_seeds=(1,), loss_batches=1, loss_reps=1, gen_prompts=4,
-              gen_tokens=8, gen_batches=(2, 4), seq_lens=(64, 128), seq_batch=1, ranks=(8, 32), rank_seq=64, rank_batch=1,
-              step_reps=1, cold_load=False, matmul_n=1024, matmul_reps=3, reps=1,
+FULL = Sizes(steps=12, batch=4, eval_size=32, max_length=512, order_seeds=(1, 2), loss_batches=2, loss_reps=3,
+             gen_prompts=64, gen_tokens=32, gen_batches=(16, 32, 64), seq_lens=(128, 256, 512, 1024), seq_batch=2,
+             ranks=(8, 16, 32, 64, 128), rank_seq=256, rank_batch=2, step_reps=2, cold_load=True, matmul_n=2048,
+             matmul_reps=8, reps=3, init_blocks=None)
+QUICK = Sizes(steps=2, batch=2, eval_size=4, max_length=128, order_seeds=(1,), loss_batches=1, loss_reps=1,
+              gen_prompts=4, gen_tokens=8, gen_batches=(2, 4), seq_lens=(64, 128), seq_batch=1, ranks=(8, 32),
+              rank_seq=64, rank_batch=1, step_reps=1, cold_load=False, matmul_n=1024, matmul_reps=3, reps=1,
               init_blocks=2)
 
 
@@ -114,7 +114,8 @@ def plan(sizes: Sizes, data: str, sections: set[str]) -> list[tuple[str, str, st
     # oloraplus's default: the same batches in the same order as the baseline (random sampler, same seed), so
     # only the padding differs and the eval loss must match the baseline's to rounding. The run above groups
     # rows by length (`--group-by-length`): faster, other batches.
-    jobs.append(("train", "train_oloraplus_same_order", "train_oloraplus", {"setup": setup, "group_by_length": False}))
+    jobs.append(("train", "train_oloraplus_same_order", "train_oloraplus",
+                 {"setup": setup, "group_by_length": False}))
     for order in sizes.order_seeds:  # the same run, other random batch orders: how much the order alone moves it
         jobs.append(("train", f"train_order_{order}", "train_oloraplus",
                      {"setup": setup, "group_by_length": False, "data_seed": order}))
@@ -184,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         earlier = results.pop(META, {}).get("commands", ["python bench/run_bench.py (an earlier run)"])
         commands = [*earlier, *commands]
     workdir = Path(tempfile.mkdtemp(prefix="oloraplus-bench-"))
-    for section, tag, worker, spec in plan(sizes, args.data, sections):
+    jobs = plan(sizes, args.data, sections)
+    for _, tag, worker, spec in jobs:
         results[tag] = run_child(worker, spec, workdir, tag, args.threads)
         results[tag]["spec"] = spec
-    failed = any("error" in results[tag] for _, tag, _, _ in plan(sizes, args.data, sections))
+    failed = any("error" in results[tag] for _, tag, _, _ in jobs)  # this run's; --update keeps older ones
     if not failed:  # on failure the logs stay for reading
         shutil.rmtree(workdir, ignore_errors=True)
     sys.path.insert(0, str(BENCH))
@@ -196,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     # the raw numbers behind the table, and the command(s) that measured them
     out.with_suffix(".json").write_text(json.dumps({**results, META: {"commands": commands}}, indent=1))
     plot = write_scaling_plot(results, out.with_name(out.stem + "_scaling.png"))
-    out.write_text(render(results, sizes, ", then ".join(f"`{c}`" for c in commands), time.perf_counter() - t0, quick=args.quick,
-                          plot=plot))
+    out.write_text(render(results, sizes, ", then ".join(f"`{c}`" for c in commands), time.perf_counter() - t0,
+                          quick=args.quick, plot=plot))
     print("\n".join(summary_lines(results)))
     print(f"wrote {out}, {out.with_suffix('.json')}" + (f", {plot}" if plot else "")
           + f" in {time.perf_counter() - t0:.0f} s")

@@ -17,9 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from oloraplus.errors import DataError
-from oloraplus.train.fast_loss import scored_nll, supports_response_only_loss
+from oloraplus.train.fast_loss import IGNORE_INDEX, next_token_targets, scored_nll, supports_response_only_loss
 
-IGNORE_INDEX = -100  # label of prompt and padding tokens (the Hugging Face convention)
 _COLUMNS = ("input_ids", "attention_mask", "labels")
 
 
@@ -36,13 +35,14 @@ def _row(dataset, index: int) -> dict:
 
 
 def _nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed NLL of next-token predictions and the number of label tokens (labels shift left by one)."""
-    logits = logits[:, :-1, :].float()  # position t predicts token t+1
-    targets = labels[:, 1:]
-    nll = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return nll.double(), (targets != IGNORE_INDEX).sum()
+    """Summed NLL of next-token predictions from full logits, and the number of label tokens.
+
+    The fallback for models that ignore a boolean `logits_to_keep`; the shift is `scored_nll`'s.
+    """
+    targets = next_token_targets(labels)  # position t predicts token t+1
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                          reduction="sum")
+    return nll, (targets != IGNORE_INDEX).sum()
 
 
 def evaluate_loss(

@@ -31,7 +31,7 @@ import yaml
 
 from oloraplus.config import TrainConfig, build_config, read_yaml, to_dict
 from oloraplus.errors import ConfigError, NonFiniteLossError
-from oloraplus.io import atomic_write_json, atomic_write_text
+from oloraplus.io import atomic_write_json, atomic_write_text, atomic_write_yaml
 from oloraplus.train import rundir
 
 SWEEP_KEYS = ("base", "grid", "seeds", "baseline")
@@ -250,17 +250,18 @@ def adopt_renamed_runs(plan: SweepPlan, output: str | Path) -> list[tuple[str, s
     """
     runs_dir = Path(output) / RUNS_DIR
     planned = {run.name for run in plan.runs}
-    orphans = [d for d in sorted(runs_dir.glob("*")) if d.is_dir() and d.name not in planned
-               and not d.name.endswith(".partial") and (d / "metrics.json").is_file()] if runs_dir.is_dir() else []
+    candidates = sorted(runs_dir.glob("*")) if runs_dir.is_dir() else []
+    orphans = {d: recorded_config(d) for d in candidates if d.is_dir() and d.name not in planned
+               and not d.name.endswith(".partial") and (d / "metrics.json").is_file()}  # each config read once
     moved = []
     for run in plan.runs:
         target = run_path(output, run)
         if target.exists() or target.with_name(target.name + ".partial").exists():
             continue
-        match = next((d for d in orphans if not config_differences(run.config, recorded_config(d))), None)
+        match = next((d for d, config in orphans.items() if not config_differences(run.config, config)), None)
         if match is not None:
             match.rename(target)
-            orphans.remove(match)
+            del orphans[match]
             moved.append((match.name, run.name))
             print(f"  {match.name} -> {run.name} (same config, finished earlier)", file=sys.stderr, flush=True)
     return moved
@@ -358,7 +359,7 @@ def record_divergence(output: str | Path, run: PlannedRun, exc: NonFiniteLossErr
     paths = rundir.paths(cfg.output)
     paths.work.mkdir(parents=True, exist_ok=True)
     if not (paths.work / rundir.RUN_MARKER).is_file():  # the run stopped before writing its config
-        atomic_write_text(paths.work / rundir.RUN_MARKER, yaml.safe_dump({"config": to_dict(cfg)}, sort_keys=False))
+        atomic_write_yaml(paths.work / rundir.RUN_MARKER, {"config": to_dict(cfg)})
     record = {**exc.record(), "last_checkpoint": None}  # the sweep removes its checkpoints below
     atomic_write_json(paths.work / "failure.json", record)
     atomic_write_json(paths.work / "metrics.json", {"diverged": True, "diverged_step": exc.step,
