@@ -121,15 +121,40 @@ def resolve_model_path(source: str) -> str:
     )
 
 
-def default_dtype(device: str) -> torch.dtype:
+def pick_device(name: str | None = None) -> torch.device:
+    """`--device`: None or "auto" is this process's GPU when there is one (cuda:LOCAL_RANK under torchrun), else CPU.
+
+    An explicit "cuda" on a machine without one is a one-line error, not a silent CPU run.
+    """
+    if name in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ModelError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
     """fp32 on CPU (bf16 matmul is ~300x slower there); bf16 on CUDA where supported."""
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if torch.device(device).type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
 
-def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False) -> LoadedModel:
-    """Load a causal LM and its tokenizer from safetensors only (no pickle): see `resolve_model_path`."""
+def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+               device: str | torch.device | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer from safetensors only (no pickle): see `resolve_model_path`.
+
+    The model lands on `device` (default: `pick_device()`, the GPU when there is one), so the adapter
+    init and evaluation run there too.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -137,7 +162,7 @@ def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_co
 
     path = resolve_model_path(source)
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per load is noise in logs and CLIs
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(None) if device is None else torch.device(device)
     dtype = dtype or default_dtype(device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -149,6 +174,8 @@ def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_co
     except ValueError as exc:
         raise ModelError(f"--model {source}: not a causal language model: {str(exc).splitlines()[0]}") from exc
     ensure_pad_token(tokenizer)
+    if device.type != "cpu":
+        model.to(device)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, path=path)
 
 

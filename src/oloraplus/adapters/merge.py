@@ -19,7 +19,7 @@ def merge_run(run_dir: str | Path, output: str | Path) -> Path:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"--output {output}: exists and is not empty; choose another directory")
     cfg = load_run_config(run_dir)
-    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device="cpu")
     merged = load_adapter(loaded.model, run_dir / "adapter").merge_and_unload()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=output.name + ".tmp-", dir=output.parent))

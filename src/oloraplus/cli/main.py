@@ -49,7 +49,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                           generate_batch_size=args.generate_batch_size)
+                           generate_batch_size=args.generate_batch_size, device=args.device)
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     return 0
 
@@ -91,11 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", default=None, help="evaluate on this data instead of the run's eval split")
     ev.add_argument("--generate", type=int, default=0, metavar="N",
                     help="greedy-generate for N eval examples (batched, KV cache) and report BLEU/ROUGE")
-    ev.add_argument("--max-new-tokens", type=int, default=128, metavar="K")
+    ev.add_argument("--max-new-tokens", type=int, default=128, metavar="K",
+                    help="at most K new tokens per generated response (default 128)")
     ev.add_argument("--batch-size", type=int, default=None, help="examples per eval-loss batch (default: the run's "
                     "batch size)")
     ev.add_argument("--generate-batch-size", type=int, default=None, metavar="B",
                     help="prompts decoded together by --generate (default: the run's, 32)")
+    ev.add_argument("--device", default="auto", help="where to run: auto (the GPU when there is one, else the "
+                    "CPU), cpu, cuda or cuda:N")
     ev.set_defaults(func=_eval)
 
     merge = sub.add_parser(

@@ -51,8 +51,14 @@ def load_run_config(run_dir: Path):
 
 
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int = 0, max_new_tokens: int = 128,
-                 batch_size: int | None = None, generate_batch_size: int | None = None) -> dict[str, Any]:
-    """Reload base + adapter, evaluate on the run's eval split (or `data`), merge into metrics.json."""
+                 batch_size: int | None = None, generate_batch_size: int | None = None,
+                 device: str | None = None) -> dict[str, Any]:
+    """Reload base + adapter, evaluate on the run's eval split (or `data`), merge into metrics.json.
+
+    `device`: as `models.pick_device` (default: the GPU when there is one).
+    """
+    from oloraplus.models import pick_device
+
     from oloraplus.adapters.export import load_adapter, load_metadata
     from oloraplus.data.collate import CausalLMCollator
     from oloraplus.eval.loss import evaluate_loss
@@ -62,7 +68,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     cfg = load_run_config(run_dir)
     if data is not None:  # all of the given data is eval data (capped by eval_size)
         cfg = replace(cfg, data=data, train_size=1, eval_size=cfg.eval_size)
-    prep = prepare(cfg)
+    prep = prepare(cfg, device=pick_device(device))
     recorded = (load_metadata(run_dir / "adapter") or {}).get("base_fingerprint")
     if recorded and recorded != prep.fingerprint:
         raise AdapterError(f"{run_dir / 'adapter'}: trained on another base model (base fingerprint {recorded} "

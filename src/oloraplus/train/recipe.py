@@ -52,10 +52,10 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
+def prepare(cfg: TrainConfig, device: str | torch.device | None = None) -> Prepared:
     """Everything before the adapter; bad model or data fails here, before any file is written."""
     examples = load_examples(cfg.data)  # cheap: a bad file fails before the model loads
-    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=device)
     train_ex, eval_ex = split_examples(examples, cfg.train_size, cfg.eval_size, cfg.seed)
     train_ds, train_stats = encode_examples(train_ex, loaded.tokenizer, cfg.max_length)
     eval_ds, eval_stats = encode_examples(eval_ex, loaded.tokenizer, cfg.max_length)
