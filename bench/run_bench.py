@@ -70,8 +70,12 @@ GENERATE_BATCH = TrainConfig().generate_batch_size  # what `train --eval-generat
 META = "_meta"  # results.json key of the commands that made it (not a measurement)
 
 
-def run_child(worker: str, spec: dict, workdir: Path, tag: str, threads: int | None = None) -> dict:
-    """Run one worker in a fresh interpreter; add its own peak RSS and wall time, or the error it ended with."""
+def run_child(worker: str, spec: dict, workdir: Path, tag: str, threads: int | None = None,
+              script: Path | None = None) -> dict:
+    """Run one worker in a fresh interpreter; add its own peak RSS and wall time, or the error it ended with.
+
+    `script` (default: this file) is run with `--worker WORKER --spec ... --result ...`.
+    """
     spec_path, result_path, log_path = (workdir / f"{tag}.{ext}" for ext in ("spec.json", "result.json", "log"))
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "OLORAPLUS_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false"}
@@ -79,7 +83,7 @@ def run_child(worker: str, spec: dict, workdir: Path, tag: str, threads: int | N
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--spec",
+        proc = subprocess.Popen([sys.executable, str(script or Path(__file__).resolve()), "--worker", worker, "--spec",
                                  str(spec_path), "--result", str(result_path)], stdout=log, stderr=subprocess.STDOUT,
                                 env=env, cwd=REPO)
         _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage, unlike RUSAGE_CHILDREN's running max
@@ -116,6 +120,8 @@ def plan(sizes: Sizes, data: str, sections: set[str]) -> list[tuple[str, str, st
     # rows by length (`--group-by-length`): faster, other batches.
     jobs.append(("train", "train_oloraplus_same_order", "train_oloraplus",
                  {"setup": setup, "group_by_length": False}))
+    jobs.append(("train", "train_oloraplus_padded", "train_oloraplus",  # what packing adds
+                 {"setup": setup, "group_by_length": False, "options": {"packing": False}}))
     for order in sizes.order_seeds:  # the same run, other random batch orders: how much the order alone moves it
         jobs.append(("train", f"train_order_{order}", "train_oloraplus",
                      {"setup": setup, "group_by_length": False, "data_seed": order}))

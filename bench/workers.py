@@ -190,8 +190,8 @@ def train_oloraplus(spec: Spec) -> dict:
     cfg = TrainConfig(model=setup.model, data=setup.data, method="olora", ratio=setup.ratio, rank=setup.rank,
                       alpha=setup.alpha, lr=setup.lr, max_steps=setup.steps, batch_size=setup.batch_size,
                       max_length=setup.max_length, train_size=setup.train_size, eval_size=setup.eval_size,
-                      seed=setup.seed, output=str(out),  # logging (and its diagnostics) every 5 steps, the default
-                      group_by_length=spec["group_by_length"])
+                      seed=setup.seed, output=str(out),  # every other option at its default
+                      group_by_length=spec.get("group_by_length", False), **spec.get("options", {}))
     if "data_seed" in spec:  # another batch order over the same split, init and examples: order noise
         from oloraplus.train import recipe
 

@@ -61,6 +61,15 @@ class TrainConfig:
                                        "changes the optimisation (homogeneous batches); off: random order")
     response_only_loss: bool = opt(True, "run the output head only where the loss is scored (same loss, "
                                          "less compute); off: the model's standard loss")
+    # On by default: the same batches, loss and gradients as padding (tests/train/test_packing.py), and
+    # faster on both devices (bench/results.md, bench/gpu_results.md).
+    packing: bool = opt(True, "padding-free batches: each batch's examples concatenated into rows of at most "
+                              "--max-length tokens, no attention across examples (same loss as padding, no pad "
+                              "tokens); off: each row padded to the batch's longest")
+    tokens_per_batch: int = opt(0, "fill each batch up to N real tokens instead of --batch-size examples "
+                                   "(0: off); fills a GPU evenly")
+    diagnostics_steps: int = opt(0, "refinement/exploration diagnostics every N steps (0: about 10 points per "
+                                    "run and the last step; -1: off)")
     logging_steps: int = opt(5, "log every N optimizer steps")
     eval_steps: int = opt(0, "also evaluate every N steps for the eval curve (0: only at the end)")
     eval_generate: int = opt(0, "at the end, generate for N eval examples and report BLEU/ROUGE")
@@ -87,7 +96,8 @@ class TrainConfig:
             if not (_finite(value) and value > 0):
                 raise ConfigError(f"{flag(name)}: must be > 0, got {value}")
         non_negative = {"dropout": self.dropout, "weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
-                        "eval_steps": self.eval_steps, "eval_generate": self.eval_generate, "save_steps": self.save_steps}
+                        "eval_steps": self.eval_steps, "eval_generate": self.eval_generate, "save_steps": self.save_steps,
+                        "tokens_per_batch": self.tokens_per_batch}
         for name, value in non_negative.items():
             if not (_finite(value) and value >= 0):
                 raise ConfigError(f"{flag(name)}: must be >= 0, got {value}")
@@ -95,6 +105,8 @@ class TrainConfig:
             raise ConfigError("--dropout must be < 1 and --warmup-ratio <= 1")
         if self.max_length < 8:
             raise ConfigError(f"--max-length: must be >= 8, got {self.max_length}")
+        if self.diagnostics_steps < -1:
+            raise ConfigError(f"--diagnostics-steps: must be > 0, 0 (auto) or -1 (off), got {self.diagnostics_steps}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"--max-steps: must be > 0 or -1, got {self.max_steps}")
         if not self.output:

@@ -7,7 +7,8 @@ import torch
 from data_helpers import make_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from oloraplus.data.collate import CausalLMCollator, ensure_pad_token
+from oloraplus.data.collate import (REAL_TOKENS, SCORED, CausalLMCollator, ensure_pad_token, model_inputs,
+                                    next_token_targets, pack_rows, scored_positions)
 from oloraplus.data.formats import Example
 from oloraplus.data.tokenize import IGNORE_INDEX, encode_examples
 from oloraplus.errors import ModelError
@@ -24,7 +25,8 @@ def test_pads_to_longest_row_not_max_length():
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0, 0], [5, 6, 7, 8, 9], [5, 6, 0, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, -100], [-100, -100, 7, 8, 9], [-100, 6, -100, -100, -100]]
-    assert all(t.dtype == torch.long for t in batch.values())
+    assert all(batch[k].dtype == torch.long for k in ("input_ids", "attention_mask", "labels"))
+    assert batch[REAL_TOKENS] == 10
 
 
 def test_pad_to_multiple_of():
@@ -48,7 +50,7 @@ def test_padded_batch_loss_equals_per_row_reference(chat_tok):
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
     rows = [ds[i] for i in range(len(ds))]
     with torch.no_grad():
-        loss = model(**CausalLMCollator(pad_token_id=chat_tok.hf.pad_token_id)(rows)).loss
+        loss = model(**model_inputs(CausalLMCollator(pad_token_id=chat_tok.hf.pad_token_id)(rows))).loss
         total, count = 0.0, 0
         for row in rows:  # each row alone, no padding: the reference
             logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, :-1]
@@ -76,3 +78,39 @@ def test_no_pad_and_no_eos_is_a_model_error():
     bare = PreTrainedTokenizerFast(tokenizer_object=make_tokenizer().core)
     with pytest.raises(ModelError, match="neither a pad nor an eos token"):
         ensure_pad_token(bare)
+
+
+def test_scored_positions_are_the_shifted_labels_per_row_padded_with_ignore():
+    labels = torch.tensor([[-100, 6, 7, -100, -100], [-100, -100, 7, 8, 9], [-100, 6, -100, -100, -100]])
+    scored = scored_positions(next_token_targets(labels))
+    # row 0: positions 0, 1 predict 6, 7; row 1: 1, 2, 3 predict 7, 8, 9; row 2: 0 predicts 6
+    assert scored["index"].tolist() == [[0, 1, 0], [1, 2, 3], [0, 0, 0]]
+    assert scored["targets"].tolist() == [[6, 7, -100], [7, 8, 9], [6, -100, -100]]
+    assert scored["count"] == 6
+
+
+def test_pack_rows_first_fit_decreasing_respects_the_capacity():
+    rows = pack_rows([5, 2, 7, 3, 1, 4], capacity=8)
+    assert sorted(i for row in rows for i in row) == list(range(6))
+    assert all(sum([5, 2, 7, 3, 1, 4][i] for i in row) <= 8 for row in rows)
+    assert rows == [[2, 4], [0, 3], [5, 1]]  # 7+1, 5+3, 4+2: first fit in decreasing length order
+    assert pack_rows([9, 3], capacity=8) == [[0], [1]]  # too long for a row: a row of its own
+
+
+def test_packed_batch_concatenates_examples_with_restarting_positions():
+    batch = CausalLMCollator(pad_token_id=0, packing=True, pack_length=8)(ROWS)
+    # lengths 3, 5, 2 -> first fit decreasing into rows of 8: [5, 3] and [2]
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 5, 6, 7], [5, 6, 0, 0, 0, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5]]
+    # each example's first label is masked: nothing before it in the row may predict it
+    assert batch["labels"].tolist() == [[-100, -100, 7, 8, 9, -100, 6, 7], [-100, 6] + [-100] * 6]
+    assert "attention_mask" not in batch and batch["use_cache"] is False
+    assert batch[REAL_TOKENS] == 10
+    assert batch[SCORED]["count"] == 6  # the same trained tokens as the padded batch
+
+
+def test_token_budget_items_are_split_back_into_their_examples():
+    group = {"input_ids": [5, 6, 7, 5, 6], "labels": [-100, 6, 7, -100, 6], "lengths": [3, 2]}
+    padded = CausalLMCollator(pad_token_id=0)([group])
+    assert padded["input_ids"].tolist() == [[5, 6, 7], [5, 6, 0]]
+    assert padded["labels"].tolist() == [[-100, 6, 7], [-100, 6, -100]]

@@ -148,6 +148,46 @@ def _nanmean(values: list[float]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
+def _batched_basis(M: Tensor) -> Tensor:
+    return torch.linalg.qr(M, mode="reduced")[0]
+
+
+def _batched_distance(U: Tensor, V: Tensor) -> Tensor:
+    """`subspace_distance` of each pair U[i], V[i] (equal shapes), NaN where either is all zeros."""
+    Q_u, Q_v = _batched_basis(U), _batched_basis(V)
+    residual = Q_u - Q_v @ (Q_v.mT @ Q_u)
+    distance = torch.linalg.matrix_norm(residual) / math.sqrt(U.shape[-1])
+    empty = (U.flatten(1) == 0).all(1) | (V.flatten(1) == 0).all(1)
+    return distance.masked_fill(empty, math.nan)
+
+
+def _batched_change(X_t: Tensor, X_0: Tensor) -> Tensor:
+    norm_0 = torch.linalg.matrix_norm(X_0)
+    return (torch.linalg.matrix_norm(X_t - X_0) / norm_0).masked_fill(norm_0 == 0, math.nan)
+
+
+def _batched_delta_rank(B_t: Tensor, A_t: Tensor, B_0: Tensor, A_0: Tensor, s: Tensor) -> Tensor:
+    """`delta_effective_rank` of each layer of a stack, from the factors (same 2r × 2r reduction)."""
+    L = torch.cat([B_t, -B_0], dim=2)  # (layers, m, 2r)
+    R = torch.cat([A_t, A_0], dim=1)  # (layers, 2r, n)
+    m, n = L.shape[1], R.shape[2]
+    scale = s.view(-1, 1, 1)
+    if L.shape[2] >= min(m, n):
+        sigma = torch.linalg.svdvals(scale * (L @ R))
+    else:
+        R_L = torch.linalg.qr(L, mode="reduced")[1]
+        R_R = torch.linalg.qr(R.mT, mode="reduced")[1]
+        sigma = torch.linalg.svdvals(scale * (R_L @ R_R.mT))
+    norm = torch.linalg.matrix_norm
+    bound = s.abs() * (norm(B_t) * norm(A_t) + norm(B_0) * norm(A_0))
+    floor = (torch.finfo(torch.float64).eps * max(m, n) * bound).unsqueeze(1)
+    kept = torch.where(sigma > floor, sigma, torch.zeros_like(sigma))
+    total = kept.sum(1, keepdim=True)
+    p = kept / total.clamp_min(torch.finfo(torch.float64).tiny)
+    entropy = -(torch.where(p > 0, p * torch.log(p.clamp_min(torch.finfo(torch.float64).tiny)), 0.0)).sum(1)
+    return torch.where(total.squeeze(1) > 0, torch.exp(entropy), torch.zeros_like(entropy))
+
+
 def adapter_diagnostics(
     peft_model, initial_factors: dict[str, tuple[Tensor, Tensor]], adapter_name: str = "default"
 ) -> dict[str, dict]:
@@ -155,27 +195,42 @@ def adapter_diagnostics(
 
     Per layer: subspace_distance (chordal, span B_t vs span B_0), subspace_distance_A (row spaces
     of A), rel_change_A, rel_change_B, delta_effective_rank. NaN values (e.g. B_0 = 0 for plain
-    LoRA) are skipped in the mean.
+    LoRA) are skipped in the mean. Layers of equal shape are stacked and computed in one batched
+    float64 call each (the per-layer functions above define the measures; a test holds the two equal):
+    a model has hundreds of adapted layers but only a handful of shapes.
     """
     initial = {_canonical(name): factors for name, factors in initial_factors.items()}
-    layers: dict[str, dict[str, float]] = {}
+    by_shape: dict[tuple, list] = {}
+    order = []
     for name, B_t, A_t, s in _lora_layers(peft_model, adapter_name):
-        if _canonical(name) not in initial:
-            continue
-        B_0, A_0 = initial[_canonical(name)]
-        B_t, A_t = B_t.detach().cpu(), A_t.detach().cpu()
-        layers[name] = {
-            "subspace_distance": subspace_distance(B_t, B_0),
-            "subspace_distance_A": subspace_distance(A_t.T, A_0.T),
-            "rel_change_A": relative_change(A_t, A_0),
-            "rel_change_B": relative_change(B_t, B_0),
-            "delta_effective_rank": delta_effective_rank(B_t, A_t, B_0, A_0, s),
-        }
-    if not layers:
+        if _canonical(name) in initial:
+            order.append(name)
+            by_shape.setdefault((tuple(B_t.shape), tuple(A_t.shape)), []).append((name, B_t, A_t, s))
+    if not by_shape:
         raise AdapterError(
             f"adapter_diagnostics: no LoRA layer of adapter '{adapter_name}' matches the "
             f"{len(initial_factors)} initial factors (capture them with capture_initial_factors)"
         )
+    layers: dict[str, dict[str, float]] = {}
+    for group in by_shape.values():
+        names = [name for name, *_ in group]
+
+        def stack(tensors) -> Tensor:
+            return torch.stack([t.detach().to("cpu", torch.float64) for t in tensors])
+
+        B_t, A_t = stack(B for _, B, _, _ in group), stack(A for _, _, A, _ in group)
+        B_0, A_0 = stack(initial[_canonical(n)][0] for n in names), stack(initial[_canonical(n)][1] for n in names)
+        s = torch.tensor([scale for *_, scale in group], dtype=torch.float64)
+        columns = {
+            "subspace_distance": _batched_distance(B_t, B_0),
+            "subspace_distance_A": _batched_distance(A_t.mT, A_0.mT),
+            "rel_change_A": _batched_change(A_t, A_0),
+            "rel_change_B": _batched_change(B_t, B_0),
+            "delta_effective_rank": _batched_delta_rank(B_t, A_t, B_0, A_0, s),
+        }
+        for i, name in enumerate(names):
+            layers[name] = {key: float(values[i]) for key, values in columns.items()}
+    layers = {name: layers[name] for name in order}  # the model's order, as the mean sums
     keys = next(iter(layers.values())).keys()
     mean = {key: _nanmean([row[key] for row in layers.values()]) for key in keys}
     return {"layers": layers, "mean": mean}

@@ -16,10 +16,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from oloraplus.data.collate import SCORED, model_inputs, next_token_targets
+from oloraplus.data.tokenize import IGNORE_INDEX
 from oloraplus.errors import DataError
-from oloraplus.train.fast_loss import IGNORE_INDEX, next_token_targets, scored_nll, supports_response_only_loss
+from oloraplus.train.fast_loss import scored_nll, supports_response_only_loss
 
-_COLUMNS = ("input_ids", "attention_mask", "labels")
+_COLUMNS = ("input_ids", "labels", "lengths")
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -67,14 +69,15 @@ def evaluate_loss(
         with torch.inference_mode():
             for start in range(0, len(indices), batch_size):
                 batch = collator([_row(dataset, i) for i in indices[start : start + batch_size]])
-                inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask") if key in batch}
-                labels = batch["labels"].to(device)
+                inputs = {k: v.to(device) if torch.is_tensor(v) else v  # padded or packed rows
+                          for k, v in model_inputs(batch).items()}
                 if response_only:
-                    nll, count = scored_nll(model, {**inputs, "labels": labels})
+                    nll, count = scored_nll(model, {**inputs, SCORED: batch.get(SCORED)})
                 else:
+                    labels = inputs.pop("labels")
                     nll, count = _nll_sum(model(**inputs).logits, labels)
                 nll_total += nll.double()
-                tokens_total += count
+                tokens_total += count  # a host int (scored) or a device tensor: no sync either way
     finally:
         model.train(was_training)
     if world > 1:

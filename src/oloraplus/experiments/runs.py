@@ -16,10 +16,10 @@ from oloraplus.config import METHODS
 from oloraplus.experiments.sweep import DEFAULT_BASELINE, PLAN_FILE, RUNS_DIR, format_value, recorded_config
 
 # Seeds are pooled, models split; the rest change how a run executes, not what it learns (the
-# response-only loss is the same loss; a generation batch only pads differently), so they never
+# response-only loss is the same loss, packing the same batches; a generation batch only pads differently), so they never
 # split an arm, also when runs recorded before the option existed lack it.
-NOT_ARM_KEYS = ("output", "overwrite", "resume", "seed", "model", "response_only_loss", "generate_batch_size",
-                "logging_steps", "trust_remote_code")
+NOT_ARM_KEYS = ("output", "overwrite", "resume", "seed", "model", "response_only_loss", "packing",
+                "diagnostics_steps", "generate_batch_size", "logging_steps", "trust_remote_code")
 
 
 @dataclass

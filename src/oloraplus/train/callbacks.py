@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,32 +41,42 @@ class PeriodicEvalCallback(TrainerCallback):
         self.evaluate = evaluate
         self.path = Path(path)
 
+    def reads_weights_at(self, state) -> bool:
+        return bool(self.every) and state.global_step % self.every == 0 and state.global_step < state.max_steps
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
+        if self.reads_weights_at(state):
             metrics = self.evaluate(model)
             if state.is_world_process_zero:
                 append_jsonl(self.path, {"step": state.global_step, "epoch": state.epoch, **metrics})
 
 
 class DiagnosticsCallback(TrainerCallback):
-    """Refinement vs exploration, logged at every logging step as `diag_*` (mean over adapted layers).
+    """Refinement vs exploration, logged as `diag_*` (mean over adapted layers) on a sparse schedule.
 
     Subspace distance of span(B_t) from span(B_0) = span(Q_r), relative change of A and B, and the
-    effective rank of ΔW_t = s(B_tA_t − B_0A_0); see `oloraplus.eval.diagnostics`.
+    effective rank of ΔW_t = s(B_tA_t − B_0A_0); see `oloraplus.eval.diagnostics`. They take the
+    factors off the device and run batched float64 linear algebra on the CPU, so they run at step 1,
+    every `every` steps (0: about ten points per run) and at the last step, not at every log.
     """
 
-    def __init__(self, initial: dict, path: str | Path):
+    POINTS = 10  # diagnostics per run when `every` is 0
+
+    def __init__(self, initial: dict, path: str | Path, every: int = 0):
         self.initial = initial
         self.path = Path(path)
+        self.every = every
 
-    def _log(self, state, model) -> None:
+    def reads_weights_at(self, state) -> bool:
+        """Whether the diagnostics run at this step (`_NonFiniteWatch` checks the weights first)."""
+        every = self.every or max(1, math.ceil(state.max_steps / self.POINTS))
+        step = state.global_step
+        return step == 1 or step % every == 0 or step >= state.max_steps
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not self.reads_weights_at(state) or not state.is_world_process_zero:
+            return
         from oloraplus.eval.diagnostics import adapter_diagnostics
 
-        if not state.is_world_process_zero:
-            return
         mean = adapter_diagnostics(model, self.initial)["mean"]
         append_jsonl(self.path, {"step": state.global_step, **{f"diag_{k}": v for k, v in mean.items()}})
-
-    def on_log(self, args, state, control, model=None, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self._log(state, model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from oloraplus import models
 from oloraplus.adapters.build import AdapterSpec, attach_adapter
 from oloraplus.adapters.export import save_adapter
 from oloraplus.config import TrainConfig, to_dict
+from oloraplus.data.budget import token_budget_dataset
 from oloraplus.data.collate import CausalLMCollator
 from oloraplus.data.formats import load_examples
 from oloraplus.data.split import split_examples
@@ -30,6 +32,7 @@ from oloraplus.train import checkpoint, rundir
 from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
 from oloraplus.train.environment import hardware, package_versions
 from oloraplus.train.plots import plot_losses
+from oloraplus.train.packing import supports_packing
 from oloraplus.train.trainer import NonFiniteLossError, RatioTrainer
 
 TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s")
@@ -76,7 +79,7 @@ def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArgumen
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(run.checkpoints),
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=1 if cfg.tokens_per_batch else cfg.batch_size,  # one token-budget group
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
@@ -105,6 +108,9 @@ def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArgumen
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=os.environ.get("OLORAPLUS_PROGRESS", "1") == "0",
+        logging_nan_inf_filter=False,  # its isnan() is a host sync per step; RatioTrainer stops a NaN run anyway
+        dataloader_pin_memory=cuda,
+        accelerator_config={"non_blocking": cuda},  # batches copy to the GPU while it computes
     )
 
 
@@ -138,7 +144,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     spec = AdapterSpec(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
                        target_modules=cfg.target_modules or None)
     model, initial = attach_adapter(prep.loaded.model, spec)
-    collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id)
+    packing = cfg.packing and supports_packing(model)
+    if cfg.packing and not packing:
+        warnings.warn(f"--model {cfg.model}: its attention does not keep packed examples apart; "
+                      "training on padded batches instead (--no-packing)", stacklevel=1)
+    collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id, packing=packing,
+                                pack_length=cfg.max_length)
+    train_dataset = (token_budget_dataset(prep.train_dataset, cfg.tokens_per_batch, cfg.seed)
+                     if cfg.tokens_per_batch else prep.train_dataset)
 
     if main:
         rundir.start(run, resume=cfg.resume)
@@ -155,12 +168,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         return evaluate_loss(m, prep.eval_dataset, collator, batch_size=cfg.batch_size)
 
     callbacks = [JsonlLogCallback(log_path)]
-    if initial:  # OLoRA/PiSSA: B_0, A_0 are meaningful, so refinement vs exploration is measurable
-        callbacks.append(DiagnosticsCallback({name: (f.B, f.A) for name, f in initial.items()}, log_path))
+    if initial and cfg.diagnostics_steps >= 0:  # OLoRA/PiSSA: B_0, A_0 are meaningful, so refinement vs exploration
+        callbacks.append(DiagnosticsCallback({name: (f.B, f.A) for name, f in initial.items()}, log_path,
+                                             every=cfg.diagnostics_steps))
     if cfg.eval_steps:
         callbacks.append(PeriodicEvalCallback(cfg.eval_steps, evaluate, log_path))
     trainer = RatioTrainer(
-        model=model, args=_training_arguments(cfg, run), train_dataset=prep.train_dataset,
+        model=model, args=_training_arguments(cfg, run), train_dataset=train_dataset,
         data_collator=collator, callbacks=callbacks, ratio=cfg.ratio,
         response_only=cfg.response_only_loss,
     )

@@ -3,7 +3,9 @@
 Three additions make long runs safe: checkpoints are staged and renamed into place (see
 `oloraplus.train.checkpoint`), the loss accumulators travel with each checkpoint so a resumed run
 reports what an uninterrupted one would, and a non-finite loss or parameter stops the run before
-a poisoned checkpoint can be written.
+a poisoned checkpoint can be written. None of them makes the GPU wait for the host inside a step:
+the step launches no `.item()` or data-dependent shape (the collator computes counts and positions
+on the CPU), so the host queues the next step while the GPU runs this one.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import DefaultFlowCallback
 
+from oloraplus.data.collate import REAL_TOKENS, model_inputs
 from oloraplus.errors import NonFiniteLossError
-from oloraplus.optim.ratio import ratio_param_groups
+from oloraplus.optim.ratio import build_optimizer
 from oloraplus.train import checkpoint
 from oloraplus.train.fast_loss import response_only_loss, supports_response_only_loss
 
@@ -28,16 +32,60 @@ LOSS_STATE = "oloraplus_loss_state-{rank}.json"  # per process: each one accumul
 WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
-class _FiniteParameters(TrainerCallback):
-    """After every optimizer step: a NaN/inf weight stops the run before any callback or checkpoint sees it."""
+class _NonFiniteWatch(TrainerCallback):
+    """Stops a diverged run before anything reads or writes its weights, without a host sync per step.
+
+    After every optimizer step the watch folds "is the step's loss finite, are the parameters finite"
+    into two device scalars (the first bad step and why, a few tiny kernels, no `.item()`). The host
+    reads them only where the Trainer or a callback is about to use the weights anyway: a logging,
+    saving or evaluation step, a callback's own schedule (`reads_weights_at`), the end of training.
+    A run therefore still stops at the first bad step it reaches there, naming the step where the
+    loss or weights first went non-finite.
+    """
+
+    LOSS, PARAMS = 1, 2  # why the step was bad
 
     def __init__(self, trainer: "RatioTrainer"):
         self.trainer = trainer
+        self.params: list[torch.Tensor] | None = None
+        self.first_bad: torch.Tensor | None = None  # [step, why, loss] of the first bad step; step -1: none
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        self.first_bad = None
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-            self.trainer.stop_non_finite(state.global_step + 1, "the optimizer step made parameters non-finite")
+        loss = self.trainer.step_loss()
+        if loss is None or not self.params:
+            return
+        step = state.global_step + 1
+        # max |θ| is inf or nan exactly when some parameter is: one fused launch per dtype/device group
+        params_ok = torch.stack(torch._foreach_norm(self.params, float("inf"))).to(loss.device).isfinite().all()
+        loss_ok = loss.isfinite()
+        why = torch.where(loss_ok, torch.where(params_ok, 0, self.PARAMS), self.LOSS).to(torch.float64)
+        now = torch.stack([torch.full_like(why, step), why, loss.detach().double()])
+        if self.first_bad is None:
+            self.first_bad = torch.tensor([-1.0, 0.0, math.nan], dtype=torch.float64, device=loss.device)
+        first = (self.first_bad[0] < 0) & (why > 0)
+        self.first_bad = torch.where(first, now, self.first_bad)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        due = (control.should_log or control.should_save or control.should_evaluate or control.should_training_stop
+               or state.global_step >= state.max_steps
+               or any(getattr(cb, "reads_weights_at", lambda s: False)(state)
+                      for cb in self.trainer.callback_handler.callbacks))
+        if due:
+            self.check()
+
+    def check(self) -> None:
+        """The one host read: raise if any step so far went non-finite."""
+        if self.first_bad is None:
+            return
+        step, why, loss = self.first_bad.tolist()
+        if step >= 0:
+            what = ("the loss is not finite" if why == self.LOSS
+                    else "the optimizer step made parameters non-finite")
+            self.trainer.stop_non_finite(int(step), what, loss)
 
 
 class _RestoreLossState(TrainerCallback):
@@ -57,39 +105,45 @@ class RatioTrainer(Trainer):
         self.ratio = ratio
         self._staging: Path | None = None
         self._resumed_from: str | None = None
-        self._last_loss = math.nan  # of the latest micro-batch, reported when training diverges
+        self._step_loss: torch.Tensor | None = None  # Σ of the current optimizer step's micro-batch losses
         super().__init__(*args, **kwargs)
-        # Probed once: a model that ignores a boolean logits_to_keep falls back to its own loss.
+        # Probed once: a model that ignores a (rows, K) logits_to_keep falls back to its own loss.
         self.response_only = response_only and supports_response_only_loss(self.model)
-        self.add_callback(_FiniteParameters(self))
+        self.watch = _NonFiniteWatch(self)
+        handler = self.callback_handler.callbacks
+        # Right after DefaultFlowCallback (which decides whether this step logs/saves/evaluates) and
+        # before every callback that reads the weights.
+        flow = next((i for i, cb in enumerate(handler) if isinstance(cb, DefaultFlowCallback)), -1)
+        handler.insert(flow + 1, self.watch)
         self.add_callback(_RestoreLossState(self))
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is None:
             opt_model = self.model if model is None else model
-            groups, _ = ratio_param_groups(opt_model, self.args.learning_rate, self.ratio, self.args.weight_decay)
-            self.optimizer = torch.optim.AdamW(
-                groups,
-                lr=self.args.learning_rate,
-                betas=(self.args.adam_beta1, self.args.adam_beta2),
-                eps=self.args.adam_epsilon,
+            self.optimizer = build_optimizer(
+                opt_model, self.args.learning_rate, self.ratio, self.args.weight_decay,
+                betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
             )
         return self.optimizer
 
-    def stop_non_finite(self, step: int, what: str) -> None:
+    def stop_non_finite(self, step: int, what: str, loss: float) -> None:
         last = checkpoint.last_checkpoint(self.args.output_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
         raise NonFiniteLossError(
-            f"training stopped at step {step}: {what} (loss {self._last_loss:.4g}); try a lower --lr or --ratio; "
-            f"{kept}",
-            what=what, step=step, loss=self._last_loss, last_checkpoint=last,
+            f"training stopped at step {step}: {what} (loss {loss:.4g}); try a lower --lr or --ratio; {kept}",
+            what=what, step=step, loss=loss, last_checkpoint=last,
         )
+
+    def step_loss(self) -> torch.Tensor | None:
+        """The summed loss of the optimizer step that just ran (a device scalar), and start the next sum."""
+        loss, self._step_loss = self._step_loss, None
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The model's loss, with the V-wide output head applied only at scored positions (fast_loss)."""
         if (return_outputs or not self.response_only or "labels" not in inputs
                 or self.label_smoother is not None or self.compute_loss_func is not None):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, model_inputs(inputs), return_outputs, num_items_in_batch)
         count = num_items_in_batch if self.model_accepts_loss_kwargs else None
         loss = response_only_loss(model, inputs, count)
         if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and count is not None:
@@ -100,17 +154,33 @@ class RatioTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._last_loss = loss.item()
-        if not math.isfinite(self._last_loss):
-            self.stop_non_finite(self.state.global_step + 1, "the loss is not finite")
+        # Kept on the device: `_NonFiniteWatch` checks it where the host syncs anyway.
+        self._step_loss = loss.detach() if self._step_loss is None else self._step_loss + loss.detach()
         return loss
+
+    def _track_num_input_tokens(self, inputs) -> None:
+        """Real (non-padding) tokens, counted by the collator on the host: no device sum and `.item()` per step.
+
+        Padded and packed batches alike; under several processes the counts are gathered as the Trainer does.
+        """
+        if self.args.include_num_input_tokens_seen == "no" or REAL_TOKENS not in inputs:
+            return super()._track_num_input_tokens(inputs)
+        tokens = int(inputs[REAL_TOKENS])
+        if self.args.world_size > 1:
+            counts = self.accelerator.gather(torch.tensor(tokens, device=self.args.device, dtype=torch.int64))
+            tokens = int(counts.sum().item())
+        self.state.num_input_tokens_seen += tokens
+
+    def _save_checkpoint(self, model, trial) -> None:
+        self.watch.check()  # a poisoned checkpoint is never written
+        self._save_checkpoint_staged(model, trial)
 
     # --- checkpoints: staged, then renamed into place ---
 
     def _get_output_dir(self, trial) -> str:
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
 
-    def _save_checkpoint(self, model, trial) -> None:
+    def _save_checkpoint_staged(self, model, trial) -> None:
         run_dir = Path(super()._get_output_dir(trial))
         step = self.state.global_step
         staging = checkpoint.staging_dir(run_dir, step)
