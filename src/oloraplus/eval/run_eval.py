@@ -38,12 +38,24 @@ def write_generations(path: str | Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def _why_not_a_run(run_dir: Path) -> str:
+    """The first thing a user must fix: a typo in the path, an unfinished run, or a directory of something else."""
+    partial = run_dir.with_name(run_dir.name + ".partial")
+    if not run_dir.exists():
+        if partial.is_dir():
+            return f"run directory does not exist: the run has not finished ({partial} holds it)"
+        return "run directory does not exist"
+    if not run_dir.is_dir():
+        return "not a directory"
+    return "not an oloraplus run (no config.yaml)"
+
+
 def load_run_config(run_dir: Path):
     from oloraplus.config import TrainConfig, build_config
 
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"{run_dir}: not an oloraplus run (no config.yaml)")
+        raise ConfigError(f"{run_dir}: {_why_not_a_run(run_dir)}")
     values = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("config")
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: no 'config' section")
