@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from oloraplus.errors import ConfigError
+from oloraplus.train import rundir
 
 
 def merge_run(run_dir: str | Path, output: str | Path) -> Path:
@@ -15,9 +15,8 @@ def merge_run(run_dir: str | Path, output: str | Path) -> Path:
     from oloraplus.adapters.export import load_adapter
     from oloraplus.eval.run_eval import load_run_config
 
-    run_dir, output = Path(run_dir), Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ConfigError(f"--output {output}: exists and is not empty; choose another directory")
+    run_dir = Path(run_dir)
+    output = rundir.check_output_dir(output, what="merged model")
     cfg = load_run_config(run_dir)
     loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device="cpu")
     merged = load_adapter(loaded.model, run_dir / "adapter").merge_and_unload()

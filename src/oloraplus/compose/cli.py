@@ -11,11 +11,12 @@ import re
 from pathlib import Path
 
 from oloraplus import __version__
-from oloraplus.compose.interference import format_table, interference, write_interference
+from oloraplus.compose.interference import INTERFERENCE_FILE, format_table, interference, write_interference
 from oloraplus.compose.io import RUN_ADAPTER_DIR, Adapter, load_adapter
 from oloraplus.compose.sum import sum_adapters, write_adapter
 from oloraplus.io import atomic_write_text
 from oloraplus.errors import AdapterError, ConfigError
+from oloraplus.train import rundir
 
 COMPOSE_FILE = "compose.json"
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -49,9 +50,8 @@ def _summary(adapters: list[Adapter], weights: list[float], labels: list[str]) -
 
 
 def _check_output(output: Path, dry_run: bool) -> None:
-    """Refuse before writing anything: a file in the way, or (unless dry run) an earlier composition."""
-    if output.exists() and not output.is_dir():
-        raise AdapterError(f"--output {output}: exists and is not a directory")
+    """Refuse before writing anything: a training run or others' files, or (unless dry run) an earlier composition."""
+    rundir.check_output_dir(output, what="composition", own=(COMPOSE_FILE, INTERFERENCE_FILE))
     if dry_run:
         return
     adapter_dir = output / RUN_ADAPTER_DIR
@@ -64,11 +64,11 @@ def compose_command(inputs: list[str], output: str, weights: str | None, dry_run
     if not inputs:
         raise ConfigError("compose: give at least one run or adapter directory")
     values = parse_weights(weights, len(inputs))
+    out = Path(output)
+    _check_output(out, dry_run)
     adapters = [load_adapter(source) for source in inputs]
     config, tensors = sum_adapters(adapters, values)  # also refuses incompatible adapters
     values = values or [1.0] * len(adapters)
-    out = Path(output)
-    _check_output(out, dry_run)
     result = interference(adapters)
     print(_summary(adapters, values, result.names))
     print(f"\nRMS over {len(result.layers)} layers of the pairwise cosine of ΔW (0 = orthogonal, 1 = same direction):")

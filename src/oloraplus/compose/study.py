@@ -39,6 +39,7 @@ from oloraplus.data.split import split_examples
 from oloraplus.errors import ConfigError, DataError
 from oloraplus.experiments.sweep import config_differences, read_metrics, recorded_config
 from oloraplus.io import atomic_write_text
+from oloraplus.train import rundir
 
 SPEC_KEYS = ("base", "domains", "merged", "baseline")
 DOMAIN_KEYS = ("data", "train_size", "eval_size")
@@ -399,9 +400,8 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
     from oloraplus.compose.io import load_adapter
     from oloraplus.data.tokenize import encode_examples
 
-    spec, output = read_spec(path), Path(output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {output}: exists and is not a directory")
+    spec = read_spec(path)
+    output = rundir.check_output_dir(output, what="compose study", own=("study.json", f"data/{MERGED}-*.jsonl"))
     base = build_config(TrainConfig, spec.base, spec.source)
     splits = {}
     for d in spec.domains:

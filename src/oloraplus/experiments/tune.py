@@ -19,6 +19,7 @@ from oloraplus.errors import ConfigError
 from oloraplus.experiments.report import markdown_table, plural
 from oloraplus.experiments.sweep import MANAGED, TrainFn, execute, format_value, plan_from_spec, read_metrics, run_path
 from oloraplus.io import atomic_write_json, atomic_write_text
+from oloraplus.train import rundir
 
 DEFAULT_GRID = tuple(2.0**k for k in range(-4, 5))  # 1/16 … 16, factor 2
 DEFAULT_MIN_STEPS = 50
@@ -93,7 +94,7 @@ def tune_ratio(
     rounds = rounds_needed(len(alive)) if rounds is None else rounds
     if rounds < 1:
         raise ConfigError(f"--rounds: must be >= 1, got {rounds}")
-    output = Path(output)
+    output = rundir.check_output_dir(output, what="λ search", own=(TUNE_JSON, "rung-0"))
     base = {k: v for k, v in to_dict(cfg).items() if k not in (*MANAGED, "ratio", "max_steps")}
     rungs: list[Rung] = []
     for index in range(rounds):

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -34,6 +34,33 @@ class RunDir:
 
 def is_run(path: Path) -> bool:
     return (path / RUN_MARKER).is_file()
+
+
+def is_training_run(path: Path) -> bool:
+    """config.yaml plus a result (metrics.json or adapter/): what `train` leaves; a stray config.yaml is not one."""
+    return is_run(path) and ((path / "metrics.json").is_file() or (path / "adapter").is_dir())
+
+
+def check_output_dir(output: str | Path, *, what: str, own: Sequence[str] = (), flag_name: str = "--output") -> Path:
+    """Refuse to write `what` (a sweep, a merged model, ...) into or under a training run, or into a non-empty
+    directory holding anything but an earlier `what` (recognised by the glob patterns `own`, so it resumes).
+
+    `train` has `plan_run_dir`; every other command that writes a directory asks here. Creates nothing.
+    """
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"{flag_name} {output}: exists and is not a directory")
+    if is_run(output):
+        raise ConfigError(f"{flag_name} {output}: is an oloraplus training run; write the {what} to another directory")
+    run = next((parent for parent in output.absolute().parents if is_training_run(parent)), None)
+    if run is not None:
+        raise ConfigError(f"{flag_name} {output}: is inside the training run {run}; "
+                          f"write the {what} to another directory")
+    if output.is_dir() and any(output.iterdir()) and not any(any(output.glob(pattern)) for pattern in own):
+        raise ConfigError(f"{flag_name} {output}: exists, is not empty and holds no {what}; "
+                          "choose a new or empty directory")
+    _check_writable(output, flag_name)
+    return output
 
 
 def _check_writable(output: Path, flag_name: str) -> None:
