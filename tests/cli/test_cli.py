@@ -53,12 +53,14 @@ TORCH_PROBE = ("import sys\nfrom oloraplus.cli.main import main\nrc = main(sys.a
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--ratio", "0"], "oloraplus: error: --ratio: λ must be a finite number > 0, got 0.0"),
-    (["train", "--config", "{config}"], "unknown key 'learning_rate' (did you mean 'lr'?)"),
+    (["train", "--config", "{tmp}/train.yaml"], "unknown key 'learning_rate' (did you mean 'lr'?)"),
+    (["eval", "{tmp}/runs/typo"], "runs/typo: run directory does not exist"),
+    (["merge", "{tmp}/runs/typo", "--output", "{tmp}/merged"], "runs/typo: run directory does not exist"),
+    (["tune-ratio", "--grid", "1,x"], "--grid: 'x' is not a number"),
 ])
 def test_config_errors_come_before_torch_is_imported(argv, message, tmp_path):
-    config = tmp_path / "train.yaml"
-    config.write_text("learning_rate: 1e-3\n")
-    argv = [arg.replace("{config}", str(config)) for arg in argv]
+    (tmp_path / "train.yaml").write_text("learning_rate: 1e-3\n")
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
     proc = subprocess.run([sys.executable, "-c", TORCH_PROBE, *argv], capture_output=True, text=True)
     assert proc.stdout.split() == ["2", "False", "False"], proc.stderr
     assert proc.stderr.count("\n") == 1 and message in proc.stderr

@@ -12,13 +12,13 @@ from oloraplus.train import rundir
 
 def merge_run(run_dir: str | Path, output: str | Path) -> Path:
     """Base + adapter → merged safetensors model (+ tokenizer) at `output`, written atomically."""
-    from oloraplus import models
-    from oloraplus.adapters.export import load_adapter
-    from oloraplus.eval.run_eval import load_run_config
-
     run_dir = Path(run_dir)
     output = rundir.check_output_dir(output, what="merged model")
-    cfg = load_run_config(run_dir)
+    cfg = rundir.load_run_config(run_dir)  # both checked before torch and the model load
+
+    from oloraplus import models
+    from oloraplus.adapters.export import load_adapter
+
     loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device="cpu")
     merged = load_adapter(loaded.model, run_dir / "adapter").merge_and_unload()
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,31 @@ def check_output_dir(output: str | Path, *, what: str, own: Sequence[str] = (), 
     return output
 
 
+def _why_not_a_run(run_dir: Path) -> str:
+    """The first thing a user must fix: a typo in the path, an unfinished run, or a directory of something else."""
+    partial = run_dir.with_name(run_dir.name + ".partial")
+    if not run_dir.exists():
+        if partial.is_dir():
+            return f"run directory does not exist: the run has not finished ({partial} holds it)"
+        return "run directory does not exist"
+    if not run_dir.is_dir():
+        return "not a directory"
+    return "not an oloraplus run (no config.yaml)"
+
+
+def load_run_config(run_dir: Path) -> Any:
+    """The TrainConfig a finished run recorded (eval and merge rebuild its model and data from it)."""
+    from oloraplus.config import TrainConfig, build_config
+
+    path = run_dir / RUN_MARKER
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: {_why_not_a_run(run_dir)}")
+    values = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("config")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: no 'config' section")
+    return build_config(TrainConfig, values, str(path))
+
+
 def _check_writable(output: Path, flag_name: str) -> None:
     """Fail before any training if the output cannot be written (read-only disk, permissions)."""
     probe_dir = output.parent
