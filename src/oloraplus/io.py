@@ -25,13 +25,14 @@ def current_umask() -> int:
 
 
 def follow_umask(root: str | Path) -> Path:
-    """Give `root` and everything under it the modes a plain mkdir/open would (0755/0644 under umask 022).
+    """Give `root` (a file, or a directory we built and everything under it) the modes a plain open/mkdir
+    would: 0644/0755 under umask 022.
 
     mkdtemp makes directories 0700 and safetensors writes its files 0600: a model or adapter built that
     way and renamed into place would be unreadable to another user or a serving process.
     """
     root, mask = Path(root), current_umask()
-    for path in [root, *root.rglob("*")]:
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
         if not path.is_symlink():
             path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
     return root

@@ -95,7 +95,7 @@ def save_adapter(
         _name_base(path, local, portable_name(source))
     if extra_metadata is not None:
         atomic_write_json(path / METADATA_FILE, extra_metadata)
-    follow_umask(path)
+    follow_umask(path / WEIGHTS_FILE)  # safetensors writes it 0600; `path` may hold the caller's own files
     return path
 
 
