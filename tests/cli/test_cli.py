@@ -57,6 +57,8 @@ TORCH_PROBE = ("import sys\nfrom oloraplus.cli.main import main\nrc = main(sys.a
     (["eval", "{tmp}/runs/typo"], "runs/typo: run directory does not exist"),
     (["merge", "{tmp}/runs/typo", "--output", "{tmp}/merged"], "runs/typo: run directory does not exist"),
     (["tune-ratio", "--grid", "1,x"], "--grid: 'x' is not a number"),
+    (["sweep", "{tmp}/train.yaml", "--output", "{tmp}/sweep"], "train.yaml: unknown top-level key 'learning_rate'"),
+    (["compose-study", "{tmp}/train.yaml", "--output", "{tmp}/study"], "unknown top-level key 'learning_rate'"),
 ])
 def test_config_errors_come_before_torch_is_imported(argv, message, tmp_path):
     (tmp_path / "train.yaml").write_text("learning_rate: 1e-3\n")

@@ -393,6 +393,9 @@ def _evaluate_variants(loaded, variants: dict[str, Path | None], heldout: dict, 
 
 def run_study(path: str | Path, output: str | Path, *, command: str | None = None) -> dict[str, Any]:
     """Train what is missing, evaluate every variant on every domain, write the study files; returns study.json."""
+    spec = read_spec(path)  # spec and output are checked before torch and the data load
+    output = rundir.check_output_dir(output, what="compose study", own=("study.json", f"data/{MERGED}-*.jsonl"))
+
     import torch
 
     from oloraplus import models
@@ -400,8 +403,6 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
     from oloraplus.compose.io import load_adapter
     from oloraplus.data.tokenize import encode_examples
 
-    spec = read_spec(path)
-    output = rundir.check_output_dir(output, what="compose study", own=("study.json", f"data/{MERGED}-*.jsonl"))
     base = build_config(TrainConfig, spec.base, spec.source)
     splits = {}
     for d in spec.domains:
