@@ -91,3 +91,11 @@ def test_each_kind_of_output_is_recognised_as_its_own(tmp_path):
 def test_a_stray_config_yaml_above_the_output_is_not_a_run(tmp_path):
     (tmp_path / "config.yaml").write_text("project: settings\n")  # a project root, not a training run
     assert check_output_dir(tmp_path / "sweeps" / "a", what="sweep") == tmp_path / "sweeps" / "a"
+
+
+def test_an_unfinished_run_is_refused_too(tmp_path):
+    partial = tmp_path / "x.partial"
+    partial.mkdir()
+    (partial / "config.yaml").write_text("config: {}\n")  # what train writes first
+    with pytest.raises(ConfigError, match=r"x.partial: exists, is not empty and holds no sweep"):
+        check_output_dir(partial, what="sweep", own=("sweep.json",))

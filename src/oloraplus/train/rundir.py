@@ -50,7 +50,7 @@ def check_output_dir(output: str | Path, *, what: str, own: Sequence[str] = (), 
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{flag_name} {output}: exists and is not a directory")
-    if is_run(output):
+    if is_training_run(output):
         raise ConfigError(f"{flag_name} {output}: is an oloraplus training run; write the {what} to another directory")
     run = next((parent for parent in output.absolute().parents if is_training_run(parent)), None)
     if run is not None:
