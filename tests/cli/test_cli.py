@@ -57,6 +57,8 @@ TORCH_PROBE = ("import sys\nfrom oloraplus.cli.main import main\nrc = main(sys.a
     (["eval", "{tmp}/runs/typo"], "runs/typo: run directory does not exist"),
     (["merge", "{tmp}/runs/typo", "--output", "{tmp}/merged"], "runs/typo: run directory does not exist"),
     (["tune-ratio", "--grid", "1,x"], "--grid: 'x' is not a number"),
+    (["compose", "{tmp}/a", "{tmp}/b", "--weights", "x,1", "--output", "{tmp}/c"], "--weights: 'x' is not a number"),
+    (["compose", "{tmp}/a", "--output", "{tmp}/train.yaml"], "train.yaml: exists and is not a directory"),
     (["sweep", "{tmp}/train.yaml", "--output", "{tmp}/sweep"], "train.yaml: unknown top-level key 'learning_rate'"),
     (["compose-study", "{tmp}/train.yaml", "--output", "{tmp}/study"], "unknown top-level key 'learning_rate'"),
 ])

@@ -19,6 +19,7 @@ import yaml
 from oloraplus.errors import ConfigError
 
 RUN_MARKER = "config.yaml"
+ADAPTER_DIR = "adapter"  # a finished run keeps its PEFT adapter here
 PER_INVOCATION = ("output", "overwrite", "resume")  # may differ between a run and its resumption
 
 
@@ -38,7 +39,7 @@ def is_run(path: Path) -> bool:
 
 def is_training_run(path: Path) -> bool:
     """config.yaml plus a result (metrics.json or adapter/): what `train` leaves; a stray config.yaml is not one."""
-    return is_run(path) and ((path / "metrics.json").is_file() or (path / "adapter").is_dir())
+    return is_run(path) and ((path / "metrics.json").is_file() or (path / ADAPTER_DIR).is_dir())
 
 
 def check_output_dir(output: str | Path, *, what: str, own: Sequence[str] = (), flag_name: str = "--output") -> Path:
