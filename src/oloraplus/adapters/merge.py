@@ -20,7 +20,7 @@ def merge_run(run_dir: str | Path, output: str | Path) -> Path:
     from oloraplus.adapters.export import load_adapter
 
     loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device="cpu")
-    merged = load_adapter(loaded.model, run_dir / "adapter").merge_and_unload()
+    merged = load_adapter(loaded.model, run_dir / rundir.ADAPTER_DIR).merge_and_unload()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=output.name + ".tmp-", dir=output.parent))
     try:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from oloraplus.data.prompts import render_prompt
 from oloraplus.errors import AdapterError
 from oloraplus.io import atomic_write_json, atomic_write_text
-from oloraplus.train.rundir import load_run_config
+from oloraplus.train.rundir import ADAPTER_DIR, load_run_config
 
 
 def generation_eval(model, tokenizer, examples: Sequence, n: int, max_new_tokens: int, batch_size: int,
@@ -57,11 +57,11 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     if data is not None:  # all of the given data is eval data (capped by eval_size)
         cfg = replace(cfg, data=data, train_size=1, eval_size=cfg.eval_size)
     prep = prepare(cfg, device=pick_device(device))
-    recorded = (load_metadata(run_dir / "adapter") or {}).get("base_fingerprint")
+    recorded = (load_metadata(run_dir / ADAPTER_DIR) or {}).get("base_fingerprint")
     if recorded and recorded != prep.fingerprint:
-        raise AdapterError(f"{run_dir / 'adapter'}: trained on another base model (base fingerprint {recorded} "
+        raise AdapterError(f"{run_dir / ADAPTER_DIR}: trained on another base model (base fingerprint {recorded} "
                            f"!= {prep.fingerprint} of --model {cfg.model})")
-    model = load_adapter(prep.loaded.model, run_dir / "adapter").eval()
+    model = load_adapter(prep.loaded.model, run_dir / ADAPTER_DIR).eval()
     batch = batch_size or cfg.batch_size
     collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id)
     metrics: dict[str, Any] = dict(evaluate_loss(model, prep.eval_dataset, collator, batch_size=batch))
