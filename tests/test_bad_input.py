@@ -220,7 +220,8 @@ CASES: list[tuple[str, Build, list[str]]] = [
     ("resume-with-other-options", lambda w, t, o: w.train(o, "--lr", "0.02", "--resume"),
      ["--resume", "--lr is 0.02", "0.01"]),
     # --- other commands never write into a training run or into others' files ---
-    ("sweep-output-is-a-run", lambda w, t, o: ["sweep", w.file("s.yaml", "grid: {ratio: [1, 4]}\n"), "--output", str(o)],
+    ("sweep-output-is-a-run",
+     lambda w, t, o: ["sweep", w.file("s.yaml", "grid: {ratio: [1, 4]}\n"), "--output", str(o)],
      ["--output", "is an oloraplus training run"]),
     ("tune-ratio-output-is-a-run", lambda w, t, o: ["tune-ratio", "--grid", "1,4", "--output", str(o)],
      ["--output", "is an oloraplus training run"]),

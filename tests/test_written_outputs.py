@@ -106,7 +106,7 @@ def test_a_trained_run_records_the_model_as_given_and_still_loads_evals_and_merg
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     tokens = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
-        loaded = PeftModel.from_pretrained(base, str(adapter))(tokens).logits  # explicit base: the portable name is not used
+        loaded = PeftModel.from_pretrained(base, str(adapter))(tokens).logits  # explicit base, not the recorded name
     assert torch.isfinite(loaded).all()
     assert main(["eval", str(tmp_path / "run")]) == 0
     assert main(["merge", str(tmp_path / "run"), "--output", str(tmp_path / "merged")]) == 0
