@@ -199,6 +199,9 @@ CASES: list[tuple[str, Build, list[str]]] = [
     # --- config file ---
     ("config-unknown-key", lambda w, t, o: w.train(o, "--config", w.file("unknown.yaml", "rnak: 4\n")),
      ["unknown.yaml", "unknown key 'rnak'", "did you mean 'rank'"]),
+    ("config-other-trainers-key",
+     lambda w, t, o: w.train(o, "--config", w.file("hf.yaml", "learning_rate: 1e-3\n")),
+     ["hf.yaml", "unknown key 'learning_rate'", "did you mean 'lr'"]),
     ("config-wrong-type", lambda w, t, o: w.train(o, "--config", w.file("types.yaml", "epochs: many\n")),
      ["types.yaml", "key 'epochs'", "expected float"]),
     ("config-invalid-yaml", lambda w, t, o: w.train(o, "--config", w.file("syntax.yaml", "rank: [4\n")),
@@ -216,6 +219,23 @@ CASES: list[tuple[str, Build, list[str]]] = [
     ("resume-finished-run", lambda w, t, o: w.train(o, "--resume"), ["already finished"]),
     ("resume-with-other-options", lambda w, t, o: w.train(o, "--lr", "0.02", "--resume"),
      ["--resume", "--lr is 0.02", "0.01"]),
+    # --- other commands never write into a training run or into others' files ---
+    ("sweep-output-is-a-run",
+     lambda w, t, o: ["sweep", w.file("s.yaml", "grid: {ratio: [1, 4]}\n"), "--output", str(o)],
+     ["--output", "is an oloraplus training run"]),
+    ("tune-ratio-output-is-a-run", lambda w, t, o: ["tune-ratio", "--grid", "1,4", "--output", str(o)],
+     ["--output", "is an oloraplus training run"]),
+    ("compose-output-is-a-run", lambda w, t, o: ["compose", str(w.run), "--output", str(o)],
+     ["--output", "is an oloraplus training run"]),
+    ("compose-study-output-is-a-run", lambda w, t, o: ["compose-study", w.file(
+        "study.yaml", "base: {method: lora}\ndomains: {a: a.jsonl, b: b.jsonl}\n"), "--output", str(o)],
+     ["--output", "is an oloraplus training run"]),
+    ("merge-output-is-a-run", lambda w, t, o: ["merge", str(w.run), "--output", str(o)],
+     ["--output", "is an oloraplus training run"]),
+    ("merge-output-not-empty", lambda w, t, o: ["merge", str(w.run), "--output", str(o)],
+     ["--output", "not empty and holds no merged model"]),
+    ("sweep-output-inside-a-run", lambda w, t, o: ["sweep", w.file("s.yaml", "grid: {ratio: [1, 4]}\n"),
+                                                   "--output", str(o / "sweep")], ["inside the training run"]),
     # --- compose ---
     ("compose-different-bases", lambda w, t, o: ["compose", str(w.run), str(w.other_run), "--output", str(o)],
      ["different base fingerprints"]),
@@ -237,6 +257,8 @@ CASES: list[tuple[str, Build, list[str]]] = [
     ("eval-pickle-adapter", lambda w, t, o: ["eval", str(o)], ["adapter_model.bin", "safetensors"]),
     ("eval-adapter-from-other-base", lambda w, t, o: ["eval", str(o)], ["base", "fingerprint"]),
     ("eval-not-a-run", lambda w, t, o: ["eval", str(w.root / "inputs")], ["not an oloraplus run"]),
+    ("eval-missing-run", lambda w, t, o: ["eval", str(t / "runs" / "doesnotexist")],
+     ["doesnotexist: run directory does not exist"]),
 ]
 
 # Where the output must already exist before the command: how to make it.
@@ -245,6 +267,10 @@ PRE_EXISTING: dict[str, Callable[[Workspace, Path], Path]] = {
     "resume-finished-run": run_copy,
     "resume-with-other-options": unfinished_run,
     "output-not-a-run": foreign_dir,
+    **{case: run_copy for case in ("sweep-output-is-a-run", "tune-ratio-output-is-a-run", "compose-output-is-a-run",
+                                   "compose-study-output-is-a-run", "merge-output-is-a-run",
+                                   "sweep-output-inside-a-run")},
+    "merge-output-not-empty": foreign_dir,
     "output-is-a-file": plain_file,
     "eval-truncated-adapter": lambda w, t: w.damaged_run(t, truncate),
     "eval-tampered-header": lambda w, t: w.damaged_run(t, tamper_header),

@@ -27,6 +27,24 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     assert cfg.target_modules == ["q_proj", "v_proj"]
 
 
+def test_help_shows_each_default_once(capsys):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainConfig)
+    text = " ".join(parser.format_help().split())
+    assert "(default: every linear layer in the blocks)" in text and "(default: [])" not in text
+    assert "adapter rank r (default: 32)" in text
+    assert all(line.count("(default:") <= 1 for line in text.split("--"))
+
+
+def test_sweep_files_get_the_same_hint_as_train_configs(tmp_path):
+    from oloraplus.experiments.sweep import plan_sweep
+
+    path = tmp_path / "s.yaml"
+    path.write_text("base: {learning_rate: 1e-3}\ngrid: {ratio: [1, 4]}\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: base: unknown key 'learning_rate' \(did you mean 'lr'\?\)"):
+        plan_sweep(path)
+
+
 def test_comma_separated_target_modules_flag():
     assert parse(["--target-modules", "q_proj, k_proj"]).target_modules == ["q_proj", "k_proj"]
 
@@ -35,6 +53,8 @@ def test_comma_separated_target_modules_flag():
     "text, message",
     [
         ("rnak: 8\n", "unknown key 'rnak' (did you mean 'rank'?)"),
+        ("learning_rate: 1e-3\n", "unknown key 'learning_rate' (did you mean 'lr'?)"),  # other trainers' names
+        ("num_train_epochs: 2\n", "unknown key 'num_train_epochs' (did you mean 'epochs'?)"),
         ("rank: eight\n", "key 'rank': expected int, got str"),
         ("group_by_length: 3\n", "key 'group_by_length': expected true/false"),
         ("- a\n- b\n", "expected a mapping"),

@@ -153,7 +153,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> N
         tp = _base_type(tp)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f.metadata.get("help", "")
+        if "(default:" not in help_text:  # a help that describes its default itself must not get a second one
+            help_text += f" (default: {default})"
         if tp is bool:
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
             continue
@@ -220,6 +222,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# What other trainers (HF TrainingArguments, PEFT, axolotl) call our options: spelling alone would not find them.
+KNOWN_AS = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "r": "rank", "lora_r": "rank", "lora_alpha": "alpha",
+    "lora_dropout": "dropout", "lr_scheduler_type": "scheduler", "lr_scheduler": "scheduler",
+    "output_dir": "output", "model_name_or_path": "model", "base_model": "model", "dataset": "data",
+    "max_seq_length": "max_length", "sequence_len": "max_length", "loraplus_lr_ratio": "ratio", "lambda": "ratio",
+}
+
+
 def build_config(cls: type, values: dict[str, Any], source: str) -> Any:
     """Check keys and types of a mapping (from YAML or a sweep) and build the dataclass."""
     known = {f.name: tp for f, tp in _fields(cls)}
@@ -227,7 +240,7 @@ def build_config(cls: type, values: dict[str, Any], source: str) -> Any:
     for raw_key, value in values.items():
         key = str(raw_key).replace("-", "_")
         if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
+            hint = [KNOWN_AS[key]] if KNOWN_AS.get(key) in known else difflib.get_close_matches(key, known, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise ConfigError(f"{source}: unknown key {str(raw_key)!r}{suggestion}")
         kwargs[key] = _coerce(cls.__name__, source, key, value, known[key])

@@ -11,8 +11,31 @@ from typing import Any
 import yaml
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def current_umask() -> int:
+    """The process umask now (not at import: a caller may change it), read without setting it where /proc allows."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # no /proc: os.umask only reads by setting, so set something safe and restore
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(root: str | Path) -> Path:
+    """Give `root` (a file, or a directory we built and everything under it) the modes a plain open/mkdir
+    would: 0644/0755 under umask 022.
+
+    mkdtemp makes directories 0700 and safetensors writes its files 0600: a model or adapter built that
+    way and renamed into place would be unreadable to another user or a serving process.
+    """
+    root, mask = Path(root), current_umask()
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+    return root
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -21,7 +44,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes the file private; results are ordinary files
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes the file private; results are ordinary files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

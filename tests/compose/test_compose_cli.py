@@ -73,11 +73,14 @@ def test_refuses_existing_output_before_writing(two_runs, tmp_path):
     inputs, _ = two_runs
     (tmp_path / "out" / "adapter").mkdir(parents=True)
     (tmp_path / "out" / "adapter" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"--output .*out: exists, is not empty and holds no composition"):
+        compose_command(inputs, str(tmp_path / "out"), None, dry_run=True)
+    (tmp_path / "out" / "interference.json").write_text("{}")  # what an earlier compose wrote first
     with pytest.raises(AdapterError, match=r"--output .*out: already holds a composed adapter"):
         compose_command(inputs, str(tmp_path / "out"), None, dry_run=False)
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["adapter"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter", "interference.json"]
     (tmp_path / "file").write_text("")
-    with pytest.raises(AdapterError, match=r"--output .*file: exists and is not a directory"):
+    with pytest.raises(ConfigError, match=r"--output .*file: exists and is not a directory"):
         compose_command(inputs, str(tmp_path / "file"), None, dry_run=True)
 
 

@@ -61,7 +61,7 @@ def sweep_dir(tmp_path: Path) -> Path:
 def test_table_shows_mean_and_std_over_seeds_and_dashes_for_missing_metrics(sweep_dir):
     table = format_table(find_runs(sweep_dir))
     assert table.startswith("model: m\n")
-    assert "| method | seeds | eval loss | ROUGE-1 | ROUGE-2 | ROUGE-L | BLEU |" in table
+    assert "| method | seeds | eval loss | ROUGE-1 | ROUGE-2 | ROUGE-L | corpus BLEU |" in table
     assert "| lora λ=1 | 1 | 2.5000 | – | – | – | – |" in table
     assert "| olora λ=0.25 | 3 | 2.1500 ± 0.1732 | – | – | – | – |" in table
     assert "| olora λ=1 | 3 | 2.1000 ± 0.1000 | 42.00 ± 2.00 | – | – | – |" in table
@@ -82,8 +82,32 @@ def test_report_has_paired_intervals_and_verdicts(sweep_dir):
     assert "| olora λ=1 | eval loss" not in report  # the baseline is not compared with itself
     # per-example: ROUGE-L +5 on each of 4 examples × 3 seeds; BLEU ±1 averages to 0
     assert "| olora λ=4 | ROUGE-L | +5.00 | [+5.00, +5.00] | 12 | better |" in report
-    bleu = next(line for line in report.splitlines() if line.startswith("| olora λ=4 | BLEU |"))
-    assert bleu.startswith("| olora λ=4 | BLEU | +0.00 | [-") and bleu.endswith("| 12 | no significant difference |")
+    bleu = next(line for line in report.splitlines() if line.startswith("| olora λ=4 | sentence BLEU |"))
+    assert bleu.startswith("| olora λ=4 | sentence BLEU | +0.00 | [-")
+    assert bleu.endswith("| 12 | no significant difference |")
+
+
+def test_bootstrap_bleu_is_labelled_sentence_bleu_not_the_tables_corpus_bleu(tmp_path):
+    for seed in SEEDS:  # corpus BLEU equal (0.00) while every example's sentence BLEU is 1 lower
+        for ratio, bleu in ((1.0, 1.0), (4.0, 0.0)):
+            generations = [{"index": i, "prompt": "p", "reference": "r", "generation": "g", "bleu": bleu}
+                           for i in range(4)]
+            write_run(tmp_path / "runs" / f"olora-{ratio}-{seed}", {"model": "m", "method": "olora", "ratio": ratio,
+                      "seed": seed}, {"eval_loss": 2.0, "bleu": 0.0}, generations=generations)
+    lines = write_report(tmp_path).read_text().splitlines()
+    assert "| olora λ=4 | corpus BLEU | +0.00 | [+0.00, +0.00] | 3 | no significant difference |" in lines
+    assert "| olora λ=4 | sentence BLEU | -1.00 | [-1.00, -1.00] | 12 | worse |" in lines
+    assert not any("| BLEU |" in line for line in lines)
+    assert any("*sentence* BLEU" in line and "not the corpus BLEU" in line for line in lines)
+
+
+def test_report_plots_long_labels_without_layout_warnings(tmp_path, recwarn):
+    for ratio, modules in ((1.0, []), (4.0, ["q_proj", "k_proj"] * 20)):  # a label wider than the figure
+        write_run(tmp_path / "runs" / f"r{ratio}", {"model": "m", "method": "olora", "ratio": ratio,
+                  "target_modules": modules}, {"eval_loss": 2.0}, _log([2.3, 2.1, 2.0]))
+    write_report(tmp_path, baseline={"method": "olora", "ratio": 1.0})
+    assert [str(w.message) for w in recwarn if "layout" in str(w.message).lower()] == []
+    assert any(tmp_path.glob("plots/steps-to-baseline*.png"))
 
 
 def test_report_counts_steps_to_the_baselines_final_eval_loss(sweep_dir):

@@ -96,3 +96,10 @@ def test_tune_ratio_command_takes_train_flags(tmp_path, monkeypatch, capsys):
     assert "best λ = 2" in capsys.readouterr().out
     cfg = sweep.recorded_config(tmp_path / "tune" / "rung-0" / "runs" / "ratio-0.5")
     assert (cfg["rank"], cfg["seed"], cfg["lr"], cfg["max_steps"]) == (8, 5, 1e-3, 4)
+
+
+def test_tune_report_counts_agree_with_their_nouns(tmp_path):
+    result = tune.tune_ratio(TrainConfig(), tmp_path, grid=[0.5, 2], min_steps=1, rounds=2, train_fn=FakeTrain())
+    text = (tmp_path / "tune.md").read_text()
+    assert "round 0 (1 step)" in text and "after 1 step (round 0, against 2 λ values)" in text
+    assert "1 steps" not in text and len(result.rungs) == 1

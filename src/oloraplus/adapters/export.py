@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 
 from oloraplus.adapters.olora import LoraFactors
 from oloraplus.errors import AdapterError
-from oloraplus.io import atomic_write_json
+from oloraplus.io import atomic_write_json, atomic_write_text, follow_umask
+from oloraplus.models import base_provenance, portable_name
 
 METADATA_FILE = "oloraplus_adapter.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -54,7 +55,11 @@ def save_adapter(
     initial_factors: dict[str, LoraFactors],
     extra_metadata: dict | None = None,
 ) -> Path:
-    """Write a safetensors PEFT adapter directory that reproduces `peft_model` on the untouched base."""
+    """Write a safetensors PEFT adapter directory that reproduces `peft_model` on the untouched base.
+
+    With `extra_metadata["base_model"]` (the `--model` given), adapter_config.json names the base by its
+    portable name, and oloraplus_adapter.json keeps the local path and how those weights were made.
+    """
     path = Path(path)
     adapter_name = peft_model.active_adapter
     config = peft_model.peft_config[adapter_name]
@@ -83,9 +88,29 @@ def save_adapter(
         if saved.base_model_name_or_path is None:
             saved.base_model_name_or_path = getattr(peft_model.get_base_model(), "name_or_path", None) or None
         saved.save_pretrained(path)
+    source = (extra_metadata or {}).get("base_model")
+    if source:
+        local = getattr(peft_model.get_base_model(), "name_or_path", None) or None
+        extra_metadata = {**extra_metadata, **base_provenance(source, local)}
+        _name_base(path, local, portable_name(source))
     if extra_metadata is not None:
         atomic_write_json(path / METADATA_FILE, extra_metadata)
+    follow_umask(path / WEIGHTS_FILE)  # safetensors writes it 0600; `path` may hold the caller's own files
     return path
+
+
+def _name_base(path: Path, local: str | None, name: str) -> None:
+    """Name the base as llama.cpp, vLLM and the Hub can resolve it, not by this machine's cache path.
+
+    Done after PEFT's save, which reads the base's config from that name and would go to the Hub for it.
+    """
+    config_file = path / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = name
+    atomic_write_json(config_file, config)
+    card = path / "README.md"  # PEFT's model card names the base by the loaded config's path
+    if local and card.is_file():
+        atomic_write_text(card, card.read_text(encoding="utf-8").replace(local, name))
 
 
 def load_metadata(path: str | os.PathLike) -> dict | None:

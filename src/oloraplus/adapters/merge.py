@@ -6,26 +6,27 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from oloraplus.errors import ConfigError
+from oloraplus.io import follow_umask
+from oloraplus.train import rundir
 
 
 def merge_run(run_dir: str | Path, output: str | Path) -> Path:
     """Base + adapter → merged safetensors model (+ tokenizer) at `output`, written atomically."""
+    run_dir = Path(run_dir)
+    output = rundir.check_output_dir(output, what="merged model")
+    cfg = rundir.load_run_config(run_dir)  # both checked before torch and the model load
+
     from oloraplus import models
     from oloraplus.adapters.export import load_adapter
-    from oloraplus.eval.run_eval import load_run_config
 
-    run_dir, output = Path(run_dir), Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ConfigError(f"--output {output}: exists and is not empty; choose another directory")
-    cfg = load_run_config(run_dir)
     loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device="cpu")
-    merged = load_adapter(loaded.model, run_dir / "adapter").merge_and_unload()
+    merged = load_adapter(loaded.model, run_dir / rundir.ADAPTER_DIR).merge_and_unload()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=output.name + ".tmp-", dir=output.parent))
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)
         if output.exists():
             output.rmdir()
         tmp.rename(output)

@@ -32,9 +32,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _train(args: argparse.Namespace) -> int:
+    cfg = resolve(TrainConfig, args)  # parsed and validated before torch is imported: a typo fails in a second
     from oloraplus.train.recipe import train
 
-    cfg = resolve(TrainConfig, args)
     metrics = train(cfg).metrics
     if int(os.environ.get("RANK", "0")) == 0:
         print(

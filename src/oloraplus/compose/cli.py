@@ -10,12 +10,16 @@ import json
 import re
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from oloraplus import __version__
-from oloraplus.compose.interference import format_table, interference, write_interference
-from oloraplus.compose.io import RUN_ADAPTER_DIR, Adapter, load_adapter
-from oloraplus.compose.sum import sum_adapters, write_adapter
-from oloraplus.io import atomic_write_text
+from oloraplus.compose import INTERFERENCE_FILE
 from oloraplus.errors import AdapterError, ConfigError
+from oloraplus.io import atomic_write_text
+from oloraplus.train import rundir
+
+if TYPE_CHECKING:  # torch: imported once the flags and --output have been checked
+    from oloraplus.compose.io import Adapter
 
 COMPOSE_FILE = "compose.json"
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -49,12 +53,11 @@ def _summary(adapters: list[Adapter], weights: list[float], labels: list[str]) -
 
 
 def _check_output(output: Path, dry_run: bool) -> None:
-    """Refuse before writing anything: a file in the way, or (unless dry run) an earlier composition."""
-    if output.exists() and not output.is_dir():
-        raise AdapterError(f"--output {output}: exists and is not a directory")
+    """Refuse before writing anything: a training run or others' files, or (unless dry run) an earlier composition."""
+    rundir.check_output_dir(output, what="composition", own=(COMPOSE_FILE, INTERFERENCE_FILE))
     if dry_run:
         return
-    adapter_dir = output / RUN_ADAPTER_DIR
+    adapter_dir = output / rundir.ADAPTER_DIR
     if (adapter_dir.exists() and any(adapter_dir.iterdir())) or (output / COMPOSE_FILE).exists():
         raise AdapterError(f"--output {output}: already holds a composed adapter; choose a new directory")
 
@@ -64,11 +67,15 @@ def compose_command(inputs: list[str], output: str, weights: str | None, dry_run
     if not inputs:
         raise ConfigError("compose: give at least one run or adapter directory")
     values = parse_weights(weights, len(inputs))
+    out = Path(output)
+    _check_output(out, dry_run)
+    from oloraplus.compose.interference import format_table, interference, write_interference
+    from oloraplus.compose.io import load_adapter
+    from oloraplus.compose.sum import sum_adapters, write_adapter
+
     adapters = [load_adapter(source) for source in inputs]
     config, tensors = sum_adapters(adapters, values)  # also refuses incompatible adapters
     values = values or [1.0] * len(adapters)
-    out = Path(output)
-    _check_output(out, dry_run)
     result = interference(adapters)
     print(_summary(adapters, values, result.names))
     print(f"\nRMS over {len(result.layers)} layers of the pairwise cosine of ΔW (0 = orthogonal, 1 = same direction):")
@@ -85,7 +92,7 @@ def compose_command(inputs: list[str], output: str, weights: str | None, dry_run
         "base_model": next((a.base_model for a in adapters if a.base_model), None),
         "method": "compose",
     }
-    adapter_dir = write_adapter(config, tensors, out / RUN_ADAPTER_DIR, meta=meta)
+    adapter_dir = write_adapter(config, tensors, out / rundir.ADAPTER_DIR, meta=meta)
     record = {
         "inputs": [
             {"source": a.source, "adapter_dir": str(a.path), "name": label, "method": a.method, "r": a.config.get("r")}

@@ -18,13 +18,10 @@ from pathlib import Path
 
 import torch
 
+from oloraplus.compose import HEATMAP_FILE, INTERFERENCE_FILE
 from oloraplus.compose.io import Adapter, LoraFactors, target_name
 from oloraplus.compose.sum import check_compatible
 from oloraplus.io import atomic_write_text
-
-INTERFERENCE_FILE = "interference.json"
-HEATMAP_FILE = "interference.png"
-
 
 @dataclass(frozen=True)
 class Interference:

@@ -18,12 +18,12 @@ import torch
 from peft.utils.other import get_pattern_key
 
 from oloraplus.errors import AdapterError
+from oloraplus.train.rundir import ADAPTER_DIR
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_WEIGHTS_FILE = "adapter_model.bin"
 META_FILE = "oloraplus_adapter.json"  # {"base_fingerprint", "base_model", "method"}
-RUN_ADAPTER_DIR = "adapter"  # a run directory keeps its adapter here
 KEY_PREFIX = "base_model.model."  # PeftModel's prefix on every saved key
 
 _FACTOR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
@@ -78,7 +78,7 @@ class Adapter:
     @property
     def name(self) -> str:
         """A short label: the run directory's name for a run, else the adapter directory's."""
-        return (self.path.parent if self.path.name == RUN_ADAPTER_DIR else self.path).resolve().name
+        return (self.path.parent if self.path.name == ADAPTER_DIR else self.path).resolve().name
 
     @property
     def fan_in_fan_out(self) -> bool:
@@ -95,10 +95,10 @@ def resolve_adapter_dir(source: str | Path) -> Path:
     path = Path(source)
     if (path / CONFIG_FILE).is_file():
         return path
-    if (path / RUN_ADAPTER_DIR).is_dir():
-        if not (path / RUN_ADAPTER_DIR / CONFIG_FILE).is_file():
-            raise AdapterError(f"{path / RUN_ADAPTER_DIR / CONFIG_FILE}: missing")
-        return path / RUN_ADAPTER_DIR
+    if (path / ADAPTER_DIR).is_dir():
+        if not (path / ADAPTER_DIR / CONFIG_FILE).is_file():
+            raise AdapterError(f"{path / ADAPTER_DIR / CONFIG_FILE}: missing")
+        return path / ADAPTER_DIR
     if not path.exists():
         raise AdapterError(f"{path}: not found")
     raise AdapterError(

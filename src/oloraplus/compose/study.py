@@ -39,6 +39,7 @@ from oloraplus.data.split import split_examples
 from oloraplus.errors import ConfigError, DataError
 from oloraplus.experiments.sweep import config_differences, read_metrics, recorded_config
 from oloraplus.io import atomic_write_text
+from oloraplus.train import rundir
 
 SPEC_KEYS = ("base", "domains", "merged", "baseline")
 DOMAIN_KEYS = ("data", "train_size", "eval_size")
@@ -392,6 +393,9 @@ def _evaluate_variants(loaded, variants: dict[str, Path | None], heldout: dict, 
 
 def run_study(path: str | Path, output: str | Path, *, command: str | None = None) -> dict[str, Any]:
     """Train what is missing, evaluate every variant on every domain, write the study files; returns study.json."""
+    spec = read_spec(path)  # spec and output are checked before torch and the data load
+    output = rundir.check_output_dir(output, what="compose study", own=("study.json", f"data/{MERGED}-*.jsonl"))
+
     import torch
 
     from oloraplus import models
@@ -399,9 +403,6 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
     from oloraplus.compose.io import load_adapter
     from oloraplus.data.tokenize import encode_examples
 
-    spec, output = read_spec(path), Path(output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {output}: exists and is not a directory")
     base = build_config(TrainConfig, spec.base, spec.source)
     splits = {}
     for d in spec.domains:

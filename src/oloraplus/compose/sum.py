@@ -27,6 +27,7 @@ import torch
 
 from oloraplus.compose.io import CONFIG_FILE, META_FILE, WEIGHTS_FILE, Adapter, load_adapter, target_name
 from oloraplus.errors import AdapterError
+from oloraplus.io import follow_umask
 
 
 def check_compatible(adapters: Sequence[Adapter]) -> None:
@@ -128,11 +129,11 @@ def write_adapter(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the adapter should not be
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if meta is not None:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        follow_umask(tmp)
         try:
             os.rename(tmp, out_dir)  # replaces an empty directory, fails on a non-empty one
         except OSError as exc:

@@ -11,18 +11,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from oloraplus.data.prompts import render_prompt
-from oloraplus.errors import AdapterError, ConfigError
-from oloraplus.eval.generate import generate_batched
-from oloraplus.eval.textmetrics import generation_metrics, per_example_scores
+from oloraplus.errors import AdapterError
 from oloraplus.io import atomic_write_json, atomic_write_text
+from oloraplus.train.rundir import ADAPTER_DIR, load_run_config
 
 
 def generation_eval(model, tokenizer, examples: Sequence, n: int, max_new_tokens: int, batch_size: int,
                     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Greedy-generate for the first n eval examples; corpus BLEU, ROUGE-1/2/L and per-example rows."""
+    from oloraplus.eval.generate import generate_batched  # torch: imported once a run directory checked out
+    from oloraplus.eval.textmetrics import generation_metrics, per_example_scores
+
     chosen = list(examples)[:n]
     prompts = [render_prompt(tokenizer, ex) for ex in chosen]
     references = [ex.response for ex in chosen]
@@ -38,18 +38,6 @@ def write_generations(path: str | Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def load_run_config(run_dir: Path):
-    from oloraplus.config import TrainConfig, build_config
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: not an oloraplus run (no config.yaml)")
-    values = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("config")
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: no 'config' section")
-    return build_config(TrainConfig, values, str(path))
-
-
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int = 0, max_new_tokens: int = 128,
                  batch_size: int | None = None, generate_batch_size: int | None = None,
                  device: str | None = None) -> dict[str, Any]:
@@ -57,23 +45,23 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
 
     `device`: as `models.pick_device` (default: the GPU when there is one).
     """
-    from oloraplus.models import pick_device
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)  # a wrong path fails before torch and the model load
 
     from oloraplus.adapters.export import load_adapter, load_metadata
     from oloraplus.data.collate import CausalLMCollator
     from oloraplus.eval.loss import evaluate_loss
+    from oloraplus.models import pick_device
     from oloraplus.train.recipe import prepare
 
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
     if data is not None:  # all of the given data is eval data (capped by eval_size)
         cfg = replace(cfg, data=data, train_size=1, eval_size=cfg.eval_size)
     prep = prepare(cfg, device=pick_device(device))
-    recorded = (load_metadata(run_dir / "adapter") or {}).get("base_fingerprint")
+    recorded = (load_metadata(run_dir / ADAPTER_DIR) or {}).get("base_fingerprint")
     if recorded and recorded != prep.fingerprint:
-        raise AdapterError(f"{run_dir / 'adapter'}: trained on another base model (base fingerprint {recorded} "
+        raise AdapterError(f"{run_dir / ADAPTER_DIR}: trained on another base model (base fingerprint {recorded} "
                            f"!= {prep.fingerprint} of --model {cfg.model})")
-    model = load_adapter(prep.loaded.model, run_dir / "adapter").eval()
+    model = load_adapter(prep.loaded.model, run_dir / ADAPTER_DIR).eval()
     batch = batch_size or cfg.batch_size
     collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id)
     metrics: dict[str, Any] = dict(evaluate_loss(model, prep.eval_dataset, collator, batch_size=batch))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -18,14 +19,21 @@ from oloraplus.experiments.sweep import format_value  # noqa: E402
 from oloraplus.io import atomic_write_bytes  # noqa: E402
 
 METRIC_TITLES = {
-    "eval_loss": "eval loss", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU",
+    "eval_loss": "eval loss", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "corpus BLEU",
 }
 
 
 def save_figure(fig, path: Path) -> Path:
+    """PNG, written atomically, with every label visible and no warning on the terminal.
+
+    tight_layout spaces the panels; when a label is wider than the figure it gives up ("Tight layout
+    not applied"), and bbox_inches="tight" grows the canvas to fit the label instead.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Tight layout not applied", category=UserWarning)
+        fig.tight_layout()
     buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path

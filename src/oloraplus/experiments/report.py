@@ -26,9 +26,12 @@ METRICS = (
     ("rouge1", "ROUGE-1", True, 2),
     ("rouge2", "ROUGE-2", True, 2),
     ("rougeL", "ROUGE-L", True, 2),
-    ("bleu", "BLEU", True, 2),
+    ("bleu", "corpus BLEU", True, 2),
 )
 GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu")
+# The bootstrap resamples examples, so it compares per-example scores. ROUGE F1 is a per-example mean
+# either way, but BLEU is not: corpus BLEU 0.00 can sit beside a nonzero mean sentence-BLEU difference.
+EXAMPLE_TITLES = {"bleu": "sentence BLEU"}
 DASH = "–"
 REPORT_FILE, PLOTS_DIR = "report.md", "plots"
 # A run "explored" when its final distance from the initial basis is >= EXPLORE_FACTOR times that of
@@ -50,6 +53,11 @@ def mean_std(values: Sequence[float], digits: int) -> str:
     if len(values) == 1:
         return _fmt(values[0], digits)
     return f"{_fmt(statistics.fmean(values), digits)} ± {_fmt(statistics.stdev(values), digits)}"
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 step', '2 steps': a count a reader sees must agree with its noun."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -128,8 +136,8 @@ def comparison_rows(arms: Sequence[Arm], base: Arm) -> tuple[list[list[str]], li
                 if diffs:
                     boot = stats.bootstrap_interval(diffs)
                     ci = f"[{_fmt(boot.low, digits, True)}, {_fmt(boot.high, digits, True)}]"
-                    boot_rows.append([arm.label, title, _fmt(boot.mean, digits, True), ci, str(boot.n),
-                                      stats.verdict(boot, higher)])
+                    boot_rows.append([arm.label, EXAMPLE_TITLES.get(key, title), _fmt(boot.mean, digits, True), ci,
+                                      str(boot.n), stats.verdict(boot, higher)])
     return seed_rows, boot_rows
 
 
@@ -239,9 +247,11 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
         if seed_rows:
             lines += [markdown_table(["method", "metric", "Δ mean", "95% CI", "seeds", "verdict"], seed_rows), ""]
         if boot_rows:
-            lines += ["Paired over eval examples (per-example sentence BLEU and ROUGE F1, examples of every "
-                      f"common seed pooled; percentile bootstrap, {stats.RESAMPLES} resamples, seed "
-                      f"{stats.BOOTSTRAP_SEED}):", "",
+            lines += ["Paired over eval examples (examples of every common seed pooled; percentile bootstrap, "
+                      f"{stats.RESAMPLES} resamples, seed {stats.BOOTSTRAP_SEED}). Each example is scored on its own: "
+                      "ROUGE F1 as above, but *sentence* BLEU, the mean of per-example BLEU scores, which is not the "
+                      "corpus BLEU of the tables above (corpus BLEU pools n-gram counts over all examples, so it "
+                      "can be 0.00 while sentence BLEU differs):", "",
                       markdown_table(["method", "metric", "Δ mean", "95% CI", "examples", "verdict"], boot_rows), ""]
         steps = steps_rows(arms, base)
         if steps:

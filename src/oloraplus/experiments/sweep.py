@@ -316,9 +316,7 @@ def execute(
     command: str | None = None,
 ) -> Path:
     """Train every unfinished run of `plan` under `output`, refreshing results.csv after each one."""
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {output}: exists and is not a directory")
+    output = rundir.check_output_dir(output, what="sweep", own=(PLAN_FILE, RESULTS_FILE))
     adopt_renamed_runs(plan, output)
     done = [is_finished(output, run) for run in plan.runs]  # refuse a mixed directory before training
     output.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,10 @@ from typing import Sequence
 
 from oloraplus.config import TrainConfig, check_ratio, to_dict
 from oloraplus.errors import ConfigError
-from oloraplus.experiments.report import markdown_table
+from oloraplus.experiments.report import markdown_table, plural
 from oloraplus.experiments.sweep import MANAGED, TrainFn, execute, format_value, plan_from_spec, read_metrics, run_path
 from oloraplus.io import atomic_write_json, atomic_write_text
+from oloraplus.train import rundir
 
 DEFAULT_GRID = tuple(2.0**k for k in range(-4, 5))  # 1/16 … 16, factor 2
 DEFAULT_MIN_STEPS = 50
@@ -72,7 +73,8 @@ def _rung(base: dict, ratios: list[float], index: int, max_steps: int, output: P
     spec = {"base": {**base, "max_steps": max_steps}, "grid": {"ratio": ratios}}
     plan = plan_from_spec(spec, f"tune-ratio rung {index}")
     directory = output / f"rung-{index}"
-    print(f"round {index}: {len(ratios)} λ values × {max_steps} steps -> {directory}", file=sys.stderr, flush=True)
+    print(f"round {index}: {plural(len(ratios), 'λ value')} × {plural(max_steps, 'step')} -> {directory}",
+          file=sys.stderr, flush=True)
     execute(plan, directory, train_fn=train_fn, report=False)
     losses = {}
     for run in plan.runs:
@@ -92,7 +94,7 @@ def tune_ratio(
     rounds = rounds_needed(len(alive)) if rounds is None else rounds
     if rounds < 1:
         raise ConfigError(f"--rounds: must be >= 1, got {rounds}")
-    output = Path(output)
+    output = rundir.check_output_dir(output, what="λ search", own=(TUNE_JSON, "rung-0"))
     base = {k: v for k, v in to_dict(cfg).items() if k not in (*MANAGED, "ratio", "max_steps")}
     rungs: list[Rung] = []
     for index in range(rounds):
@@ -111,7 +113,7 @@ def tune_ratio(
 def write_tune_report(result: TuneResult, command: str | None = None) -> Path:
     """tune.md (eval loss of every λ in every round), tune.json (same, machine-readable), tune.png."""
     ratios = sorted(result.rungs[0].losses)
-    header = ["λ", *(f"round {r.index} ({r.max_steps} steps)" for r in result.rungs)]
+    header = ["λ", *(f"round {r.index} ({plural(r.max_steps, 'step')})" for r in result.rungs)]
     rows = []
     for ratio in ratios:
         cells = []
@@ -125,8 +127,8 @@ def write_tune_report(result: TuneResult, command: str | None = None) -> Path:
     if command:
         lines += [f"Made by `{command}`.", ""]
     lines += [
-        f"**Best λ = {format_value(result.best_ratio)}**: eval loss {result.best_loss:.4f} after {last.max_steps} "
-        f"steps (round {last.index}, against {len(last.losses)} λ values).", "",
+        f"**Best λ = {format_value(result.best_ratio)}**: eval loss {result.best_loss:.4f} after "
+        f"{plural(last.max_steps, 'step')} (round {last.index}, against {plural(len(last.losses), 'λ value')}).", "",
         "Each round trains the surviving λ values from scratch with twice the previous step budget and keeps the "
         "better half by eval loss ('–': eliminated earlier). Runs: `rung-<k>/runs/`.", "",
         markdown_table(header, rows), "", f"![eval loss against λ per round]({TUNE_PLOT})", "",
@@ -149,7 +151,7 @@ def _plot(result: TuneResult) -> None:
     for rung in result.rungs:
         points = sorted((k, v) for k, v in rung.losses.items() if math.isfinite(v))
         if points:
-            ax.plot(*zip(*points), marker="o", label=f"round {rung.index} ({rung.max_steps} steps)")
+            ax.plot(*zip(*points), marker="o", label=f"round {rung.index} ({plural(rung.max_steps, 'step')})")
     ax.axvline(result.best_ratio, color="gray", linestyle="--", linewidth=1,
                label=f"best λ = {format_value(result.best_ratio)}")
     plots.set_ratio_axis(ax, sorted(result.rungs[0].losses))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from oloraplus.errors import OloraError
-from oloraplus.io import atomic_write_json, atomic_write_text
+from oloraplus.io import atomic_write_json, atomic_write_text, follow_umask
 
 PREFIX = "checkpoint"  # transformers' PREFIX_CHECKPOINT_DIR: its resume code looks for checkpoint-N
 STAGING = ".staging-"
@@ -79,6 +79,7 @@ def _fsync_tree(root: Path) -> None:
 
 def publish(staged: Path, final: Path) -> None:
     """Rename a fully written `staged` checkpoint to `final`; a checkpoint already there is replaced."""
+    follow_umask(staged)
     _fsync_tree(staged)
     if final.exists():  # the same step saved twice (e.g. at the end of an epoch): keep the newer
         old = final.with_name(f"{STAGING}old-{final.name}")

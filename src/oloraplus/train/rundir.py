@@ -12,13 +12,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
 from oloraplus.errors import ConfigError
 
 RUN_MARKER = "config.yaml"
+ADAPTER_DIR = "adapter"  # a finished run keeps its PEFT adapter here
 PER_INVOCATION = ("output", "overwrite", "resume")  # may differ between a run and its resumption
 
 
@@ -34,6 +35,58 @@ class RunDir:
 
 def is_run(path: Path) -> bool:
     return (path / RUN_MARKER).is_file()
+
+
+def is_training_run(path: Path) -> bool:
+    """config.yaml plus a result (metrics.json or adapter/): what `train` leaves; a stray config.yaml is not one."""
+    return is_run(path) and ((path / "metrics.json").is_file() or (path / ADAPTER_DIR).is_dir())
+
+
+def check_output_dir(output: str | Path, *, what: str, own: Sequence[str] = (), flag_name: str = "--output") -> Path:
+    """Refuse to write `what` (a sweep, a merged model, ...) into or under a training run, or into a non-empty
+    directory holding anything but an earlier `what` (recognised by the glob patterns `own`, so it resumes).
+
+    `train` has `plan_run_dir`; every other command that writes a directory asks here. Creates nothing.
+    """
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"{flag_name} {output}: exists and is not a directory")
+    if is_training_run(output):
+        raise ConfigError(f"{flag_name} {output}: is an oloraplus training run; write the {what} to another directory")
+    run = next((parent for parent in output.absolute().parents if is_training_run(parent)), None)
+    if run is not None:
+        raise ConfigError(f"{flag_name} {output}: is inside the training run {run}; "
+                          f"write the {what} to another directory")
+    if output.is_dir() and any(output.iterdir()) and not any(any(output.glob(pattern)) for pattern in own):
+        raise ConfigError(f"{flag_name} {output}: exists, is not empty and holds no {what}; "
+                          "choose a new or empty directory")
+    _check_writable(output, flag_name)
+    return output
+
+
+def _why_not_a_run(run_dir: Path) -> str:
+    """The first thing a user must fix: a typo in the path, an unfinished run, or a directory of something else."""
+    partial = run_dir.with_name(run_dir.name + ".partial")
+    if not run_dir.exists():
+        if partial.is_dir():
+            return f"run directory does not exist: the run has not finished ({partial} holds it)"
+        return "run directory does not exist"
+    if not run_dir.is_dir():
+        return "not a directory"
+    return "not an oloraplus run (no config.yaml)"
+
+
+def load_run_config(run_dir: Path) -> Any:
+    """The TrainConfig a finished run recorded (eval and merge rebuild its model and data from it)."""
+    from oloraplus.config import TrainConfig, build_config
+
+    path = run_dir / RUN_MARKER
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: {_why_not_a_run(run_dir)}")
+    values = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("config")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: no 'config' section")
+    return build_config(TrainConfig, values, str(path))
 
 
 def _check_writable(output: Path, flag_name: str) -> None:
