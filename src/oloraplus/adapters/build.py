@@ -28,6 +28,7 @@ class AdapterSpec:
     alpha: float = 16
     dropout: float = 0.0
     target_modules: list[str] | None = None
+    ohora_init: str = "ranked"  # OHoRA only: 'ranked' or 'paper' (adapters/ohora.py)
 
 
 def _validate(spec: AdapterSpec) -> None:
@@ -75,7 +76,8 @@ def attach_adapter(model: torch.nn.Module, spec: AdapterSpec) -> tuple[PeftModel
     if spec.method == "ohora":  # no rank: r_high follows from each layer's shape; s = α/r as for LoRA
         from oloraplus.adapters.ohora_peft import attach_ohora
 
-        return attach_ohora(model, targets, scale=spec.alpha / spec.rank, dropout=spec.dropout), {}
+        scale = spec.alpha / spec.rank
+        return attach_ohora(model, targets, scale=scale, dropout=spec.dropout, init=spec.ohora_init), {}
     _check_ranks(layers, spec.rank)
     if spec.method == "hira":
         from oloraplus.adapters.hira import attach_hira

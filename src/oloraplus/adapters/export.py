@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict
+from peft import PeftConfig, PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from oloraplus.adapters.olora import LoraFactors
@@ -123,12 +123,14 @@ def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftMo
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise AdapterError(f"--adapter {path}: not an adapter directory (no adapter_config.json)")
-    import oloraplus.adapters.ohora_peft  # noqa: F401  (registers the OHORA adapter type with PEFT)
+    from oloraplus.adapters.ohora_peft import OHoRAConfig, load_ohora  # also registers OHORA with PEFT
 
     check_adapter_weights(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            if isinstance(PeftConfig.from_pretrained(str(path)), OHoRAConfig):  # saved A0, B0: no QR per layer
+                return load_ohora(base_model, path)
             return PeftModel.from_pretrained(base_model, str(path), is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise AdapterError(f"--adapter {path}: cannot load: {str(exc).splitlines()[0]}") from exc

@@ -213,7 +213,11 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
     config = data.get("config") if isinstance(data, dict) else None
-    return config if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        return None
+    if config.get("method") == "ohora":
+        config.setdefault("ohora_init", "paper")  # recorded before --ohora-init existed: the literal init
+    return config
 
 
 def config_differences(planned: TrainConfig, recorded: dict[str, Any] | None) -> list[str]:

@@ -136,7 +136,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     set_seed(cfg.seed)  # the adapter init (random A for LoRA) depends only on the seed
     spec = AdapterSpec(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
-                       target_modules=cfg.target_modules or None)
+                       target_modules=cfg.target_modules or None, ohora_init=cfg.ohora_init)
     model, initial = attach_adapter(prep.loaded.model, spec)
     collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id)
 
