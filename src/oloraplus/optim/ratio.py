@@ -2,6 +2,12 @@
 
 LoRA+ (Hayou et al., 2024), eq. (η_B = λ η_A); OLoRA+ is the same rule on OLoRA-initialised factors,
 with any λ > 0 (λ < 1 "refinement", λ > 1 "exploration").
+
+Only the B factors move to λη. DoRA's magnitude vector and trained biases stay at η (no weight decay),
+unlike PEFT's `create_loraplus_optimizer`, which puts every 1-D parameter at λη: λ is the ratio between
+the two factors of ΔW = B·A, and the magnitude is not one of them (it rescales the columns of W + BA,
+and DoRA trains it at the LoRA rate); moving it with λ would also make a λ sweep change the magnitude's
+and the biases' rates, so λ would no longer be the only thing that differs. At λ = 1 both agree.
 """
 
 from __future__ import annotations
