@@ -1,7 +1,7 @@
 """Wrap a causal LM in a PEFT adapter initialised by one of the supported methods.
 
 lora: B = 0 (PEFT default) · olora: B, A = Q_r, R_r of W (base shifted) · pissa: top-r SVD of W
-(base shifted, PEFT) · dora: LoRA plus a learned magnitude vector (PEFT) · hira: ΔW = W ⊙ (BA)
+(base shifted, float32 factors) · dora: LoRA plus a learned magnitude vector (PEFT) · hira: ΔW = W ⊙ (BA)
 (PEFT) · ohora: QR-ranked Kronecker factors, m + n parameters per layer (our PEFT method).
 """
 
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from transformers.pytorch_utils import Conv1D
 
 from oloraplus.adapters.olora import LoraFactors, apply_olora_
+from oloraplus.adapters.pissa import apply_pissa_
 from oloraplus.adapters.targets import out_in_shape, resolve_target_modules, targeted_layers
 from oloraplus.config import METHODS  # one list of methods for the CLI and the library
 from oloraplus.errors import AdapterError
@@ -52,17 +52,6 @@ def _check_ranks(layers: dict[str, torch.nn.Module], rank: int) -> None:
             )
 
 
-def _current_factors(peft_model: PeftModel, adapter_name: str) -> dict[str, LoraFactors]:
-    return {
-        name: LoraFactors(
-            A=layer.lora_A[adapter_name].weight.detach().cpu().clone(),
-            B=layer.lora_B[adapter_name].weight.detach().cpu().clone(),
-        )
-        for name, layer in peft_model.named_modules()
-        if isinstance(layer, LoraLayer) and adapter_name in layer.lora_A
-    }
-
-
 def attach_adapter(model: torch.nn.Module, spec: AdapterSpec) -> tuple[PeftModel, dict[str, LoraFactors]]:
     """Wrap `model` (in place) and return it with the initial factors of base-modifying inits (else {}).
 
@@ -85,14 +74,13 @@ def attach_adapter(model: torch.nn.Module, spec: AdapterSpec) -> tuple[PeftModel
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(torch.initial_seed())
             return attach_hira(model, spec.rank, targets, spec.dropout), {}
-    init = "pissa" if spec.method == "pissa" else True
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=spec.rank,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
         target_modules=targets,
-        init_lora_weights=init,
+        init_lora_weights=True,  # OLoRA/PiSSA factors are set below, in float32
         use_dora=spec.method == "dora",
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in layers.values()),
     )
@@ -105,7 +93,7 @@ def attach_adapter(model: torch.nn.Module, spec: AdapterSpec) -> tuple[PeftModel
     if spec.method == "olora":
         initial = apply_olora_(peft_model, adapter_name)
     elif spec.method == "pissa":
-        initial = _current_factors(peft_model, adapter_name)
+        initial = apply_pissa_(peft_model, adapter_name)
     else:
         initial = {}
     return peft_model, initial
