@@ -2,7 +2,8 @@
 
 OLoRA and PiSSA train on a shifted base W − s·B0·A0, so their trained factors alone are wrong on
 W. The model computes (W − s·B0·A0) + s·Bt·At = W + s·(Bt·At − B0·A0), which is the rank-2r LoRA
-A' = [At; A0], B' = [Bt, −B0] with r' = 2r and α' = 2α (same s = α/r): that is what we write.
+A' = [At; A0], B' = [Bt, −B0] with r' = 2r and α' = 2α (same s = α/r): that is what we write. Under rsLoRA
+(s = α/√r) α' = √2·α instead; per-layer α patterns scale the same way.
 """
 
 from __future__ import annotations
@@ -74,10 +75,11 @@ def save_adapter(
         state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
         save_file(_base_relative_state(state, initial_factors), path / WEIGHTS_FILE, metadata={"format": "pt"})
         saved = copy.deepcopy(config)
+        alpha_factor = math.sqrt(2) if saved.use_rslora else 2  # keep s = α/r (α/√r with rsLoRA) at rank 2r
         saved.r *= 2
-        saved.lora_alpha *= math.sqrt(2) if saved.use_rslora else 2  # keep s = α/r (α/√r with rsLoRA)
+        saved.lora_alpha *= alpha_factor
         saved.rank_pattern = {k: 2 * v for k, v in (saved.rank_pattern or {}).items()}
-        saved.alpha_pattern = {k: 2 * v for k, v in (saved.alpha_pattern or {}).items()}
+        saved.alpha_pattern = {k: alpha_factor * v for k, v in (saved.alpha_pattern or {}).items()}
         saved.init_lora_weights = True  # loading must not re-run the QR/SVD init on the base
         saved.inference_mode = True
         if saved.base_model_name_or_path is None:
