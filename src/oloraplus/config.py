@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
+from oloraplus.adapters import registry
 from oloraplus.errors import ConfigError
 
-METHODS = ("lora", "olora", "pissa", "dora", "ohora", "hira")
+METHODS = registry.names()  # each registered by its module in oloraplus.adapters.methods
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 OHORA_INITS = ("ranked", "paper")  # how OHoRA cuts R1, R2 from R (adapters/ohora.py)
 

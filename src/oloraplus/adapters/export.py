@@ -19,6 +19,7 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from oloraplus.adapters import registry
 from oloraplus.adapters.olora import LoraFactors
 from oloraplus.errors import AdapterError
 from oloraplus.io import atomic_write_json
@@ -28,8 +29,9 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 def _modifies_base(init_lora_weights: object) -> bool:
-    init = str(init_lora_weights).lower()
-    return init == "olora" or init.startswith("pissa")
+    """The shifting methods name their init after themselves (`apply_shifted_init_`); PEFT adds 'pissa_niter_k'."""
+    init = str(init_lora_weights).lower().split("_niter_")[0]
+    return any(m.shifts_base and m.name == init for m in registry.methods())
 
 
 def _base_relative_state(

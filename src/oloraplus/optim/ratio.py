@@ -16,11 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from oloraplus.adapters import registry
 from oloraplus.config import check_ratio
 
-# Parameter-name markers of the two factors of each adapter type (LoRA/DoRA/PiSSA/OLoRA, HiRA, OHoRA).
-A_MARKERS = ("lora_A", "hira_A", "ohora_A")
-B_MARKERS = ("lora_B", "hira_B", "ohora_B")
 NO_DECAY_MARKERS = ("bias", "norm", "lora_magnitude_vector")
 
 
@@ -35,10 +33,10 @@ class GroupNames:
 
 
 def classify(name: str) -> str:
-    """'A', 'B', 'no_decay' or 'other' for a parameter name."""
-    if any(marker in name for marker in A_MARKERS):
+    """'A', 'B', 'no_decay' or 'other' for a parameter name; A and B by the markers of the registered methods."""
+    if any(marker in name for marker in registry.a_markers()):
         return "A"
-    if any(marker in name for marker in B_MARKERS):
+    if any(marker in name for marker in registry.b_markers()):
         return "B"
     if any(marker in name.lower() for marker in NO_DECAY_MARKERS):
         return "no_decay"
