@@ -1,7 +1,7 @@
 """OHoRA initialisation and the Kronecker product it trains (Zhang et al., EMNLP 2025).
 
-W0 (m×n, out×in) = QR (eq. 5). λ_k = |R_kk| ranks the columns of Q by non-redundancy (eq. 6); I1 holds
-the top r_high indices, I2 the next r_high (eq. 7). With Q1 = Q[:, I1], Q2 = Q[:, I2] (eqs. 8–9):
+W0 (m×n, out×in) = QR; λ_k = |R_kk| ranks the columns of Q by non-redundancy; I1 holds the top r_high
+indices, I2 the next r_high (eqs. 5–7). With Q1 = Q[:, I1], Q2 = Q[:, I2] (eqs. 8–9):
 
     A_high = Q1[:m/r_high, :] · R1                  (m/r_high × r_high)
     B_high = Q2[:n/r_high, :] · R2                  (n/r_high × r_high)
@@ -11,7 +11,7 @@ The paper writes "Q1[m/r_high] R1[:, r_high]" without saying which rows and colu
 
 - `ranked` (default): R1 = R[I1, I1], R2 = R[I2, I2] (r_high × r_high). Q1·R1 = Q1·Q1ᵀ·W0[:, I1] is the part
   of the ranked columns of W0 that lies in the ranked directions; R1's diagonal holds exactly the λ_k of I1,
-  so R1 is invertible and A_high has the rank of Q1[:m/r_high] — r_high for a weight in general position
+  so R1 is invertible (when those λ_k > 0) and A_high has the rank of Q1[:m/r_high] — r_high for a weight in general position
   (m/r_high ≥ r_high). Every ranked direction contributes, as eqs. 6–7 intend.
 - `paper` (the literal reading, kept to reproduce earlier runs): R1 = R[I1, :r_high], R2 = R[I2, :r_high].
   R is upper triangular, so a row k ≥ r_high of R is zero in its first r_high columns: only indices of I1
@@ -75,10 +75,10 @@ def ohora_factors(W0: Tensor, init: str = "ranked") -> OHoRAInit:
     r = r_high_for(m, n)
     if 2 * r > min(m, n):
         raise AdapterError(f"OHoRA: a {m}×{n} weight has {min(m, n)} QR columns, fewer than 2·r_high={2 * r}")
-    Q, R = torch.linalg.qr(W)  # eq. (5): Q (m, k), R (k, n), k = min(m, n)
-    λ = R.diagonal().abs()  # eq. (6): non-redundancy of each column of Q
+    Q, R = torch.linalg.qr(W)  # eqs. (5)–(7): Q (m, k), R (k, n), k = min(m, n)
+    λ = R.diagonal().abs()  # non-redundancy of each column of Q
     order = torch.argsort(λ, descending=True, stable=True)
-    I1, I2 = order[:r], order[r : 2 * r]  # eq. (7)
+    I1, I2 = order[:r], order[r : 2 * r]
     if init == "ranked":
         R1, R2 = R[I1][:, I1], R[I2][:, I2]  # (r_high, r_high), diagonals = the ranked λ_k
     else:
