@@ -215,8 +215,8 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
     config = data.get("config") if isinstance(data, dict) else None
     if not isinstance(config, dict):
         return None
-    if config.get("method") == "ohora":
-        config.setdefault("ohora_init", "paper")  # recorded before --ohora-init existed: the literal init
+    # Recorded before --ohora-init existed: OHoRA used the literal init; other methods ignore it (default).
+    config.setdefault("ohora_init", "paper" if config.get("method") == "ohora" else "ranked")
     return config
 
 
