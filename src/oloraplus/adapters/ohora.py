@@ -12,7 +12,8 @@ The paper writes "Q1[m/r_high] R1[:, r_high]" without saying which rows and colu
 - `ranked` (default): R1 = R[I1, I1], R2 = R[I2, I2] (r_high × r_high). Q1·R1 = Q1·Q1ᵀ·W0[:, I1] is the part
   of the ranked columns of W0 that lies in the ranked directions; R1's diagonal holds exactly the λ_k of I1,
   so R1 is invertible (when those λ_k > 0) and A_high has the rank of Q1[:m/r_high] — r_high for a weight in general position
-  (m/r_high ≥ r_high). Every ranked direction contributes, as eqs. 6–7 intend.
+  (m/r_high ≥ r_high). Every ranked direction contributes, as eqs. 6–7 intend. (Not in general position:
+  a diagonal or permuted-identity W has Q = a signed permutation, so Q1[:m/r_high] can still be zero.)
 - `paper` (the literal reading, kept to reproduce earlier runs): R1 = R[I1, :r_high], R2 = R[I2, :r_high].
   R is upper triangular, so a row k ≥ r_high of R is zero in its first r_high columns: only indices of I1
   below r_high contribute, the |R_kk| ranking is mostly lost, and a factor whose indices all lie at
