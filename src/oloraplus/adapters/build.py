@@ -33,6 +33,9 @@ class AdapterSpec:
     ohora_init: str = "ranked"  # OHoRA only: 'ranked' or 'paper' (adapters/ohora.py)
 
 
+Attached = tuple[PeftModel, dict[str, LoraFactors]]  # the model and its initial factors (base-shifting inits)
+
+
 def _validate(spec: AdapterSpec) -> None:
     registry.get(spec.method)  # unknown: one line listing the registered methods
     if isinstance(spec.rank, bool) or not isinstance(spec.rank, int) or spec.rank <= 0:
@@ -53,7 +56,7 @@ def _check_ranks(layers: dict[str, torch.nn.Module], rank: int) -> None:
             )
 
 
-def attach_adapter(model: torch.nn.Module, spec: AdapterSpec) -> tuple[PeftModel, dict[str, LoraFactors]]:
+def attach_adapter(model: torch.nn.Module, spec: AdapterSpec) -> Attached:
     """Wrap `model` (in place) and return it with the initial factors of base-modifying inits (else {}).
 
     The random draws (LoRA's A) come from the CPU generator re-seeded with `torch.initial_seed()`
@@ -84,9 +87,6 @@ def _lora_model(model: torch.nn.Module, spec: AdapterSpec, targets: list[str], u
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in layers.values()),
     )
     return get_peft_model(model, config)
-
-
-Attached = tuple[PeftModel, dict[str, LoraFactors]]
 
 
 def attach_lora(model: torch.nn.Module, spec: AdapterSpec, targets: list[str]) -> Attached:
