@@ -54,15 +54,22 @@ def test_an_unknown_method_lists_the_registered_ones():
 
 
 def test_a_registered_method_is_attached_and_grouped_through_its_record(make_model, monkeypatch):
-    """A new method = one record: attach_adapter calls its function and the λ optimizer finds its factors."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    lora = registry.get("lora")
-    registry.register(dataclasses.replace(lora, name="lora_twin", attach=f"{__name__}:attach_twin",
-                                          a_markers=("lora_A",), b_markers=("lora_B",)))
-    peft_model, _ = attach_adapter(make_model("llama"), AdapterSpec("lora_twin", rank=2))
-    assert peft_model.peft_config["default"].r == 2 and peft_model.twin
+    """A new method = one record: attach_adapter calls its function and the λ optimizer uses its markers
+    (swapped here, so only a registry-reading optimizer puts lora_B at η)."""
+    twin = dataclasses.replace(registry.get("lora"), name="twin", attach=f"{__name__}:attach_twin",
+                               a_markers=("lora_B",), b_markers=("lora_A",))
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_load_builtin", lambda: None)
+    registry.register(twin)
+    peft_model, _ = attach_adapter(make_model("llama"), AdapterSpec("twin", rank=2))
+    assert peft_model.twin and peft_model.peft_config["default"].r == 2
+    _, groups = ratio_param_groups(peft_model, lr=1e-3, ratio=4.0)
+    assert len(groups.A) == len(groups.B) == 14
+    assert all(".lora_B." in n for n in groups.A) and all(".lora_A." in n for n in groups.B)
+    with pytest.raises(AdapterError, match=r"--method 'lora': unknown; choose one of twin"):
+        registry.get("lora")
     with pytest.raises(AdapterError, match="already registered with other facts"):
-        registry.register(dataclasses.replace(lora, help="another"))
+        registry.register(dataclasses.replace(twin, help="another"))
 
 
 def attach_twin(model, spec, targets):
