@@ -95,6 +95,7 @@ def test_both_regimes_are_allowed(ratio):
         ({"method": "qlora"}, "--method"),
         ({"max_length": 2}, "--max-length"),
         ({"dropout": 1.5}, "--dropout"),
+        ({"ohora_init": "literal"}, "--ohora-init"),
     ],
 )
 def test_invalid_values_name_the_flag(values, flag):
@@ -108,3 +109,8 @@ def test_unknown_method_flag_is_rejected_by_argparse():
     with pytest.raises(SystemExit) as exc:
         parser.parse_args(["--method", "qlora"])
     assert exc.value.code == 2
+
+
+def test_ohora_init_defaults_to_ranked_and_paper_is_a_choice():
+    assert parse([]).ohora_init == "ranked"
+    assert parse(["--ohora-init", "paper"]).ohora_init == "paper"

@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from oloraplus.adapters import registry
 from oloraplus.errors import ConfigError
 
-METHODS = ("lora", "olora", "pissa", "dora", "ohora", "hira")
+METHODS = registry.names()  # each registered by its module in oloraplus.adapters.methods
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+OHORA_INITS = ("ranked", "paper")  # how OHoRA cuts R1, R2 from R (adapters/ohora.py)
 
 
 def opt(default: Any, help: str, **extra: Any) -> Any:
@@ -40,7 +42,9 @@ class TrainConfig:
     method: str = opt("olora", "adapter type", choices=METHODS)
     ratio: float = opt(1.0, "λ: learning rate of B = λ × learning rate of A (LoRA+/OLoRA+); 1 = plain AdamW")
     rank: int = opt(32, "adapter rank r")
-    alpha: float = opt(16.0, "adapter scale numerator α (s = α/r); for OHoRA the scale itself")
+    alpha: float = opt(16.0, "adapter scale numerator α (s = α/r); OHoRA too (its paper's scale α is --rank 1)")
+    ohora_init: str = opt("ranked", "OHoRA init: 'ranked' keeps every |R_kk|-ranked direction; 'paper' is the "
+                                    "literal eqs. 8-9, which can start a layer with a zero factor", choices=OHORA_INITS)
     dropout: float = opt(0.0, "adapter dropout")
     lr: float = opt(3e-4, "learning rate η of the A factors")
     weight_decay: float = opt(0.0, "AdamW weight decay (never applied to biases and norms)")
@@ -87,6 +91,8 @@ class TrainConfig:
             raise ConfigError(f"--method: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler: unknown {self.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+        if self.ohora_init not in OHORA_INITS:
+            raise ConfigError(f"--ohora-init: unknown {self.ohora_init!r}; choose from {', '.join(OHORA_INITS)}")
         check_ratio(self.ratio)
         positive = {"rank": self.rank, "alpha": self.alpha, "lr": self.lr, "epochs": self.epochs,
                     "batch_size": self.batch_size, "grad_accum": self.grad_accum, "train_size": self.train_size,

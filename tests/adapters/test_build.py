@@ -98,3 +98,23 @@ def test_alpha_and_dropout_are_checked(field, value, flag, make_model):
     spec = AdapterSpec("lora", **{field: value})
     with pytest.raises(AdapterError, match=flag):
         attach_adapter(make_model("llama"), spec)
+
+
+def test_ohora_scale_is_alpha_over_rank_as_the_alpha_help_says(make_model):
+    """--alpha 8 --rank 4 → s = 2: the layer equals W0 x + s·(A ⊗ Bᵀ − A0 ⊗ B0ᵀ) x materialised with torch.kron."""
+    from oloraplus.adapters.ohora_peft import ohora_layers
+    from oloraplus.config import TrainConfig
+
+    help_text = next(f for f in TrainConfig.__dataclass_fields__.values() if f.name == "alpha").metadata["help"]
+    assert "s = α/r" in help_text and "OHoRA too" in help_text
+    base = make_model("llama")
+    W0 = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    peft_model, _ = attach_adapter(base, AdapterSpec("ohora", rank=4, alpha=8.0, target_modules=["q_proj"]))
+    layer = ohora_layers(peft_model)["base_model.model.model.layers.0.self_attn.q_proj"]
+    with torch.no_grad():
+        layer.ohora_A["default"].add_(0.5)  # stand-in for training
+        A, B = layer.ohora_A["default"], layer.ohora_B["default"]
+        A0, B0 = layer.ohora_init_A["default"], layer.ohora_init_B["default"]
+        x = torch.randn(3, W0.shape[1], generator=torch.Generator().manual_seed(0))
+        expected = x @ (W0 + 2.0 * (torch.kron(A, B.T.contiguous()) - torch.kron(A0, B0.T.contiguous()))).T
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)

@@ -92,3 +92,31 @@ def test_initial_factors_for_a_plain_lora_are_refused(make_model, tmp_path):
 def test_load_adapter_from_a_non_adapter_directory(make_model, tmp_path):
     with pytest.raises(AdapterError, match="not an adapter directory"):
         load_adapter(make_model("llama"), tmp_path)
+
+
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_alpha_and_rank_patterns_keep_each_layers_scale(use_rslora, make_model, tokens, tmp_path):
+    """OLoRA with per-layer α and r (and rsLoRA's s = α/√r): the export on the untouched base gives the trained
+    logits. The old export doubled the α pattern under rsLoRA (×√2 is right): 0.108 off here."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    from oloraplus.adapters.olora import apply_olora_
+
+    model = make_model("llama")
+    untouched = copy.deepcopy(model)
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, use_rslora=use_rslora, alpha_pattern={"v_proj": 3.0},
+                        rank_pattern={"down_proj": 2}, target_modules=["q_proj", "v_proj", "down_proj"])
+    peft_model = get_peft_model(model, config)
+    layers = {n.rsplit(".", 1)[-1]: m for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
+    scales = {name: layer.scaling["default"] for name, layer in layers.items()}
+    root = (lambda r: r**0.5) if use_rslora else (lambda r: r)
+    assert scales == {"q_proj": ALPHA / root(RANK), "v_proj": 3.0 / root(RANK), "down_proj": ALPHA / root(2)}
+    initial = apply_olora_(peft_model)
+    _train(peft_model, tokens)
+    with torch.no_grad():
+        trained = peft_model(tokens).logits
+    save_adapter(peft_model, tmp_path, initial)
+    with torch.no_grad():
+        loaded = load_adapter(untouched, tmp_path)(tokens).logits
+    torch.testing.assert_close(loaded, trained, rtol=0, atol=1e-5)

@@ -1,5 +1,7 @@
 """Every --method trains, saves, reloads onto the untouched base and merges with identical logits."""
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -36,10 +38,14 @@ def test_train_reload_merge(method, arch, tiny_llama_dir, tiny_gpt2_dir, alpaca_
     assert main(["merge", str(tmp_path / "run"), "--output", str(tmp_path / "merged")]) == 2  # never overwrite
 
 
-def test_ohora_trains_m_plus_n_parameters_per_layer(tiny_llama_dir, alpaca_file, tmp_path):
+@pytest.mark.parametrize("ohora_init", ["ranked", "paper"])
+def test_ohora_trains_m_plus_n_parameters_per_layer(ohora_init, tiny_llama_dir, alpaca_file, tmp_path):
     cfg = TrainConfig(model=str(tiny_llama_dir), data=str(alpaca_file), output=str(tmp_path / "run"),
-                      method="ohora", max_steps=1, batch_size=2, max_length=64, train_size=8, eval_size=4)
+                      method="ohora", max_steps=1, batch_size=2, max_length=64, train_size=8, eval_size=4,
+                      ohora_init=ohora_init)
     model = train(cfg).model
+    saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert saved["ohora_init"] == ohora_init  # --ohora-init reaches the adapter and is saved with it
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     expected = sum(m.out_features + m.in_features for name, m in base.named_modules()
                    if isinstance(m, torch.nn.Linear) and name.startswith("model.layers"))

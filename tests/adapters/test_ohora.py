@@ -115,23 +115,26 @@ def test_selected_indices_are_the_top_abs_R_kk(m, n):
     assert init.I2.tolist() == by_size[r : 2 * r].tolist()
 
 
+@pytest.mark.parametrize("init", ["ranked", "paper"])
 @pytest.mark.parametrize("m,n", [(36, 36), (48, 16), (16, 48), (64, 32), (7, 11), (13, 17)])
-def test_factors_equal_a_float64_numpy_qr(m, n):
-    """A_high = Q1[:m/r, :]·R1[:, :r], B_high = Q2[:n/r, :]·R2[:, :r] from LAPACK's double-precision QR."""
+def test_factors_equal_a_float64_numpy_qr(m, n, init):
+    """A_high = Q1[:m/r, :]·R1, B_high = Q2[:n/r, :]·R2 from LAPACK's double-precision QR, with
+    R1 = R[I1, I1] ('ranked') or R[I1, :r] ('paper'), R2 likewise."""
     W = torch.randn(m, n, generator=torch.Generator().manual_seed(m * n))
-    init = ohora_factors(W)
+    init_ = ohora_factors(W, init)
     Q, R = np.linalg.qr(W.double().numpy())
     order = np.argsort(-np.abs(np.diag(R)), kind="stable")
-    r = init.r_high
+    r = init_.r_high
     I1, I2 = order[:r], order[r : 2 * r]
+    cols1, cols2 = (I1, I2) if init == "ranked" else (np.arange(r), np.arange(r))
     Q_padded = np.vstack([Q, np.zeros((max(0, n // r - m), Q.shape[1]))])  # wide weights: rows past m are 0
-    A_ref = Q[: m // r][:, I1] @ R[I1][:, :r]  # the sign of each Q column cancels with its R row
-    B_ref = Q_padded[: n // r][:, I2] @ R[I2][:, :r]
-    assert init.A_high.shape == (m // r, r) and init.B_high.shape == (n // r, r)
-    assert init.A_high.numel() + init.B_high.numel() == m + n
-    assert kron_materialised(init.A_high, init.B_high).shape == (m, n)
-    np.testing.assert_allclose(init.A_high.numpy(), A_ref, rtol=0, atol=1e-4)
-    np.testing.assert_allclose(init.B_high.numpy(), B_ref, rtol=0, atol=1e-4)
+    A_ref = Q[: m // r][:, I1] @ R[I1][:, cols1]  # the sign of each Q column cancels with its R row
+    B_ref = Q_padded[: n // r][:, I2] @ R[I2][:, cols2]
+    assert init_.A_high.shape == (m // r, r) and init_.B_high.shape == (n // r, r)
+    assert init_.A_high.numel() + init_.B_high.numel() == m + n
+    assert kron_materialised(init_.A_high, init_.B_high).shape == (m, n)
+    np.testing.assert_allclose(init_.A_high.numpy(), A_ref, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(init_.B_high.numpy(), B_ref, rtol=0, atol=1e-4)
 
 
 def test_bfloat16_weight_is_factored_in_float32():

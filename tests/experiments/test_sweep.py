@@ -200,3 +200,17 @@ def test_an_output_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):
         run_sweep(write_sweep(tmp_path / "s.yaml", SPEC), tmp_path / "out", train_fn=FakeTrain())
+
+
+def test_an_ohora_run_recorded_before_ohora_init_existed_reads_as_the_paper_init(tmp_path):
+    """Such runs used the literal init: a sweep must not take them for today's default ('ranked')."""
+    from oloraplus.experiments.sweep import config_differences, recorded_config
+
+    for method in ("ohora", "lora"):
+        (tmp_path / method).mkdir()
+        (tmp_path / method / "config.yaml").write_text(yaml.safe_dump({"config": {"method": method, "rank": 4}}))
+    old_ohora = recorded_config(tmp_path / "ohora")
+    assert old_ohora["ohora_init"] == "paper"
+    assert config_differences(TrainConfig(method="ohora", rank=4), old_ohora) == ["ohora_init: 'paper' != 'ranked'"]
+    assert config_differences(TrainConfig(method="ohora", rank=4, ohora_init="paper"), old_ohora) == []
+    assert recorded_config(tmp_path / "lora")["ohora_init"] == "ranked"  # unused: the default, so arms do not split

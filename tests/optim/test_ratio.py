@@ -60,3 +60,20 @@ def test_scheduler_keeps_the_ratio():
 def test_invalid_ratio_rejected():
     with pytest.raises(ConfigError):
         ratio_param_groups(tiny_peft(), lr=1e-3, ratio=float("nan"))
+
+
+@pytest.mark.parametrize("ratio", [0.25, 4.0])
+def test_the_dora_magnitude_stays_at_eta_where_peft_loraplus_puts_it_at_lambda_eta(ratio):
+    """Our choice (optim/ratio.py docstring), checked against PEFT's own LoRA+ optimizer as the reference."""
+    from peft.optimizers import create_loraplus_optimizer
+
+    model = tiny_peft(use_dora=True)
+    magnitudes = {id(p) for n, p in model.named_parameters() if "lora_magnitude_vector" in n}
+    assert len(magnitudes) == 2 * 3
+    ours = build_optimizer(model, lr=1e-3, ratio=ratio)
+    group = next(g for g in ours.param_groups if {id(p) for p in g["params"]} & magnitudes)
+    assert group["name"] == "no_decay" and {id(p) for p in group["params"]} == magnitudes
+    assert group["lr"] == pytest.approx(1e-3) and group["weight_decay"] == 0.0
+    peft = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=ratio)
+    peft_lrs = [g["lr"] for g in peft.param_groups if {id(p) for p in g["params"]} & magnitudes]
+    assert peft_lrs == [pytest.approx(ratio * 1e-3)]  # the other choice, which we do not make

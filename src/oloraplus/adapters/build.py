@@ -1,8 +1,10 @@
-"""Wrap a causal LM in a PEFT adapter initialised by one of the supported methods.
+"""Wrap a causal LM in a PEFT adapter initialised by one of the registered methods.
 
-lora: B = 0 (PEFT default) · olora: B, A = Q_r, R_r of W (base shifted) · pissa: top-r SVD of W
-(base shifted, PEFT) · dora: LoRA plus a learned magnitude vector (PEFT) · hira: ΔW = W ⊙ (BA)
-(PEFT) · ohora: QR-ranked Kronecker factors, m + n parameters per layer (our PEFT method).
+`attach_adapter` checks the spec and calls the method's attach function (its record in
+`oloraplus.adapters.methods` names one of the functions below): lora: B = 0 (PEFT default) · olora: B, A =
+Q_r, R_r of W (base shifted) · pissa: top-r SVD of W (base shifted, float32 factors) · dora: LoRA plus a learned
+magnitude vector (PEFT) · hira: ΔW = W ⊙ (BA) (PEFT) · ohora: QR-ranked Kronecker factors, m + n parameters
+per layer (our PEFT method).
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
 from transformers.pytorch_utils import Conv1D
 
+from oloraplus.adapters import registry
 from oloraplus.adapters.olora import LoraFactors, apply_olora_
+from oloraplus.adapters.pissa import apply_pissa_
 from oloraplus.adapters.targets import out_in_shape, resolve_target_modules, targeted_layers
-from oloraplus.config import METHODS  # one list of methods for the CLI and the library
 from oloraplus.errors import AdapterError
 
 
@@ -28,11 +30,14 @@ class AdapterSpec:
     alpha: float = 16
     dropout: float = 0.0
     target_modules: list[str] | None = None
+    ohora_init: str = "ranked"  # OHoRA only: 'ranked' or 'paper' (adapters/ohora.py)
+
+
+Attached = tuple[PeftModel, dict[str, LoraFactors]]  # the model and its initial factors (base-shifting inits)
 
 
 def _validate(spec: AdapterSpec) -> None:
-    if spec.method not in METHODS:
-        raise AdapterError(f"--method {spec.method!r}: unknown; choose one of {', '.join(METHODS)}")
+    registry.get(spec.method)  # unknown: one line listing the registered methods
     if isinstance(spec.rank, bool) or not isinstance(spec.rank, int) or spec.rank <= 0:
         raise AdapterError(f"--rank {spec.rank}: must be a positive integer")
     if not spec.alpha > 0:
@@ -51,59 +56,67 @@ def _check_ranks(layers: dict[str, torch.nn.Module], rank: int) -> None:
             )
 
 
-def _current_factors(peft_model: PeftModel, adapter_name: str) -> dict[str, LoraFactors]:
-    return {
-        name: LoraFactors(
-            A=layer.lora_A[adapter_name].weight.detach().cpu().clone(),
-            B=layer.lora_B[adapter_name].weight.detach().cpu().clone(),
-        )
-        for name, layer in peft_model.named_modules()
-        if isinstance(layer, LoraLayer) and adapter_name in layer.lora_A
-    }
-
-
-def attach_adapter(model: torch.nn.Module, spec: AdapterSpec) -> tuple[PeftModel, dict[str, LoraFactors]]:
+def attach_adapter(model: torch.nn.Module, spec: AdapterSpec) -> Attached:
     """Wrap `model` (in place) and return it with the initial factors of base-modifying inits (else {}).
 
     The random draws (LoRA's A) come from the CPU generator re-seeded with `torch.initial_seed()`
     inside a fork of its state, so the same `torch.manual_seed` gives the same adapter whatever
     was drawn before, and the training RNG stream that follows is the same for every method.
+    PEFT draws on the CPU before moving factors to the base's device: forking the CPU generator suffices.
     """
     _validate(spec)
+    attach = registry.get(spec.method).attach_function()
     targets = resolve_target_modules(model, spec.target_modules)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        torch.default_generator.manual_seed(torch.initial_seed())
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return attach(model, spec, targets)
+
+
+def _lora_model(model: torch.nn.Module, spec: AdapterSpec, targets: list[str], use_dora: bool = False) -> PeftModel:
     layers = targeted_layers(model, targets)
-    if spec.method == "ohora":  # no rank: r_high follows from each layer's shape; s = α/r as for LoRA
-        from oloraplus.adapters.ohora_peft import attach_ohora
-
-        return attach_ohora(model, targets, scale=spec.alpha / spec.rank, dropout=spec.dropout), {}
     _check_ranks(layers, spec.rank)
-    if spec.method == "hira":
-        from oloraplus.adapters.hira import attach_hira
-
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(torch.initial_seed())
-            return attach_hira(model, spec.rank, targets, spec.dropout), {}
-    init = "pissa" if spec.method == "pissa" else True
     config = LoraConfig(
         task_type="CAUSAL_LM",
         r=spec.rank,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
         target_modules=targets,
-        init_lora_weights=init,
-        use_dora=spec.method == "dora",
+        init_lora_weights=True,  # OLoRA/PiSSA factors are set afterwards, in float32
+        use_dora=use_dora,
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in layers.values()),
     )
-    # PEFT draws A on the CPU before moving it to the base's device: forking the CPU generator suffices
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        torch.default_generator.manual_seed(torch.initial_seed())
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = get_peft_model(model, config)
-    adapter_name = peft_model.active_adapter
-    if spec.method == "olora":
-        initial = apply_olora_(peft_model, adapter_name)
-    elif spec.method == "pissa":
-        initial = _current_factors(peft_model, adapter_name)
-    else:
-        initial = {}
-    return peft_model, initial
+    return get_peft_model(model, config)
+
+
+def attach_lora(model: torch.nn.Module, spec: AdapterSpec, targets: list[str]) -> Attached:
+    return _lora_model(model, spec, targets), {}
+
+
+def attach_dora(model: torch.nn.Module, spec: AdapterSpec, targets: list[str]) -> Attached:
+    return _lora_model(model, spec, targets, use_dora=True), {}
+
+
+def attach_olora(model: torch.nn.Module, spec: AdapterSpec, targets: list[str]) -> Attached:
+    peft_model = _lora_model(model, spec, targets)
+    return peft_model, apply_olora_(peft_model, peft_model.active_adapter)
+
+
+def attach_pissa(model: torch.nn.Module, spec: AdapterSpec, targets: list[str]) -> Attached:
+    peft_model = _lora_model(model, spec, targets)
+    return peft_model, apply_pissa_(peft_model, peft_model.active_adapter)
+
+
+def attach_hira(model: torch.nn.Module, spec: AdapterSpec, targets: list[str]) -> Attached:
+    from oloraplus.adapters.hira import attach_hira as hira
+
+    _check_ranks(targeted_layers(model, targets), spec.rank)
+    return hira(model, spec.rank, targets, spec.dropout), {}
+
+
+def attach_ohora(model: torch.nn.Module, spec: AdapterSpec, targets: list[str]) -> Attached:
+    """No rank: r_high follows from each layer's shape; s = α/r as for LoRA."""
+    from oloraplus.adapters.ohora_peft import attach_ohora as ohora
+
+    scale = spec.alpha / spec.rank
+    return ohora(model, targets, scale=scale, dropout=spec.dropout, init=spec.ohora_init), {}

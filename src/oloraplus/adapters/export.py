@@ -2,7 +2,8 @@
 
 OLoRA and PiSSA train on a shifted base W − s·B0·A0, so their trained factors alone are wrong on
 W. The model computes (W − s·B0·A0) + s·Bt·At = W + s·(Bt·At − B0·A0), which is the rank-2r LoRA
-A' = [At; A0], B' = [Bt, −B0] with r' = 2r and α' = 2α (same s = α/r): that is what we write.
+A' = [At; A0], B' = [Bt, −B0] with r' = 2r and α' = 2α (same s = α/r): that is what we write. Under rsLoRA
+(s = α/√r) α' = √2·α instead; per-layer α patterns scale the same way.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import warnings
 from pathlib import Path
 
 import torch
-from peft import PeftModel, get_peft_model_state_dict
+from peft import PeftConfig, PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from oloraplus.adapters import registry
 from oloraplus.adapters.olora import LoraFactors
 from oloraplus.errors import AdapterError
 from oloraplus.io import atomic_write_json, atomic_write_text, follow_umask
@@ -28,8 +30,9 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 def _modifies_base(init_lora_weights: object) -> bool:
-    init = str(init_lora_weights).lower()
-    return init == "olora" or init.startswith("pissa")
+    """The shifting methods name their init after themselves (`apply_shifted_init_`); PEFT adds 'pissa_niter_k'."""
+    init = str(init_lora_weights).lower().split("_niter_")[0]
+    return any(m.shifts_base and m.name == init for m in registry.methods())
 
 
 def _base_relative_state(
@@ -79,10 +82,11 @@ def save_adapter(
         state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
         save_file(_base_relative_state(state, initial_factors), path / WEIGHTS_FILE, metadata={"format": "pt"})
         saved = copy.deepcopy(config)
+        alpha_factor = math.sqrt(2) if saved.use_rslora else 2  # keep s = α/r (α/√r with rsLoRA) at rank 2r
         saved.r *= 2
-        saved.lora_alpha *= math.sqrt(2) if saved.use_rslora else 2  # keep s = α/r (α/√r with rsLoRA)
+        saved.lora_alpha *= alpha_factor
         saved.rank_pattern = {k: 2 * v for k, v in (saved.rank_pattern or {}).items()}
-        saved.alpha_pattern = {k: 2 * v for k, v in (saved.alpha_pattern or {}).items()}
+        saved.alpha_pattern = {k: alpha_factor * v for k, v in (saved.alpha_pattern or {}).items()}
         saved.init_lora_weights = True  # loading must not re-run the QR/SVD init on the base
         saved.inference_mode = True
         if saved.base_model_name_or_path is None:
@@ -148,12 +152,14 @@ def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftMo
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise AdapterError(f"--adapter {path}: not an adapter directory (no adapter_config.json)")
-    import oloraplus.adapters.ohora_peft  # noqa: F401  (registers the OHORA adapter type with PEFT)
+    from oloraplus.adapters.ohora_peft import OHoRAConfig, load_ohora  # also registers OHORA with PEFT
 
     check_adapter_weights(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            if isinstance(PeftConfig.from_pretrained(str(path)), OHoRAConfig):  # saved A0, B0: no QR per layer
+                return load_ohora(base_model, path)
             return PeftModel.from_pretrained(base_model, str(path), is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise AdapterError(f"--adapter {path}: cannot load: {str(exc).splitlines()[0]}") from exc

@@ -1,17 +1,28 @@
 """OHoRA initialisation and the Kronecker product it trains (Zhang et al., EMNLP 2025).
 
-W0 (m×n, out×in) = QR. λ_k = |R_kk| ranks the columns of Q by non-redundancy; I1 holds the top r_high
-indices, I2 the next r_high. With Q1 = Q[:, I1], R1 = R[I1, :] (and Q2, R2 likewise for I2):
+W0 (m×n, out×in) = QR; λ_k = |R_kk| ranks the columns of Q by non-redundancy; I1 holds the top r_high
+indices, I2 the next r_high (eqs. 5–7). With Q1 = Q[:, I1], Q2 = Q[:, I2] (eqs. 8–9):
 
-    A_high = Q1[:m/r_high, :] · R1[:, :r_high]     (m/r_high × r_high)
-    B_high = Q2[:n/r_high, :] · R2[:, :r_high]     (n/r_high × r_high)
-    ΔW     = s · (A_high ⊗ B_highᵀ)                  (m × n)
+    A_high = Q1[:m/r_high, :] · R1                  (m/r_high × r_high)
+    B_high = Q2[:n/r_high, :] · R2                  (n/r_high × r_high)
+    ΔW     = s · (A_high ⊗ B_highᵀ)                  (m × n, eq. 10)
 
-The paper writes "Q1[m/r_high] R1[:, r_high]"; we read it as "the first m/r_high rows of Q1 times the
-first r_high columns of R1", the only reading that gives the Kronecker product the shape m×n with
-m + n trainable entries. Q2 has m rows; when n/r_high > m (a wide weight with a small r_high, e.g. coprime
-m < n) the missing rows of Q2[:n/r_high] are taken as zero, so those rows of B_high start at 0 and train.
-The base keeps W_res = W0 − s·A_high ⊗ B_highᵀ, so the model starts unchanged.
+The paper writes "Q1[m/r_high] R1[:, r_high]" without saying which rows and columns of R form R1. Two readings:
+
+- `ranked` (default): R1 = R[I1, I1], R2 = R[I2, I2] (r_high × r_high). Q1·R1 = Q1·Q1ᵀ·W0[:, I1] is the part
+  of the ranked columns of W0 that lies in the ranked directions; R1's diagonal holds exactly the λ_k of I1,
+  so R1 is invertible (when those λ_k > 0) and A_high has the rank of Q1[:m/r_high] — r_high for a weight in general position
+  (m/r_high ≥ r_high). Every ranked direction contributes, as eqs. 6–7 intend. (Not in general position:
+  a diagonal or permuted-identity W has Q = a signed permutation, so Q1[:m/r_high] can still be zero.)
+- `paper` (the literal reading, kept to reproduce earlier runs): R1 = R[I1, :r_high], R2 = R[I2, :r_high].
+  R is upper triangular, so a row k ≥ r_high of R is zero in its first r_high columns: only indices of I1
+  below r_high contribute, the |R_kk| ranking is mostly lost, and a factor whose indices all lie at
+  k ≥ r_high is exactly 0 (a weight with growing column norms starts with A0 = B0 = 0 and no gradient).
+
+Both read "Q1[m/r_high]" as the first m/r_high rows of Q1, the only reading that gives the Kronecker product
+the shape m×n with m + n trainable entries. Q2 has m rows; when n/r_high > m (a wide weight with a small
+r_high, e.g. coprime m < n) the missing rows of Q2[:n/r_high] are taken as zero, so those rows of B_high
+start at 0 and train. The base keeps W_res = W0 − s·A_high ⊗ B_highᵀ, so the model starts unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from oloraplus.config import OHORA_INITS  # how R1, R2 are cut from R; see the module docstring
 from oloraplus.errors import AdapterError
 
 
@@ -52,22 +64,28 @@ def _first_rows(M: Tensor, k: int) -> Tensor:
     return torch.cat([M[:k], M.new_zeros(max(0, k - M.shape[0]), M.shape[1])])
 
 
-def ohora_factors(W0: Tensor) -> OHoRAInit:
+def ohora_factors(W0: Tensor, init: str = "ranked") -> OHoRAInit:
     """A_high, B_high of an out×in weight from its QR (in float32), with the column indices they use.
 
     Only the first min(m, n) columns of Q carry an R_kk, so the reduced QR holds every column we rank.
     """
+    if init not in OHORA_INITS:
+        raise AdapterError(f"--ohora-init {init!r}: unknown; choose one of {', '.join(OHORA_INITS)}")
     W = W0.detach().to(torch.float32)
     m, n = W.shape
     r = r_high_for(m, n)
     if 2 * r > min(m, n):
         raise AdapterError(f"OHoRA: a {m}×{n} weight has {min(m, n)} QR columns, fewer than 2·r_high={2 * r}")
-    Q, R = torch.linalg.qr(W)  # Q (m, k), R (k, n), k = min(m, n)
+    Q, R = torch.linalg.qr(W)  # eqs. (5)–(7): Q (m, k), R (k, n), k = min(m, n)
     λ = R.diagonal().abs()  # non-redundancy of each column of Q
     order = torch.argsort(λ, descending=True, stable=True)
     I1, I2 = order[:r], order[r : 2 * r]
-    A_high = _first_rows(Q[:, I1], m // r) @ R[I1, :r]  # (m/r_high, r_high)
-    B_high = _first_rows(Q[:, I2], n // r) @ R[I2, :r]  # (n/r_high, r_high)
+    if init == "ranked":
+        R1, R2 = R[I1][:, I1], R[I2][:, I2]  # (r_high, r_high), diagonals = the ranked λ_k
+    else:
+        R1, R2 = R[I1, :r], R[I2, :r]  # literal: zero for every row k ≥ r_high
+    A_high = _first_rows(Q[:, I1], m // r) @ R1  # eq. (8): (m/r_high, r_high)
+    B_high = _first_rows(Q[:, I2], n // r) @ R2  # eq. (9): (n/r_high, r_high)
     return OHoRAInit(r_high=r, I1=I1, I2=I2, A_high=A_high, B_high=B_high)
 
 

@@ -28,7 +28,7 @@ from peft.utils.peft_types import PeftType
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
-from oloraplus.adapters.ohora import kron_materialised, kron_matvec, ohora_factors, r_high_for
+from oloraplus.adapters.ohora import OHORA_INITS, kron_materialised, kron_matvec, ohora_factors, r_high_for
 from oloraplus.adapters.targets import resolve_target_modules
 from oloraplus.errors import AdapterError
 
@@ -66,6 +66,11 @@ class OHoRAConfig(PeftConfig):
         metadata={"help": "s in W_res x + s·(A_high ⊗ B_highᵀ) x (the paper's α); 1 keeps the QR factors' scale."},
     )
     ohora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the input of the Kronecker path."})
+    ohora_init: str = field(
+        default="ranked",
+        metadata={"help": "'ranked': R1 = R[I1, I1] (every ranked direction counts); 'paper': the literal "
+                  "R1 = R[I1, :r_high], which can give a zero factor. See oloraplus.adapters.ohora."},
+    )
     init_weights: bool = field(
         default=True,
         metadata={
@@ -89,6 +94,8 @@ class OHoRAConfig(PeftConfig):
             raise AdapterError(f"OHoRA scale {self.scale!r}: must be a finite non-zero number")
         if not 0.0 <= self.ohora_dropout < 1.0:
             raise AdapterError(f"OHoRA dropout {self.ohora_dropout!r}: must be in [0, 1)")
+        if self.ohora_init not in OHORA_INITS:
+            raise AdapterError(f"OHoRA init {self.ohora_init!r}: choose one of {', '.join(OHORA_INITS)}")
 
 
 class OHoRALinear(nn.Module, BaseTunerLayer):
@@ -119,7 +126,7 @@ class OHoRALinear(nn.Module, BaseTunerLayer):
     def update_layer(self, adapter_name: str, config: OHoRAConfig) -> None:
         weight = self.get_base_layer().weight
         if config.init_weights:
-            init = ohora_factors(weight.T if self.conv1d else weight)
+            init = ohora_factors(weight.T if self.conv1d else weight, config.ohora_init)
             A, B = init.A_high, init.B_high
         else:
             r = r_high_for(self.out_features, self.in_features)
@@ -246,7 +253,12 @@ def fold_initial_(peft_model: PeftModel, adapter_name: str = "default") -> int:
 
 
 def attach_ohora(
-    model: nn.Module, target_modules: list[str] | None, scale: float = 1.0, dropout: float = 0.0, fold: bool = True
+    model: nn.Module,
+    target_modules: list[str] | None,
+    scale: float = 1.0,
+    dropout: float = 0.0,
+    fold: bool = True,
+    init: str = "ranked",
 ) -> PeftModel:
     """Wrap `model` (in place) in an OHoRA adapter on the given (or default: all block linear) layers.
 
@@ -254,7 +266,9 @@ def attach_ohora(
     product per step); without it they stay W0 and each step also computes (A0 ⊗ B0ᵀ) x. Same model.
     """
     targets = resolve_target_modules(model, target_modules)
-    config = OHoRAConfig(task_type="CAUSAL_LM", target_modules=targets, scale=scale, ohora_dropout=dropout)
+    config = OHoRAConfig(
+        task_type="CAUSAL_LM", target_modules=targets, scale=scale, ohora_dropout=dropout, ohora_init=init
+    )
     peft_model = get_peft_model(model, config)
     if fold:
         fold_initial_(peft_model, peft_model.active_adapter)
@@ -264,7 +278,8 @@ def attach_ohora(
 def load_ohora(model: nn.Module, path: str | Path, is_trainable: bool = False) -> PeftModel:
     """Load a saved OHoRA adapter onto the untouched base, skipping the QR (the saved factors overwrite zeros).
 
-    Plain `PeftModel.from_pretrained` gives the same model after importing this module; it just redoes the QR.
+    Plain `PeftModel.from_pretrained` gives the same model after importing this module; it just redoes the QR
+    (one full QR per layer, whose result the saved A0, B0 then overwrite).
     """
     path = Path(path)
     if not (path / "adapter_config.json").is_file():

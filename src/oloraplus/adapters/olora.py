@@ -5,7 +5,7 @@ W = QR,  B = Q_r,  A = R_r,  W' = W − s·B·A  with s = α/r,  so W' + s·B·A
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -46,13 +46,19 @@ def olora_factors_full_qr(W: Tensor, r: int) -> tuple[Tensor, Tensor]:
     return Q[:, :r], R[:r]
 
 
-def apply_olora_(peft_model: torch.nn.Module, adapter_name: str = "default") -> dict[str, LoraFactors]:
-    """OLoRA-initialise every LoRA layer of `adapter_name` in place; returns the initial factors (CPU clones).
+def apply_shifted_init_(
+    peft_model: torch.nn.Module,
+    adapter_name: str,
+    factors: Callable[[Tensor, int, float], tuple[Tensor, Tensor]],
+    init_name: str,
+) -> dict[str, LoraFactors]:
+    """Set every LoRA layer of `adapter_name` to (B, A) = factors(W, r, s) of its out×in float32 weight and shift
+    the base to W − s·B·A in place; returns the initial factors (CPU float32 clones).
 
-    PEFT's own `init_lora_weights="olora"` factors the stored weight, which for GPT-2's `Conv1D`
-    is in×out; here the QR is always of the out×in matrix the layer computes with.
+    The factors stay float32 (PEFT keeps adapters in float32 on a low-precision base): the model starts at
+    W + (rounding of W − s·B·A) and `save_adapter` writes the exact base-relative difference from these factors.
     """
-    factors: dict[str, LoraFactors] = {}
+    initial: dict[str, LoraFactors] = {}
     for name, layer in peft_model.named_modules():
         if not isinstance(layer, LoraLayer) or adapter_name not in layer.lora_A:
             continue
@@ -62,23 +68,32 @@ def apply_olora_(peft_model: torch.nn.Module, adapter_name: str = "default") -> 
         W = W.T if conv1d else W  # (out, in)
         s = layer.scaling[adapter_name]
         try:
-            Q_r, R_r = olora_factors(W, layer.r[adapter_name])
+            B, A = factors(W, layer.r[adapter_name], s)
         except AdapterError as exc:
             raise AdapterError(f"layer '{name}': {exc}") from None
         with torch.no_grad():
-            layer.lora_B[adapter_name].weight.copy_(Q_r)
-            layer.lora_A[adapter_name].weight.copy_(R_r)
+            layer.lora_B[adapter_name].weight.copy_(B)
+            layer.lora_A[adapter_name].weight.copy_(A)
             weight = base.weight
             if weight.dtype == torch.float32:  # W' = W − s·B·A in place: no m×n temporary, one pass over W
                 if conv1d:
-                    weight.addmm_(R_r.T, Q_r.T, alpha=-s)  # Conv1D stores Wᵀ
+                    weight.addmm_(A.T, B.T, alpha=-s)  # Conv1D stores Wᵀ
                 else:
-                    weight.addmm_(Q_r, R_r, alpha=-s)
+                    weight.addmm_(B, A, alpha=-s)
             else:  # a low-precision base: subtract in float32, round once
-                W_res = W - s * (Q_r @ R_r)
+                W_res = W - s * (B @ A)
                 weight.copy_((W_res.T if conv1d else W_res).to(weight.dtype))
-        factors[name] = LoraFactors(A=R_r.cpu(), B=Q_r.cpu())  # fresh tensors, not views of the parameters
-    if not factors:
+        initial[name] = LoraFactors(A=A.cpu().clone(), B=B.cpu().clone())  # not views of the parameters
+    if not initial:
         raise AdapterError(f"adapter '{adapter_name}': the model has no LoRA layers to initialise")
-    peft_model.peft_config[adapter_name].init_lora_weights = "olora"  # tells save_adapter the base was shifted
-    return factors
+    peft_model.peft_config[adapter_name].init_lora_weights = init_name  # tells save_adapter the base was shifted
+    return initial
+
+
+def apply_olora_(peft_model: torch.nn.Module, adapter_name: str = "default") -> dict[str, LoraFactors]:
+    """OLoRA-initialise every LoRA layer of `adapter_name` in place; returns the initial factors (CPU clones).
+
+    PEFT's own `init_lora_weights="olora"` factors the stored weight, which for GPT-2's `Conv1D`
+    is in×out; here the QR is always of the out×in matrix the layer computes with.
+    """
+    return apply_shifted_init_(peft_model, adapter_name, lambda W, r, s: olora_factors(W, r), "olora")

@@ -9,6 +9,7 @@ import sys
 from typing import Callable
 
 from oloraplus import __version__
+from oloraplus.adapters import registry
 from oloraplus.config import TrainConfig, add_arguments, resolve
 from oloraplus.errors import OloraError
 
@@ -18,10 +19,12 @@ Fine-tune causal language models with orthonormal (QR) initialised adapters.
 OLoRA   : B = Q_r, A = R_r from the QR of each frozen weight W; the base becomes W - s·B·A.
 OLoRA+  : OLoRA + LoRA+: the learning rate of B is λ (--ratio) times that of A.
           λ < 1 refines the initial orthonormal basis, λ > 1 explores away from it.
-Baselines: lora, pissa (SVD init), dora, hira, ohora (QR-ranked Kronecker, m+n params per layer).
+
+Methods (--method):
+{methods}
 
 Every option of `train` can also be set in a YAML file given with --config; flags override it.
-"""
+""".format(methods="\n".join(f"  {m.name:<6} {m.help}" for m in registry.methods()))
 
 
 class OneLineParser(argparse.ArgumentParser):

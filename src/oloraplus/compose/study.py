@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from oloraplus.adapters import registry
 from oloraplus.config import TrainConfig, build_config, read_yaml
 from oloraplus.data.formats import Example, load_examples
 from oloraplus.data.split import split_examples
@@ -46,7 +47,7 @@ DOMAIN_KEYS = ("data", "train_size", "eval_size")
 SET_BY_STUDY = ("data", "output", "overwrite", "resume")  # per run; train_size/eval_size in base are defaults
 MERGED_KEYS = ("max_steps", "epochs", "lr", "batch_size", "grad_accum", "warmup_ratio")
 BASELINES = ("all", "per_sum")
-COMPOSABLE = ("lora", "olora", "pissa")  # saved as plain base-relative LoRA, so their deltas add
+COMPOSABLE = tuple(m.name for m in registry.methods() if m.composable)  # plain base-relative LoRA: deltas add
 MERGED = "merged"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -213,7 +213,11 @@ def recorded_config(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
     config = data.get("config") if isinstance(data, dict) else None
-    return config if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        return None
+    # Recorded before --ohora-init existed: OHoRA used the literal init; other methods ignore it (default).
+    config.setdefault("ohora_init", "paper" if config.get("method") == "ohora" else "ranked")
+    return config
 
 
 def config_differences(planned: TrainConfig, recorded: dict[str, Any] | None) -> list[str]:

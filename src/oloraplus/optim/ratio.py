@@ -2,6 +2,12 @@
 
 LoRA+ (Hayou et al., 2024), eq. (η_B = λ η_A); OLoRA+ is the same rule on OLoRA-initialised factors,
 with any λ > 0 (λ < 1 "refinement", λ > 1 "exploration").
+
+Only the B factors move to λη. DoRA's magnitude vector and trained biases stay at η (no weight decay),
+unlike PEFT's `create_loraplus_optimizer`, which puts every 1-D parameter at λη: λ is the ratio between
+the two factors of ΔW = B·A, and the magnitude is not one of them (it rescales the columns of W + BA,
+and DoRA trains it at the LoRA rate); moving it with λ would also make a λ sweep change the magnitude's
+and the biases' rates, so λ would no longer be the only thing that differs. At λ = 1 both agree.
 """
 
 from __future__ import annotations
@@ -10,11 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from oloraplus.adapters import registry
 from oloraplus.config import check_ratio
 
-# Parameter-name markers of the two factors of each adapter type (LoRA/DoRA/PiSSA/OLoRA, HiRA, OHoRA).
-A_MARKERS = ("lora_A", "hira_A", "ohora_A")
-B_MARKERS = ("lora_B", "hira_B", "ohora_B")
 NO_DECAY_MARKERS = ("bias", "norm", "lora_magnitude_vector")
 
 
@@ -29,10 +33,10 @@ class GroupNames:
 
 
 def classify(name: str) -> str:
-    """'A', 'B', 'no_decay' or 'other' for a parameter name."""
-    if any(marker in name for marker in A_MARKERS):
+    """'A', 'B', 'no_decay' or 'other' for a parameter name; A and B by the markers of the registered methods."""
+    if any(marker in name for marker in registry.a_markers()):
         return "A"
-    if any(marker in name for marker in B_MARKERS):
+    if any(marker in name for marker in registry.b_markers()):
         return "B"
     if any(marker in name.lower() for marker in NO_DECAY_MARKERS):
         return "no_decay"

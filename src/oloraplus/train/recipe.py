@@ -6,6 +6,7 @@ token-weighted eval -> base-relative PEFT adapter, metrics.json, log.jsonl, conf
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -75,6 +76,13 @@ def prepare(cfg: TrainConfig, device: str | torch.device | None = None) -> Prepa
     return Prepared(loaded, train_ex, eval_ex, train_ds, eval_ds, stats, models.base_fingerprint(loaded.model))
 
 
+def warmup_steps_arg(warmup_ratio: float) -> float:
+    """`TrainingArguments.warmup_steps` for a warm-up *fraction*: transformers 5 has no `warmup_ratio` and reads
+    a value ≥ 1 as a step count, one < 1 as ceil(value · total steps). A fraction of 1 becomes the largest float
+    below 1, whose ceil(· total) is every step for any total < 2^52, counted from epochs or --max-steps."""
+    return min(warmup_ratio, math.nextafter(1.0, 0.0))
+
+
 def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArguments:
     cuda = torch.cuda.is_available()
     return TrainingArguments(
@@ -85,7 +93,7 @@ def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArgumen
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.scheduler,
-        warmup_steps=cfg.warmup_ratio,
+        warmup_steps=warmup_steps_arg(cfg.warmup_ratio),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         logging_steps=cfg.logging_steps,
@@ -142,7 +150,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     set_seed(cfg.seed)  # the adapter init (random A for LoRA) depends only on the seed
     spec = AdapterSpec(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
-                       target_modules=cfg.target_modules or None)
+                       target_modules=cfg.target_modules or None, ohora_init=cfg.ohora_init)
     model, initial = attach_adapter(prep.loaded.model, spec)
     packing = cfg.packing and supports_packing(model)
     if cfg.packing and not packing:

@@ -1,0 +1,1 @@
+"""One module per adapter method, each registering its `oloraplus.adapters.registry.Method` record."""

@@ -1,0 +1,75 @@
+"""The adapter methods, one record each: what the rest of oloraplus asks about a method, declared once.
+
+Each module in `oloraplus.adapters.methods` registers one `Method`. The config (`--method` choices), the λ
+optimizer (which parameters are A and B), the export (whether the base was shifted), compose (whether the
+saved adapter sums) and the CLI help read these records instead of lists of names. Records stay light: the
+attach function is named as "module:function" and imported only when a model is built (PEFT takes seconds
+to import, the CLI and the config should not).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from oloraplus.errors import AdapterError
+
+# Built-in methods in CLI order: each is oloraplus.adapters.methods.<name>, which registers itself.
+BUILTIN = ("lora", "olora", "pissa", "dora", "ohora", "hira")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    help: str  # one line for `oloraplus --help`
+    attach: str  # "module:function", (model, AdapterSpec, targets) -> (PeftModel, initial factors or {})
+    a_markers: tuple[str, ...]  # parameter-name parts of the A factors: learning rate η
+    b_markers: tuple[str, ...]  # ... of the B factors: λη
+    shifts_base: bool = False  # LoRA factors trained on W − s·B0·A0: export writes the base-relative rank-2r LoRA
+    composable: bool = False  # its saved adapter is a plain base-relative LoRA that `compose` can sum
+
+    def attach_function(self) -> Callable:
+        module, _, function = self.attach.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method; a name is registered once (re-importing its module is a no-op)."""
+    known = _REGISTRY.get(method.name)
+    if known is not None and known != method:
+        raise AdapterError(f"adapter method {method.name!r} is already registered with other facts")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def _load_builtin() -> None:
+    for name in BUILTIN:
+        importlib.import_module(f"oloraplus.adapters.methods.{name}")
+
+
+def methods() -> tuple[Method, ...]:
+    _load_builtin()
+    return tuple(_REGISTRY.values())
+
+
+def names() -> tuple[str, ...]:
+    return tuple(m.name for m in methods())
+
+
+def get(name: str) -> Method:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise AdapterError(f"--method {name!r}: unknown; choose one of {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def a_markers() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(marker for m in methods() for marker in m.a_markers))
+
+
+def b_markers() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(marker for m in methods() for marker in m.b_markers))

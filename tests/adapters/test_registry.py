@@ -1,0 +1,89 @@
+"""The method registry is the one place that declares each method: config, optimizer, export, compose-study and
+the CLI read it. Checked against what the methods actually build (parameter names, shifted base, saved config)."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from oloraplus.adapters import registry
+from oloraplus.adapters.build import AdapterSpec, attach_adapter
+from oloraplus.adapters.export import _modifies_base
+from oloraplus.errors import AdapterError
+from oloraplus.optim.ratio import ratio_param_groups
+
+
+def test_every_builtin_method_has_one_record_in_its_own_module():
+    from oloraplus import config
+    from oloraplus.compose import study
+
+    assert registry.names() == registry.BUILTIN == config.METHODS
+    for name in registry.BUILTIN:
+        module = sys.modules[f"oloraplus.adapters.methods.{name}"]
+        assert module.METHOD is registry.get(name)
+    assert study.COMPOSABLE == ("lora", "olora", "pissa")
+
+
+@pytest.mark.parametrize("name", registry.BUILTIN)
+def test_each_record_states_what_its_attach_builds(name, make_model, tokens):
+    """Markers name the trainable factors exactly; shifts_base: the base moved and export needs the initial factors."""
+    method = registry.get(name)
+    model = make_model("llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    peft_model, initial = attach_adapter(model, AdapterSpec(name, rank=4, alpha=8.0))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    A = [n for n in trainable if any(m in n for m in method.a_markers)]
+    B = [n for n in trainable if any(m in n for m in method.b_markers)]
+    assert len(A) == len(B) == 14  # 7 linears × 2 blocks
+    _, groups = ratio_param_groups(peft_model, lr=1e-3, ratio=4.0)
+    assert (sorted(groups.A), sorted(groups.B)) == (sorted(A), sorted(B))
+    after = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p
+             for n, p in peft_model.named_parameters()}
+    moved = any(not torch.equal(after[n], p) for n, p in before.items() if n in after and n.endswith("proj.weight"))
+    assert bool(initial) == method.shifts_base  # the initial factors export needs to undo the shift
+    assert moved or not method.shifts_base  # (OHoRA also folds W_res, but its layer saves A0, B0 itself)
+    config = peft_model.peft_config["default"]
+    assert _modifies_base(getattr(config, "init_lora_weights", True)) == method.shifts_base
+
+
+def test_an_unknown_method_lists_the_registered_ones():
+    with pytest.raises(AdapterError, match=r"--method 'qlora': unknown; choose one of lora, olora, pissa, dora"):
+        registry.get("qlora")
+
+
+def test_a_registered_method_is_attached_and_grouped_through_its_record(make_model, monkeypatch):
+    """A new method = one record: attach_adapter calls its function and the λ optimizer uses its markers
+    (swapped here, so only a registry-reading optimizer puts lora_B at η)."""
+    twin = dataclasses.replace(registry.get("lora"), name="twin", attach=f"{__name__}:attach_twin",
+                               a_markers=("lora_B",), b_markers=("lora_A",))
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_load_builtin", lambda: None)
+    registry.register(twin)
+    peft_model, _ = attach_adapter(make_model("llama"), AdapterSpec("twin", rank=2))
+    assert peft_model.twin and peft_model.peft_config["default"].r == 2
+    _, groups = ratio_param_groups(peft_model, lr=1e-3, ratio=4.0)
+    assert len(groups.A) == len(groups.B) == 14
+    assert all(".lora_B." in n for n in groups.A) and all(".lora_A." in n for n in groups.B)
+    with pytest.raises(AdapterError, match=r"--method 'lora': unknown; choose one of twin"):
+        registry.get("lora")
+    with pytest.raises(AdapterError, match="already registered with other facts"):
+        registry.register(dataclasses.replace(twin, help="another"))
+
+
+def attach_twin(model, spec, targets):
+    from oloraplus.adapters.build import attach_lora
+
+    peft_model, initial = attach_lora(model, spec, targets)
+    peft_model.twin = True
+    return peft_model, initial
+
+
+def test_the_cli_help_lists_every_method_without_importing_peft():
+    code = ("import sys, oloraplus.cli.main as m; print(m.DESCRIPTION); "
+            "print('peft' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for method in registry.methods():
+        assert f"  {method.name:<6} {method.help}" in out
+    assert out.strip().endswith("False False")
