@@ -168,9 +168,7 @@ def train(spec: dict) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     worker = workers.train_baseline if spec["side"] == "baseline" else workers.train_oloraplus
-    t0 = time.perf_counter()
     result = worker({"setup": spec["setup"], "options": spec.get("options", {})})
-    result["process_s"] = time.perf_counter() - t0
     if torch.cuda.is_available():
         result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     result.pop("train_lengths", None)

@@ -83,7 +83,10 @@ def test_a_failed_measurement_is_reported_not_fatal():
 def test_plan_runs_each_measurement_once_and_filters_sections():
     jobs = plan(FULL, "/data.json", {"train", "loss"})
     assert [tag for _, tag, _, _ in jobs] == ["train_baseline", "train_oloraplus", "train_oloraplus_same_order",
-                                              "train_order_1", "train_order_2", "loss_compare"]
+                                              "train_oloraplus_padded", "train_order_1", "train_order_2",
+                                              "loss_compare"]
+    padded = next(spec for _, tag, _, spec in jobs if tag == "train_oloraplus_padded")
+    assert padded["options"] == {"packing": False}
     tags = [tag for _, tag, _, _ in plan(FULL, "/data.json", {"machine", "load", "init", "train", "loss",
                                                                "generate", "scaling"})]
     assert len(tags) == len(set(tags)) and "load_cold" in tags and tags[0] == "machine_start"

@@ -195,3 +195,20 @@ def test_adapter_diagnostics_accepts_names_from_the_lora_model_and_rejects_unkno
     assert set(adapter_diagnostics(model, from_inner)["layers"]) == set(capture_initial_factors(model))
     with pytest.raises(AdapterError, match="no LoRA layer"):
         adapter_diagnostics(model, {"not.a.layer": (torch.zeros(2, 1), torch.zeros(1, 2))})
+
+
+def test_batched_diagnostics_equal_the_per_layer_ones():
+    """The GPU path (layers of a shape stacked) against the CPU path (the per-layer functions above)."""
+    model = tiny_peft_model("olora")
+    initial = capture_initial_factors(model)
+    perturb(model, seed=2)
+    per_layer = adapter_diagnostics(model, initial, batched=False)
+    batched = adapter_diagnostics(model, initial, batched=True)
+    assert list(batched["layers"]) == list(per_layer["layers"])
+    for name, row in per_layer["layers"].items():
+        for key, value in row.items():
+            assert batched["layers"][name][key] == pytest.approx(value, rel=1e-12, abs=1e-12), (name, key)
+    zero_B = tiny_peft_model(True)  # LoRA: B_0 = 0 gives NaN distances either way
+    lora_initial = capture_initial_factors(zero_B)
+    assert math.isnan(adapter_diagnostics(zero_B, lora_initial, batched=True)["mean"]["subspace_distance"])
+    assert adapter_diagnostics(zero_B, lora_initial, batched=True)["mean"]["delta_effective_rank"] == 0.0

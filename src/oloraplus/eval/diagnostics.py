@@ -188,49 +188,73 @@ def _batched_delta_rank(B_t: Tensor, A_t: Tensor, B_0: Tensor, A_0: Tensor, s: T
     return torch.where(total.squeeze(1) > 0, torch.exp(entropy), torch.zeros_like(entropy))
 
 
+def _per_layer(B_t: Tensor, A_t: Tensor, B_0: Tensor, A_0: Tensor, s: float) -> dict[str, float]:
+    """The measures of one layer, on the CPU (LAPACK on small matrices: looping is as fast as batching)."""
+    B_t, A_t = B_t.detach().cpu(), A_t.detach().cpu()
+    B_0, A_0 = B_0.detach().cpu(), A_0.detach().cpu()
+    return {
+        "subspace_distance": subspace_distance(B_t, B_0),
+        "subspace_distance_A": subspace_distance(A_t.T, A_0.T),
+        "rel_change_A": relative_change(A_t, A_0),
+        "rel_change_B": relative_change(B_t, B_0),
+        "delta_effective_rank": delta_effective_rank(B_t, A_t, B_0, A_0, s),
+    }
+
+
+def _batched(group: list, device: torch.device) -> dict[str, list[float]]:
+    """The measures of layers of one shape, stacked and computed in float64 on `device` (a GPU: a few
+    batched launches instead of hundreds of tiny ones), read back once per measure."""
+    def stack(tensors) -> Tensor:
+        return torch.stack([t.detach().to(device, torch.float64) for t in tensors])
+
+    B_t, A_t = stack(g[1] for g in group), stack(g[2] for g in group)
+    B_0, A_0 = stack(g[4] for g in group), stack(g[5] for g in group)
+    s = torch.tensor([g[3] for g in group], dtype=torch.float64, device=device)
+    columns = {
+        "subspace_distance": _batched_distance(B_t, B_0),
+        "subspace_distance_A": _batched_distance(A_t.mT, A_0.mT),
+        "rel_change_A": _batched_change(A_t, A_0),
+        "rel_change_B": _batched_change(B_t, B_0),
+        "delta_effective_rank": _batched_delta_rank(B_t, A_t, B_0, A_0, s),
+    }
+    return {key: values.tolist() for key, values in columns.items()}
+
+
 def adapter_diagnostics(
-    peft_model, initial_factors: dict[str, tuple[Tensor, Tensor]], adapter_name: str = "default"
+    peft_model, initial_factors: dict[str, tuple[Tensor, Tensor]], adapter_name: str = "default",
+    batched: bool | None = None,
 ) -> dict[str, dict]:
     """Per-layer refinement/exploration measures against (B_0, A_0), and their mean over layers.
 
     Per layer: subspace_distance (chordal, span B_t vs span B_0), subspace_distance_A (row spaces
     of A), rel_change_A, rel_change_B, delta_effective_rank. NaN values (e.g. B_0 = 0 for plain
-    LoRA) are skipped in the mean. Layers of equal shape are stacked and computed in one batched
-    float64 call each (the per-layer functions above define the measures; a test holds the two equal):
-    a model has hundreds of adapted layers but only a handful of shapes.
+    LoRA) are skipped in the mean. `batched` (default: when the factors live on a GPU) stacks the
+    layers of each shape and computes them there in float64: a model has hundreds of adapted layers
+    but a handful of shapes. Both ways compute the same measures (tested to 1e-12).
     """
     initial = {_canonical(name): factors for name, factors in initial_factors.items()}
-    by_shape: dict[tuple, list] = {}
-    order = []
-    for name, B_t, A_t, s in _lora_layers(peft_model, adapter_name):
-        if _canonical(name) in initial:
-            order.append(name)
-            by_shape.setdefault((tuple(B_t.shape), tuple(A_t.shape)), []).append((name, B_t, A_t, s))
-    if not by_shape:
+    found = [(name, B_t, A_t, s, *initial[_canonical(name)])
+             for name, B_t, A_t, s in _lora_layers(peft_model, adapter_name) if _canonical(name) in initial]
+    if not found:
         raise AdapterError(
             f"adapter_diagnostics: no LoRA layer of adapter '{adapter_name}' matches the "
             f"{len(initial_factors)} initial factors (capture them with capture_initial_factors)"
         )
+    device = found[0][1].device
+    batched = device.type != "cpu" if batched is None else batched
     layers: dict[str, dict[str, float]] = {}
-    for group in by_shape.values():
-        names = [name for name, *_ in group]
-
-        def stack(tensors) -> Tensor:
-            return torch.stack([t.detach().to("cpu", torch.float64) for t in tensors])
-
-        B_t, A_t = stack(B for _, B, _, _ in group), stack(A for _, _, A, _ in group)
-        B_0, A_0 = stack(initial[_canonical(n)][0] for n in names), stack(initial[_canonical(n)][1] for n in names)
-        s = torch.tensor([scale for *_, scale in group], dtype=torch.float64)
-        columns = {
-            "subspace_distance": _batched_distance(B_t, B_0),
-            "subspace_distance_A": _batched_distance(A_t.mT, A_0.mT),
-            "rel_change_A": _batched_change(A_t, A_0),
-            "rel_change_B": _batched_change(B_t, B_0),
-            "delta_effective_rank": _batched_delta_rank(B_t, A_t, B_0, A_0, s),
-        }
-        for i, name in enumerate(names):
-            layers[name] = {key: float(values[i]) for key, values in columns.items()}
-    layers = {name: layers[name] for name in order}  # the model's order, as the mean sums
+    if batched:
+        by_shape: dict[tuple, list] = {}
+        for row in found:
+            by_shape.setdefault((tuple(row[1].shape), tuple(row[2].shape)), []).append(row)
+        for group in by_shape.values():
+            columns = _batched(group, device)
+            for i, row in enumerate(group):
+                layers[row[0]] = {key: values[i] for key, values in columns.items()}
+    else:
+        for name, B_t, A_t, s, B_0, A_0 in found:
+            layers[name] = _per_layer(B_t, A_t, B_0, A_0, s)
+    layers = {row[0]: layers[row[0]] for row in found}  # the model's order, as the mean sums
     keys = next(iter(layers.values())).keys()
     mean = {key: _nanmean([row[key] for row in layers.values()]) for key in keys}
     return {"layers": layers, "mean": mean}
