@@ -96,3 +96,26 @@ def test_periodic_eval_feeds_the_eval_curve(tiny_llama_dir, alpaca_file, tmp_pat
     train(tiny_cfg(tiny_llama_dir, alpaca_file, tmp_path / "run", eval_steps=4))
     logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs if "eval_loss" in r] == [4, 8, 12]
+
+
+def test_packed_and_padded_training_learn_the_same(tiny_llama_dir, alpaca_file, tmp_path, one_thread):
+    """The default (packed rows) and --no-packing draw the same batches: same losses, to float32 summation order."""
+    packed = train(tiny_cfg(tiny_llama_dir, alpaca_file, tmp_path / "packed", max_steps=6)).metrics
+    padded = train(tiny_cfg(tiny_llama_dir, alpaca_file, tmp_path / "padded", max_steps=6, packing=False)).metrics
+    assert packed["packing"] is True and padded["packing"] is False
+    assert packed["eval_loss"] == pytest.approx(padded["eval_loss"], rel=1e-5)
+    assert packed["mean_train_loss"] == pytest.approx(padded["mean_train_loss"], rel=1e-5)
+    assert packed["train_tokens"] == padded["train_tokens"]  # real tokens, counted on the host either way
+
+
+def test_tokens_per_batch_trains_one_token_budget_group_per_step(tiny_llama_dir, alpaca_file, tmp_path, one_thread):
+    from oloraplus.data.budget import token_budget_groups
+
+    cfg = tiny_cfg(tiny_llama_dir, alpaca_file, tmp_path / "run", max_steps=-1, epochs=1, tokens_per_batch=120)
+    prep = prepare(cfg)
+    groups = token_budget_groups([int(n) for n in prep.train_dataset["length"]], 120, cfg.seed)
+    m = train(cfg).metrics
+    assert 1 < len(groups) < 48 and m["steps"] == len(groups)  # one group per optimizer step
+    assert m["train_tokens"] == sum(prep.train_dataset["length"])  # every example once
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["config"]
+    assert saved["tokens_per_batch"] == 120

@@ -49,7 +49,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     cfg = load_run_config(run_dir)  # a wrong path fails before torch and the model load
 
     from oloraplus.adapters.export import load_adapter, load_metadata
-    from oloraplus.data.collate import CausalLMCollator
+    from oloraplus.train.packing import batch_collator
     from oloraplus.eval.loss import evaluate_loss
     from oloraplus.models import pick_device
     from oloraplus.train.recipe import prepare
@@ -63,7 +63,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
                            f"!= {prep.fingerprint} of --model {cfg.model})")
     model = load_adapter(prep.loaded.model, run_dir / ADAPTER_DIR).eval()
     batch = batch_size or cfg.batch_size
-    collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id)
+    collator = batch_collator(model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing)
     metrics: dict[str, Any] = dict(evaluate_loss(model, prep.eval_dataset, collator, batch_size=batch))
     if generate:
         gen_metrics, rows = generation_eval(model, prep.loaded.tokenizer, prep.eval_examples, generate,

@@ -10,6 +10,8 @@ logits of the packed row with those of each sequence alone.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from oloraplus.data.collate import CausalLMCollator, model_inputs
@@ -42,3 +44,16 @@ def supports_packing(model: torch.nn.Module, atol: float = 1e-3) -> bool:
     # the collator puts the longer sequence first (first-fit decreasing)
     expected = torch.cat(alone, dim=0)
     return together.shape == expected.shape and bool(torch.allclose(together, expected, atol=atol, rtol=1e-3))
+
+
+def batch_collator(model: torch.nn.Module, pad_token_id: int, max_length: int, packing: bool = True,
+                   name: str = "the model") -> CausalLMCollator:
+    """The collator for training and eval: packed rows when asked for and the model supports them, else padded.
+
+    A model that fails the probe trains on padded batches, with a warning: slower, never wrong.
+    """
+    packed = packing and supports_packing(model)
+    if packing and not packed:
+        warnings.warn(f"{name}: its attention does not keep packed examples apart; using padded batches "
+                      "(--no-packing)", stacklevel=2)
+    return CausalLMCollator(pad_token_id=pad_token_id, packing=packed, pack_length=max_length)

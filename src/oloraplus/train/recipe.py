@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ from oloraplus.adapters.build import AdapterSpec, attach_adapter
 from oloraplus.adapters.export import save_adapter
 from oloraplus.config import TrainConfig, to_dict
 from oloraplus.data.budget import token_budget_dataset
-from oloraplus.data.collate import CausalLMCollator
 from oloraplus.data.formats import load_examples
 from oloraplus.data.split import split_examples
 from oloraplus.data.tokenize import encode_examples
@@ -33,7 +31,7 @@ from oloraplus.train import checkpoint, rundir
 from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
 from oloraplus.train.environment import hardware, package_versions
 from oloraplus.train.plots import plot_losses
-from oloraplus.train.packing import supports_packing
+from oloraplus.train.packing import batch_collator
 from oloraplus.train.trainer import NonFiniteLossError, RatioTrainer
 
 TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s")
@@ -152,12 +150,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     spec = AdapterSpec(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
                        target_modules=cfg.target_modules or None, ohora_init=cfg.ohora_init)
     model, initial = attach_adapter(prep.loaded.model, spec)
-    packing = cfg.packing and supports_packing(model)
-    if cfg.packing and not packing:
-        warnings.warn(f"--model {cfg.model}: its attention does not keep packed examples apart; "
-                      "training on padded batches instead (--no-packing)", stacklevel=1)
-    collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id, packing=packing,
-                                pack_length=cfg.max_length)
+    collator = batch_collator(model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing,
+                              name=f"--model {cfg.model}")
     train_dataset = (token_budget_dataset(prep.train_dataset, cfg.tokens_per_batch, cfg.seed)
                      if cfg.tokens_per_batch else prep.train_dataset)
 
@@ -216,6 +210,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         "tokens_per_s": state.num_input_tokens_seen / max(result.metrics["train_runtime"], 1e-9),
         "seconds_per_step": result.metrics["train_runtime"] / max(state.global_step, 1),
         "load_s": load_s,
+        "packing": collator.packing,
         **prep.data_stats,
     }
     if main:
