@@ -89,21 +89,33 @@ def test_scored_positions_are_the_shifted_labels_per_row_padded_with_ignore():
     assert scored["count"] == 6
 
 
-def test_pack_rows_first_fit_decreasing_respects_the_capacity():
-    rows = pack_rows([5, 2, 7, 3, 1, 4], capacity=8)
+def test_pack_rows_fills_as_few_rows_as_fit_evenly():
+    lengths = [5, 2, 7, 3, 1, 4]
+    rows = pack_rows(lengths, capacity=8)
     assert sorted(i for row in rows for i in row) == list(range(6))
-    assert all(sum([5, 2, 7, 3, 1, 4][i] for i in row) <= 8 for row in rows)
-    assert rows == [[2, 4], [0, 3], [5, 1]]  # 7+1, 5+3, 4+2: first fit in decreasing length order
+    assert [sum(lengths[i] for i in row) for row in rows] == [8, 7, 7]  # ceil(22 / 8) = 3 rows, evenly filled
+    assert rows == [[2, 4], [0, 1], [5, 3]]  # longest first, each to the least filled row
+    # 552 tokens in rows of 512: two rows of about half, not one full row and one nearly empty
+    assert [sum([248, 150, 100, 54][i] for i in row) for row in pack_rows([248, 150, 100, 54], 512)] == [302, 250]
     assert pack_rows([9, 3], capacity=8) == [[0], [1]]  # too long for a row: a row of its own
+    assert pack_rows([500, 500, 30], capacity=512) == [[0], [1], [2]]  # two rows would not fit: three
+    assert pack_rows([], capacity=8) == []
 
 
 def test_packed_batch_concatenates_examples_with_restarting_positions():
     batch = CausalLMCollator(pad_token_id=0, packing=True, pack_length=8)(ROWS)
-    # lengths 3, 5, 2 -> first fit decreasing into rows of 8: [5, 3] and [2]
-    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 5, 6, 7], [5, 6, 0, 0, 0, 0, 0, 0]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5]]
+    # lengths 3, 5, 2 (10 tokens) -> two rows of 8, evenly: [5] and [3, 2]
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 6, 7, 5, 6]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
     # each example's first label is masked: nothing before it in the row may predict it
-    assert batch["labels"].tolist() == [[-100, -100, 7, 8, 9, -100, 6, 7], [-100, 6] + [-100] * 6]
+    assert batch["labels"].tolist() == [[-100, -100, 7, 8, 9], [-100, 6, 7, -100, 6]]
+    tail = CausalLMCollator(pad_token_id=0, packing=True, pack_length=8)(ROWS[:1] + ROWS[2:])
+    # [3] and [2] fit one row: no padding; a padding tail restarts its positions (a sequence of its own)
+    assert tail["input_ids"].tolist() == [[5, 6, 7, 5, 6]] and tail["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    padded_tail = CausalLMCollator(pad_token_id=0, packing=True, pack_length=5)(ROWS[:2])  # rows [5] and [3]
+    assert padded_tail["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]]
+    assert padded_tail["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert padded_tail["labels"][1].tolist() == [-100, 6, 7, -100, -100]
     assert "attention_mask" not in batch and batch["use_cache"] is False
     assert batch[REAL_TOKENS] == 10
     assert batch[SCORED]["count"] == 6  # the same trained tokens as the padded batch
