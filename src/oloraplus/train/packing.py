@@ -17,33 +17,42 @@ import torch
 from oloraplus.data.collate import CausalLMCollator, model_inputs
 
 
-def supports_packing(model: torch.nn.Module, atol: float = 1e-3) -> bool:
-    """True when two sequences packed in one row give the logits each gives alone (eval mode, no dropout).
+def supports_packing(model: torch.nn.Module, margin: float = 0.1) -> bool:
+    """True when two sequences packed in one row give (nearly) the logits each gives alone.
 
-    `atol` is well above bf16/fp32 summation noise (~1e-5 relative on these tiny inputs) and far below
-    what cross-attention between the sequences changes (~1e-1 on a random model).
+    "Nearly" is measured against what attending across would change: the second sequence run right
+    after the first in one causal row. Packed logits must be at least 1/margin times closer to the
+    separate ones than that, which holds at any precision: in float32 they agree to ~1e-6, in bf16
+    (different attention kernels round differently) to ~1e-2, while attention across moves logits by
+    order one. Run once before training, in eval mode (no dropout).
     """
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().num_embeddings
     g = torch.Generator().manual_seed(0)
-    rows = [torch.randint(1, vocab, (n,), generator=g).tolist() for n in (5, 4)]
-    items = [{"input_ids": ids, "labels": ids} for ids in rows]
+    first, second = (torch.randint(1, vocab, (n,), generator=g).tolist() for n in (5, 4))
+    items = [{"input_ids": ids, "labels": ids} for ids in (first, second)]
     packed = model_inputs(CausalLMCollator(pad_token_id=0, packing=True, pack_length=16)(items))
     packed.pop("labels")
     was_training = model.training
     model.eval()
+
+    def logits(**inputs) -> torch.Tensor:
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        return model(**inputs).logits[0].float()
+
     try:
         with torch.inference_mode():
-            alone = [model(input_ids=torch.tensor([ids], device=device)).logits[0].float() for ids in rows]
-            together = model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in packed.items()}).logits
+            alone = torch.cat([logits(input_ids=torch.tensor([ids])) for ids in (first, second)])
+            together = logits(**packed)  # the longer sequence first (first-fit decreasing): `first`
+            across = logits(input_ids=torch.tensor([first + second]))  # what attending across gives
     except (TypeError, RuntimeError, ValueError, IndexError):
         return False
     finally:
         model.train(was_training)
-    together = together[0].float()
-    # the collator puts the longer sequence first (first-fit decreasing)
-    expected = torch.cat(alone, dim=0)
-    return together.shape == expected.shape and bool(torch.allclose(together, expected, atol=atol, rtol=1e-3))
+    if together.shape != alone.shape:
+        return False
+    leak = (across[len(first):] - alone[len(first):]).abs().max()
+    return bool((together - alone).abs().max() <= margin * leak)
 
 
 def batch_collator(model: torch.nn.Module, pad_token_id: int, max_length: int, packing: bool = True,
