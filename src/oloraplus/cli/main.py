@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "CPU), cpu, cuda or cuda:N")
     ev.set_defaults(func=_eval)
 
+    from oloraplus.eval.chat import add_parser as add_generate
+
+    add_generate(sub)
+
     merge = sub.add_parser(
         "merge", help="merge a run's adapter into the base weights (plain HF model)",
         description="Load the base model of RUN_DIR, apply RUN_DIR/adapter, merge it into the weights and save a "

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import yaml
 
 from oloraplus.data.prompts import render_prompt
+from oloraplus.adapters.export import load_metadata
 from oloraplus.errors import AdapterError, ConfigError
 from oloraplus.eval.generate import generate_batched
 from oloraplus.eval.textmetrics import generation_metrics, per_example_scores
@@ -50,6 +51,14 @@ def load_run_config(run_dir: Path):
     return build_config(TrainConfig, values, str(path))
 
 
+def check_base(run_dir: Path, fingerprint: str, model: str) -> None:
+    """An adapter on another base model gives plausible-looking garbage: refuse it."""
+    recorded = (load_metadata(run_dir / "adapter") or {}).get("base_fingerprint")
+    if recorded and recorded != fingerprint:
+        raise AdapterError(f"{run_dir / 'adapter'}: trained on another base model (base fingerprint {recorded} "
+                           f"!= {fingerprint} of --model {model})")
+
+
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int = 0, max_new_tokens: int = 128,
                  batch_size: int | None = None, generate_batch_size: int | None = None,
                  device: str | None = None) -> dict[str, Any]:
@@ -59,7 +68,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     """
     from oloraplus.models import pick_device
 
-    from oloraplus.adapters.export import load_adapter, load_metadata
+    from oloraplus.adapters.export import load_adapter
     from oloraplus.data.collate import CausalLMCollator
     from oloraplus.eval.loss import evaluate_loss
     from oloraplus.train.recipe import prepare
@@ -69,10 +78,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     if data is not None:  # all of the given data is eval data (capped by eval_size)
         cfg = replace(cfg, data=data, train_size=1, eval_size=cfg.eval_size)
     prep = prepare(cfg, device=pick_device(device))
-    recorded = (load_metadata(run_dir / "adapter") or {}).get("base_fingerprint")
-    if recorded and recorded != prep.fingerprint:
-        raise AdapterError(f"{run_dir / 'adapter'}: trained on another base model (base fingerprint {recorded} "
-                           f"!= {prep.fingerprint} of --model {cfg.model})")
+    check_base(run_dir, prep.fingerprint, cfg.model)
     model = load_adapter(prep.loaded.model, run_dir / "adapter").eval()
     batch = batch_size or cfg.batch_size
     collator = CausalLMCollator(pad_token_id=prep.loaded.tokenizer.pad_token_id)
