@@ -105,8 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_generate(sub)
 
+    from oloraplus.cli.export import add_parser as add_export
+
+    add_export(sub)
+
     merge = sub.add_parser(
-        "merge", help="merge a run's adapter into the base weights (plain HF model)",
+        "merge", help="merge a run's adapter into the base weights (alias of export --format merged)",
         description="Load the base model of RUN_DIR, apply RUN_DIR/adapter, merge it into the weights and save a "
         "plain Hugging Face model (safetensors + tokenizer) to --output.",
     )
