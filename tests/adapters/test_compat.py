@@ -85,7 +85,7 @@ def test_rslora_is_served_with_its_own_scale(tmp_path):
     assert reasons["scaling"] == (True, "lora_alpha/sqrt(r) (rsLoRA, read by vLLM)")
 
 
-@pytest.mark.parametrize("content, match", [("{", "invalid JSON"), ("[1]", "expected a JSON object")])
+@pytest.mark.parametrize("content, match", [("{", "not valid JSON"), ("[1]", "expected a JSON object")])
 def test_bad_config_files_are_adapter_errors(tmp_path, content, match):
     (tmp_path / "adapter_config.json").write_text(content)
     with pytest.raises(AdapterError, match=match):
@@ -125,7 +125,7 @@ def test_export_usage_errors(tmp_path, capsys, argv, match):
 
 def test_check_of_a_non_adapter_is_one_line(tmp_path, capsys):
     assert main(["export", str(tmp_path), "--check", "vllm"]) == 2
-    assert "no adapter_config.json" in capsys.readouterr().err
+    assert "adapter_config.json: missing (expected an adapter directory" in capsys.readouterr().err
 
 
 def test_export_merged_is_the_merge_command(runs, tmp_path, capsys):

@@ -113,20 +113,22 @@ def test_existing_output_needs_overwrite(run, tmp_path, capsys):
 
 @pytest.mark.parametrize("changes, match", [
     ({"peft_type": "OHORA"}, "OHORA adapters have no llama.cpp form"),
-    ({"use_dora": True}, "DoRA cannot be written"),
+    ({"use_dora": True}, r"use_dora: DoRA"),
     ({"rank_pattern": {"q_proj": 4}}, "per-layer ranks"),
-    ({"bias": "all"}, "trained biases"),
-    ({"init_lora_weights": "olora"}, "needs a modified base"),
+    ({"alpha_pattern": {"q_proj": 4}}, "per-layer alphas"),
+    ({"bias": "all"}, "trains base biases"),
+    ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+    ({"init_lora_weights": "olora"}, "changed the base weight"),
 ])
-def test_what_llama_cpp_cannot_represent_is_refused(changes, match):
+def test_what_llama_cpp_cannot_represent_is_refused(tmp_path, changes, match):
     config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], **changes}
     with pytest.raises(AdapterError, match=match):
-        check_representable(config, "adapter_config.json")
+        check_representable(config, tmp_path)
 
 
-def test_rslora_alpha_keeps_the_scale():
+def test_rslora_alpha_keeps_the_scale(tmp_path):
     # PEFT's rsLoRA scale α/√r; llama.cpp divides the stored alpha by r
-    alpha = check_representable({"peft_type": "LORA", "r": 16, "lora_alpha": 8, "use_rslora": True}, "c")
+    alpha = check_representable({"peft_type": "LORA", "r": 16, "lora_alpha": 8, "use_rslora": True}, tmp_path)
     assert alpha / 16 == pytest.approx(8 / 4)
 
 

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from oloraplus.errors import AdapterError
+from oloraplus.compose.io import read_config, resolve_adapter_dir
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py: MaxLoRARanks
 VLLM_DEFAULT_MAX_LORA_RANK = 16
@@ -29,23 +29,6 @@ UNSUPPORTED_FEATURES = {
 }
 
 Verdict = tuple[str, bool, str]  # (rule, ok, one-line reason)
-
-
-def read_adapter_config(adapter_dir: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(adapter directory, its adapter_config.json); a run directory stands for its `adapter/`."""
-    path = Path(adapter_dir)
-    if not (path / "adapter_config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
-        path = path / "adapter"
-    file = path / "adapter_config.json"
-    if not file.is_file():
-        raise AdapterError(f"{adapter_dir}: not an adapter or run directory (no adapter_config.json)")
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterError(f"{file}: invalid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise AdapterError(f"{file}: expected a JSON object, got {type(config).__name__}")
-    return path, config
 
 
 def max_lora_rank_flag(rank: int) -> int | None:
@@ -76,7 +59,8 @@ def _init(config: dict[str, Any]) -> Verdict:
 
 def vllm_verdicts(adapter_dir: str | Path) -> list[Verdict]:
     """One (rule, ok, reason) per rule of vLLM's PEFTHelper; every ok means vLLM will load the adapter."""
-    path, config = read_adapter_config(adapter_dir)
+    path = resolve_adapter_dir(adapter_dir)
+    config = read_config(path)
     peft_type = config.get("peft_type")
     verdicts: list[Verdict] = [(
         "peft_type", peft_type == "LORA",

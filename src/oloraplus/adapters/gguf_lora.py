@@ -13,14 +13,14 @@ does this too. OLoRA/PiSSA adapters are already saved base-relative (rank 2r), s
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from oloraplus.adapters.compat import PLAIN_INITS, read_adapter_config
+from oloraplus.compose.io import (LoraFactors, check_config, load_adapter, module_scale, read_config,
+                                  resolve_adapter_dir)
 from oloraplus.errors import AdapterError, ConfigError, ModelError
 from oloraplus.io import atomic_file
 
@@ -31,7 +31,7 @@ LLAMA_NAMES = {
     "mlp.down_proj": "ffn_down",
 }
 ARCHITECTURES = {"LlamaForCausalLM": "llama"}  # HF architecture -> general.architecture
-_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(\w+\.\w+)\.lora_([AB])\.weight$")
+_MODULE = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(\w+\.\w+)$")  # a saved module key
 
 
 def llama_permute(rows: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -39,43 +39,35 @@ def llama_permute(rows: torch.Tensor, n_head: int) -> torch.Tensor:
     return rows.reshape(n_head, 2, rows.shape[0] // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-def gguf_lora_tensors(state: dict[str, torch.Tensor], n_head: int, n_kv_head: int) -> dict[str, np.ndarray]:
-    """PEFT LoRA state dict (Llama) -> {llama.cpp tensor name: float32 array}, B of q/k permuted."""
+def gguf_lora_tensors(modules: dict[str, LoraFactors], n_head: int, n_kv_head: int) -> dict[str, np.ndarray]:
+    """Llama LoRA factors per saved module -> {llama.cpp tensor name: float32 array}, B of q/k permuted."""
     out: dict[str, np.ndarray] = {}
-    for key, tensor in state.items():
-        match = _KEY.match(key)
+    for key, factors in modules.items():
+        match = _MODULE.match(key)
         if match is None or match.group(2) not in LLAMA_NAMES:
-            raise AdapterError(f"adapter tensor '{key}': llama.cpp has no LoRA slot for it "
+            raise AdapterError(f"adapter module '{key}': llama.cpp has no LoRA slot for it "
                                f"(supported: {', '.join(LLAMA_NAMES)} in model.layers.N)")
-        block, module, factor = match.groups()
-        tensor = tensor.detach().float().cpu()
-        if factor == "B" and module in ("self_attn.q_proj", "self_attn.k_proj"):
-            tensor = llama_permute(tensor, n_head if module == "self_attn.q_proj" else n_kv_head)
-        name = f"blk.{block}.{LLAMA_NAMES[module]}.weight.lora_{factor.lower()}"
-        out[name] = np.ascontiguousarray(tensor.numpy())
+        block, module = match.groups()
+        B = factors.B.detach().float().cpu()
+        if module in ("self_attn.q_proj", "self_attn.k_proj"):
+            B = llama_permute(B, n_head if module == "self_attn.q_proj" else n_kv_head)
+        name = f"blk.{block}.{LLAMA_NAMES[module]}.weight"
+        out[f"{name}.lora_a"] = np.ascontiguousarray(factors.A.detach().float().cpu().numpy())
+        out[f"{name}.lora_b"] = np.ascontiguousarray(B.numpy())
     return out
 
 
-def check_representable(config: dict, source: str) -> float:
-    """Refuse what a llama.cpp LoRA cannot express; returns its alpha (scale × r, llama.cpp divides by r)."""
+def check_representable(config: dict, path: Path) -> float:
+    """Refuse what a llama.cpp LoRA cannot express; returns its alpha (scale × r: llama.cpp divides by r)."""
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
-        raise AdapterError(f"{source}: {peft_type} adapters have no llama.cpp form (only LoRA); "
+        raise AdapterError(f"{path}: {peft_type} adapters have no llama.cpp form (only LoRA); "
                            "use oloraplus export --format merged and convert the merged model instead")
-    problems = {"use_dora": "DoRA", "rank_pattern": "per-layer ranks (rank_pattern)",
-                "alpha_pattern": "per-layer alphas (alpha_pattern)", "modules_to_save": "modules_to_save",
-                "lora_bias": "LoRA bias"}
-    for key, what in problems.items():
+    check_config(config, path)  # a plain base-relative LoRA: no DoRA, biases, modules_to_save, OLoRA init
+    for key, what in (("rank_pattern", "per-layer ranks"), ("alpha_pattern", "per-layer alphas")):
         if config.get(key):
-            raise AdapterError(f"{source}: {what} cannot be written as a llama.cpp LoRA")
-    if config.get("bias", "none") != "none":
-        raise AdapterError(f"{source}: trained biases (bias {config['bias']!r}) cannot be written as a llama.cpp LoRA")
-    init = config.get("init_lora_weights", True)
-    if isinstance(init, str) and init.lower() not in PLAIN_INITS:
-        raise AdapterError(f"{source}: init_lora_weights {init!r} needs a modified base; save it with oloraplus")
-    r, alpha = config["r"], float(config["lora_alpha"])
-    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-    return scale * r
+            raise AdapterError(f"{path}: {what} ({key}) cannot be written as a llama.cpp LoRA (one alpha per file)")
+    return module_scale(config, "", config["r"]) * config["r"]
 
 
 def _base_config(model: str) -> dict:
@@ -90,9 +82,7 @@ def _base_config(model: str) -> dict:
 def export_gguf_lora(run_dir: str | Path, output: str | Path, *, overwrite: bool = False) -> Path:
     """RUN_DIR/adapter -> a llama.cpp LoRA GGUF at `output`, written to a temp name and renamed."""
     import gguf
-    from safetensors.torch import load_file
 
-    from oloraplus.adapters.export import check_adapter_weights
     from oloraplus.eval.run_eval import load_run_config
 
     output = Path(output)
@@ -101,17 +91,15 @@ def export_gguf_lora(run_dir: str | Path, output: str | Path, *, overwrite: bool
     if output.exists() and not overwrite:
         raise ConfigError(f"--output {output}: exists; pass --overwrite to replace it")
     cfg = load_run_config(Path(run_dir))
-    adapter, config = read_adapter_config(run_dir)
-    alpha = check_representable(config, str(adapter / "adapter_config.json"))
+    path = resolve_adapter_dir(run_dir)
+    alpha = check_representable(read_config(path), path)
     base = _base_config(cfg.model)
     architecture = (base.get("architectures") or ["?"])[0]
     if architecture not in ARCHITECTURES:
         raise AdapterError(f"--model {cfg.model}: architecture {architecture} is not mapped to llama.cpp names "
                            f"(supported: {', '.join(ARCHITECTURES)})")
-    check_adapter_weights(adapter)
     n_head = base["num_attention_heads"]
-    tensors = gguf_lora_tensors(load_file(adapter / "adapter_model.safetensors"), n_head,
-                                base.get("num_key_value_heads") or n_head)
+    tensors = gguf_lora_tensors(load_adapter(path).modules, n_head, base.get("num_key_value_heads") or n_head)
     with atomic_file(output) as tmp:
         writer = gguf.GGUFWriter(tmp, arch=ARCHITECTURES[architecture])
         writer.add_type(gguf.GGUFType.ADAPTER)
