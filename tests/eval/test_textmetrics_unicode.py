@@ -35,7 +35,8 @@ def test_rouge_score_default_gives_zero_for_the_same_texts():
 
 def test_partly_right_chinese_answer_by_hand():
     ref, hyp = "北京是中国的首都", "上海是中国的城市"
-    # 8 characters each, 4 shared (是中国的) in order: ROUGE-1 = ROUGE-L = 50; bigrams 是中 中国 国的 of 7: 3/7
+    # 8 characters each, 4 shared (是中国的) in order: ROUGE-1 = ROUGE-L = 50;
+    # bigrams: 3 shared (是中 中国 国的) of 7 on each side: 3/7
     got = rouge_f1([hyp], [ref])
     assert got["rouge1"] == pytest.approx(50.0)
     assert got["rougeL"] == pytest.approx(50.0)

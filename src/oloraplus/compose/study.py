@@ -330,7 +330,8 @@ def report_markdown(spec: StudySpec, result: dict[str, Any]) -> str:
     lines = ["# Compose study: summed domain adapters vs the merged-data adapter", "",
              f"Command: `{portable_command(result['command'] or shlex.quote(spec.source))}`", ""]
     lines += _table(["domain", "data", "train", "held-out"], "llrr", [
-        [d, f"`{portable_path(v['data'])}`", v["train_examples"], v["heldout_examples"]] for d, v in result["domains"].items()])
+        [d, f"`{portable_path(v['data'])}`", v["train_examples"], v["heldout_examples"]]
+        for d, v in result["domains"].items()])
     lines += ["", "Trainings (a sum costs the steps of its domain runs together):", ""]
     lines += _table(["run", "trained on", "examples", "steps", "tokens", "own eval loss"], "llrrrr", [
         [name, label(run["domains"]), m["train_examples"], m["steps"], m["train_tokens"], f"{m['eval_loss']:.4f}"]

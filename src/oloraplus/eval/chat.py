@@ -93,21 +93,21 @@ def generate_one(model, tokenizer, prompt: str, sampling: Sampling, streamer: An
     import torch
     from transformers import set_seed
 
-    from oloraplus.eval.generate import _add_special_tokens, _decode_new, _eos_ids
+    from oloraplus.eval.generate import decode_new, eos_token_ids, needs_special_tokens
 
-    eos_ids = _eos_ids(model, tokenizer)
-    encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=_add_special_tokens(tokenizer))
+    eos_ids = eos_token_ids(model, tokenizer)
+    encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=needs_special_tokens(tokenizer))
     encoded = encoded.to(next(model.parameters()).device)
     options: dict[str, Any] = {"do_sample": False, "num_beams": 1}
     if sampling.temperature > 0:
         options = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
         if sampling.seed is not None:
             set_seed(sampling.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids or [0])[0]
     with torch.inference_mode():
         out = model.generate(**encoded, **options, max_new_tokens=sampling.max_new_tokens, use_cache=True,
-                             eos_token_id=eos_ids or None, streamer=streamer,
-                             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0])
-    return _decode_new(tokenizer, out[0, encoded["input_ids"].shape[1]:], eos_ids)
+                             eos_token_id=eos_ids or None, pad_token_id=pad_id, streamer=streamer)
+    return decode_new(tokenizer, out[0, encoded["input_ids"].shape[1]:], eos_ids)
 
 
 def generate_replies(model, tokenizer, texts: list[str], sampling: Sampling, stream: bool = False) -> list[str]:

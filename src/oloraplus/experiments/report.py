@@ -74,7 +74,8 @@ def results_table(arms: Sequence[Arm]) -> str:
 
 def format_table(runs: Sequence[Run]) -> str:
     """The main results table(s), one per model, as Markdown (printed by `sweep` and `report`)."""
-    return "\n\n".join(f"model: {portable_path(model)}\n\n{results_table(arms)}" for model, arms in group_arms(runs).items())
+    return "\n\n".join(f"model: {portable_path(model)}\n\n{results_table(arms)}"
+                       for model, arms in group_arms(runs).items())
 
 
 def _common_seeds(arm: Arm, base: Arm) -> list[int]:
@@ -220,7 +221,8 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
     from oloraplus.experiments import plots  # matplotlib only when a report is written
 
     rel = Path(PLOTS_DIR)
-    lines = [f"## Model: {portable_path(model)}", "", "### Results (mean ± std over seeds)", "", results_table(arms), ""]
+    lines = [f"## Model: {portable_path(model)}", "", "### Results (mean ± std over seeds)", "",
+             results_table(arms), ""]
     present = [key for key, _, _, _ in METRICS if any(arm.values(key) for arm in arms)]
     plots.plot_loss_curves(arms, plots_dir / f"loss-curves{suffix}.png", portable_path(model))
     plots.plot_against_ratio(arms, present, plots_dir / f"metrics-vs-ratio{suffix}.png", "")
