@@ -81,6 +81,8 @@ class TrainConfig:
     generate_batch_size: int = opt(32, "prompts decoded together by --eval-generate (left-padded, KV cache)")
     save_steps: int = opt(0, "write a resumable checkpoint every N steps (0: none)")
     resume: bool = opt(False, "continue from the last checkpoint in --output")
+    report_to: str = opt("none", "also log to these trackers, comma-separated (tensorboard, wandb, mlflow, ...: "
+                                 "the names transformers' Trainer accepts); 'none': only log.jsonl")
     trust_remote_code: bool = opt(False, "allow model code from the hub to run (off by default)")
     overwrite: bool = opt(False, "replace an existing run in --output")
     output: str = opt("runs/oloraplus", "run directory to write")
@@ -117,7 +119,30 @@ class TrainConfig:
             raise ConfigError(f"--max-steps: must be > 0 or -1, got {self.max_steps}")
         if not self.output:
             raise ConfigError("--output: must not be empty")
+        report_targets(self.report_to)
         return self
+
+
+def report_targets(report_to: str) -> list[str]:
+    """`--report-to` as the list `TrainingArguments(report_to=...)` takes ([] for "none"), checked now:
+    an unknown name or a tracker that is not installed would otherwise fail after the model has loaded."""
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK, get_available_reporting_integrations)
+
+    names = _comma_list(report_to)
+    if names == ["none"]:
+        return []
+    known = sorted(INTEGRATION_TO_CALLBACK)
+    installed = get_available_reporting_integrations()
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"--report-to: unknown tracker {name!r}; choose 'none' or from {', '.join(known)}")
+        if name not in installed:
+            extra = " (pip install 'oloraplus[tensorboard]')" if name == "tensorboard" else ""
+            raise ConfigError(f"--report-to {name}: its package is not installed{extra}")
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"--report-to: expected 'none' or distinct tracker names, got {report_to!r}")
+    return names
 
 
 def _finite(value: float) -> bool:

@@ -86,6 +86,8 @@ def test_study_writes_every_file_and_table(finished):
     assert [row["sum"] for row in result["sums"]] == variants[4:8]
     report = (out / "study.md").read_text()
     assert all(f"| {v} |" in report for v in variants)
+    assert "/tmp" not in report and str(out.parent) not in report  # spec, data and --output were absolute
+    assert "Command: `oloraplus compose-study study.yaml --output out`" in report
     # the interference file is the diagnostic of the three domain adapters, and the pairs' x values are its entries
     overall = json.loads((out / "interference.json").read_text())["overall_rms_cosine"]
     assert json.loads((out / "interference.json").read_text())["adapters"] == ["repeat", "math", "chat"]

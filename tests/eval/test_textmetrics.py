@@ -49,6 +49,7 @@ def test_stemming_matches_inflections():
 
 def test_identical_texts_score_100():
     metrics = generation_metrics(REFS, REFS)
+    assert metrics.pop("bleu_tokenize") == "13a"
     assert metrics == pytest.approx({"bleu": 100.0, "rouge1": 100.0, "rouge2": 100.0, "rougeL": 100.0})
 
 
@@ -64,7 +65,7 @@ def test_per_example_scores_match_sentence_level_libraries():
 
 def test_generation_metrics_keys_and_values():
     metrics = generation_metrics(HYPS, REFS)
-    assert set(metrics) == {"bleu", "rouge1", "rouge2", "rougeL"}
+    assert set(metrics) == {"bleu", "bleu_tokenize", "rouge1", "rouge2", "rougeL"}
     assert metrics["bleu"] == pytest.approx(corpus_bleu(HYPS, REFS))
     assert metrics["rouge2"] == pytest.approx(rouge_f1(HYPS, REFS)["rouge2"])
 

@@ -11,7 +11,7 @@ from typing import Callable
 from oloraplus import __version__
 from oloraplus.adapters import registry
 from oloraplus.config import TrainConfig, add_arguments, resolve
-from oloraplus.errors import OloraError
+from oloraplus.errors import ConfigError, OloraError
 
 DESCRIPTION = """\
 Fine-tune causal language models with orthonormal (QR) initialised adapters.
@@ -50,10 +50,27 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from oloraplus.eval.run_eval import evaluate_run
 
+    if args.harness is not None:
+        return _harness(args)
     metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                            generate_batch_size=args.generate_batch_size, device=args.device)
     print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    return 0
+
+
+def _harness(args: argparse.Namespace) -> int:
+    from oloraplus.eval.harness import harness_eval, parse_tasks
+
+    if args.data is not None or args.generate:
+        raise ConfigError("--harness runs only the harness tasks: drop --data/--generate (run them separately)")
+    if args.harness_limit is not None and args.harness_limit < 1:
+        raise ConfigError(f"--harness-limit {args.harness_limit}: must be at least 1")
+    results = harness_eval(args.run_dir, parse_tasks(args.harness), data=args.harness_data, limit=args.harness_limit,
+                           max_new_tokens=args.max_new_tokens, batch_size=args.generate_batch_size or 8,
+                           device=args.device)
+    for task, row in results.items():
+        print(task + ": " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return 0
 
 
@@ -99,13 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=None, help="examples per eval-loss batch (default: the run's "
                     "batch size)")
     ev.add_argument("--generate-batch-size", type=int, default=None, metavar="B",
-                    help="prompts decoded together by --generate (default: the run's, 32)")
+                    help="prompts decoded together by --generate (default: the run's, 32) or --harness (default 8)")
     ev.add_argument("--device", default="auto", help="where to run: auto (the GPU when there is one, else the "
                     "CPU), cpu, cuda or cuda:N")
+    ev.add_argument("--harness", default=None, metavar="TASKS",
+                    help="run lm-evaluation-harness tasks (comma-separated; gsm8k_local ships with oloraplus) on the "
+                    "base + adapter instead of the eval loss; results go to metrics.json under 'harness'. "
+                    'Needs pip install "oloraplus[harness]"')
+    ev.add_argument("--harness-limit", type=int, default=None, metavar="N",
+                    help="only the first N examples of each harness task")
+    ev.add_argument("--harness-data", default=None, metavar="FILE",
+                    help="the JSON Lines file gsm8k_local reads (records {question, answer}; answer ends '#### N')")
     ev.set_defaults(func=_eval)
 
+    from oloraplus.eval.chat import add_parser as add_generate
+
+    add_generate(sub)
+
+    from oloraplus.cli.export import add_parser as add_export
+
+    add_export(sub)
+
     merge = sub.add_parser(
-        "merge", help="merge a run's adapter into the base weights (plain HF model)",
+        "merge", help="merge a run's adapter into the base weights (alias of export --format merged)",
         description="Load the base model of RUN_DIR, apply RUN_DIR/adapter, merge it into the weights and save a "
         "plain Hugging Face model (safetensors + tokenizer) to --output.",
     )

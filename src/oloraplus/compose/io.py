@@ -1,9 +1,9 @@
-"""Read a PEFT LoRA adapter directory into its factors (A, B, s) per module, refusing what cannot be summed.
+"""Read a PEFT LoRA adapter directory into its factors (A, B, s) per module, refusing what is not plain LoRA.
 
-Composition needs every adapter to be a plain, base-relative LoRA: ΔW = s·B·A with s = α/r
+Composition (and the llama.cpp export) needs a plain, base-relative LoRA: ΔW = s·B·A with s = α/r
 (α/√r with rsLoRA). Anything else (DoRA magnitudes, trained biases, embedding or modules_to_save
-copies, inits that rewrote the base weight) would be silently dropped or double-counted by a sum,
-so it is refused here with a message naming the file.
+copies, inits that rewrote the base weight) would be silently dropped or double-counted by a sum
+or a conversion, so it is refused here with a message naming the file.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ _BASE_RELATIVE_INITS = {True, False, "gaussian", "eva", "orthogonal", "mica"}
 # Config fields that switch on something other than ΔW = s·B·A on a Linear/Conv1D weight.
 _UNSUPPORTED_FIELDS = {
     "use_dora": "DoRA (use_dora) rescales W by a learned magnitude, so its deltas do not add",
-    "modules_to_save": "modules_to_save stores full module copies, which cannot be summed",
-    "trainable_token_indices": "trainable_token_indices stores embedding rows, which cannot be summed",
+    "modules_to_save": "modules_to_save stores full module copies, which are not part of ΔW = s·B·A",
+    "trainable_token_indices": "trainable_token_indices stores embedding rows, which are not part of ΔW = s·B·A",
     "lora_bias": "lora_bias trains a bias on lora_B, which is not part of ΔW = s·B·A",
     "target_parameters": "target_parameters (LoRA on raw parameters) is not supported",
     "layer_replication": "layer_replication shares base layers between adapters, not supported",
@@ -122,12 +122,12 @@ def check_config(config: dict, path: Path) -> None:
     """Refuse configs whose adapters are not plain base-relative LoRA (see module docstring)."""
     where = path / CONFIG_FILE
     if config.get("peft_type") != "LORA":
-        raise AdapterError(f"{where}: peft_type {config.get('peft_type')!r} is not supported, only LORA composes")
+        raise AdapterError(f"{where}: peft_type {config.get('peft_type')!r} is not supported, only LORA adapters are")
     for field, why in _UNSUPPORTED_FIELDS.items():
         if config.get(field):
             raise AdapterError(f"{where}: {field}: {why}")
     if config.get("bias", "none") != "none":
-        raise AdapterError(f"{where}: bias={config['bias']!r} trains base biases, which cannot be summed (need 'none')")
+        raise AdapterError(f"{where}: bias={config['bias']!r} trains base biases, which are not part of ΔW = s·B·A (need 'none')")
     init = config.get("init_lora_weights", True)
     if not isinstance(init, (bool, str)) or init not in _BASE_RELATIVE_INITS:
         raise AdapterError(
@@ -138,6 +138,11 @@ def check_config(config: dict, path: Path) -> None:
         value = config.get(field)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise AdapterError(f"{where}: {field} must be a positive number, got {value!r}")
+
+
+def read_config(path: Path) -> dict:
+    """adapter_config.json of an adapter directory (from `resolve_adapter_dir`), as a dict."""
+    return _read_json(path / CONFIG_FILE)
 
 
 def _read_meta(path: Path) -> dict:
@@ -168,7 +173,7 @@ def module_scale(config: dict, module: str, r: int) -> float:
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
 
-_NOT_LORA = [  # (marker in a saved key, why it cannot be summed), most telling first
+_NOT_LORA = [  # (marker in a saved key, why it is not a LoRA factor), most telling first
     ("lora_magnitude_vector", "a DoRA magnitude vector"),
     ("lora_embedding_", "LoRA on an embedding layer"),
     (".bias", "a trained bias"),
@@ -190,7 +195,7 @@ def factors_from_tensors(tensors: dict[str, torch.Tensor], config: dict, path: P
     others = [key for key in tensors if not _FACTOR_KEY.match(key)]
     if others:
         key, why = _unsupported_reason(others)
-        raise AdapterError(f"{where}: tensor {key!r} is {why}; only plain LoRA composes")
+        raise AdapterError(f"{where}: tensor {key!r} is {why}; only plain LoRA is supported")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         match = _FACTOR_KEY.match(key)
@@ -221,7 +226,7 @@ def factors_from_tensors(tensors: dict[str, torch.Tensor], config: dict, path: P
 def load_adapter(source: str | Path) -> Adapter:
     """Read and validate one adapter (or run) directory; raises AdapterError naming the bad file."""
     path = resolve_adapter_dir(source)
-    config = _read_json(path / CONFIG_FILE)
+    config = read_config(path)
     check_config(config, path)
     meta = _read_meta(path)
     modules = factors_from_tensors(load_tensors(path), config, path)

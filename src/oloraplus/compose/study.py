@@ -41,6 +41,7 @@ from oloraplus.errors import ConfigError, DataError
 from oloraplus.experiments.sweep import config_differences, read_metrics, recorded_config
 from oloraplus.io import atomic_write_text
 from oloraplus.train import rundir
+from oloraplus.paths import portable_command, portable_path
 
 SPEC_KEYS = ("base", "domains", "merged", "baseline")
 DOMAIN_KEYS = ("data", "train_size", "eval_size")
@@ -329,9 +330,10 @@ def _table(header: list[str], align: str, rows: list[list[Any]]) -> list[str]:
 def report_markdown(spec: StudySpec, result: dict[str, Any]) -> str:
     names, ppl, fit = spec.names, result["perplexity"], result["fit"]
     lines = ["# Compose study: summed domain adapters vs the merged-data adapter", "",
-             f"Command: `{result['command'] or spec.source}`", ""]
+             f"Command: `{portable_command(result['command'] or shlex.quote(spec.source))}`", ""]
     lines += _table(["domain", "data", "train", "held-out"], "llrr", [
-        [d, f"`{v['data']}`", v["train_examples"], v["heldout_examples"]] for d, v in result["domains"].items()])
+        [d, f"`{portable_path(v['data'])}`", v["train_examples"], v["heldout_examples"]]
+        for d, v in result["domains"].items()])
     lines += ["", "Trainings (a sum costs the steps of its domain runs together):", ""]
     lines += _table(["run", "trained on", "examples", "steps", "tokens", "own eval loss"], "llrrrr", [
         [name, label(run["domains"]), m["train_examples"], m["steps"], m["train_tokens"], f"{m['eval_loss']:.4f}"]
@@ -430,9 +432,9 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
     pairs = [row for row in comparisons if row["rms_cosine"] is not None]
     fit = fit_line([p["rms_cosine"] for p in pairs], [p["change_pct"] for p in pairs])
     result = {
-        "command": command, "spec": {"source": spec.source, "base": spec.base, "merged": spec.merged,
+        "command": command, "spec": {"source": portable_path(spec.source), "base": spec.base, "merged": spec.merged,
                                      "baseline": spec.baseline},
-        "domains": {d.name: {"data": d.data, "train_examples": len(splits[d.name][0]),
+        "domains": {d.name: {"data": portable_path(d.data), "train_examples": len(splits[d.name][0]),
                              "heldout_examples": len(splits[d.name][1])} for d in spec.domains},
         "runs": {run.name: {"domains": list(run.domains), "metrics": read_metrics(Path(run.config.output))}
                  for run in trainings},
@@ -446,7 +448,7 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
 
 
 def study_command(args: argparse.Namespace) -> int:
-    command = shlex.join(["oloraplus", "compose-study", args.spec, "--output", args.output])
+    command = portable_command(shlex.join(["oloraplus", "compose-study", args.spec, "--output", args.output]))
     result = run_study(args.spec, args.output, command=command)
     for row in result["sums"]:
         cos = "" if row["rms_cosine"] is None else f"  RMS cos {row['rms_cosine']:.4f}"

@@ -14,12 +14,12 @@ from typing import Iterator
 import torch
 
 
-def _add_special_tokens(tokenizer) -> bool:
+def needs_special_tokens(tokenizer) -> bool:
     """A chat template already wrote BOS and friends into the prompt string; do not add them twice."""
     return not getattr(tokenizer, "chat_template", None)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_token_ids(model, tokenizer) -> list[int]:
     """Stop on any end token the model or the tokenizer knows (chat models often have several)."""
     ids: list[int] = []
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -53,7 +53,7 @@ def _left_padding(tokenizer) -> Iterator[None]:
             tokenizer.pad_token = None
 
 
-def _decode_new(tokenizer, new_ids: torch.Tensor, eos_ids: list[int]) -> str:
+def decode_new(tokenizer, new_ids: torch.Tensor, eos_ids: list[int]) -> str:
     """Cut at the first end token (pad may not be special), then decode without special tokens."""
     tokens = new_ids.tolist()
     for i, token_id in enumerate(tokens):
@@ -90,8 +90,8 @@ def generate_batched(
 ) -> list[str]:
     """Greedy responses for `prompts`, in their order, decoded without the prompt and stripped."""
     _check_args(prompts, max_new_tokens, batch_size)
-    add_special = _add_special_tokens(tokenizer)
-    eos_ids = _eos_ids(model, tokenizer)
+    add_special = needs_special_tokens(tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     device = _model_device(model)
     lengths = [len(tokenizer(p, add_special_tokens=add_special)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
@@ -111,7 +111,7 @@ def generate_batched(
                 generated = _greedy(model, tokenizer, encoded, max_new_tokens, eos_ids)
                 prompt_len = encoded["input_ids"].shape[1]  # left padding: every prompt ends here
                 for row, i in enumerate(batch):
-                    outputs[i] = _decode_new(tokenizer, generated[row, prompt_len:], eos_ids)
+                    outputs[i] = decode_new(tokenizer, generated[row, prompt_len:], eos_ids)
     finally:
         model.train(was_training)
     return outputs
@@ -122,8 +122,8 @@ def generate_one_by_one(
 ) -> list[str]:
     """The slow reference: one unpadded prompt per `generate` call. `batch_size` is ignored."""
     _check_args(prompts, max_new_tokens, max(batch_size, 1))
-    add_special = _add_special_tokens(tokenizer)
-    eos_ids = _eos_ids(model, tokenizer)
+    add_special = needs_special_tokens(tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     device = _model_device(model)
     outputs = []
     was_training = model.training
@@ -133,7 +133,7 @@ def generate_one_by_one(
             for prompt in prompts:
                 encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special).to(device)
                 generated = _greedy(model, tokenizer, encoded, max_new_tokens, eos_ids)
-                outputs.append(_decode_new(tokenizer, generated[0, encoded["input_ids"].shape[1] :], eos_ids))
+                outputs.append(decode_new(tokenizer, generated[0, encoded["input_ids"].shape[1] :], eos_ids))
     finally:
         model.train(was_training)
     return outputs

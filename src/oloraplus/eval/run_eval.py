@@ -38,6 +38,16 @@ def write_generations(path: str | Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def check_base(run_dir: Path, fingerprint: str, model: str) -> None:
+    """An adapter on another base model gives plausible-looking garbage: refuse it."""
+    from oloraplus.adapters.export import load_metadata
+
+    recorded = (load_metadata(run_dir / ADAPTER_DIR) or {}).get("base_fingerprint")
+    if recorded and recorded != fingerprint:
+        raise AdapterError(f"{run_dir / ADAPTER_DIR}: trained on another base model (base fingerprint {recorded} "
+                           f"!= {fingerprint} of --model {model})")
+
+
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int = 0, max_new_tokens: int = 128,
                  batch_size: int | None = None, generate_batch_size: int | None = None,
                  device: str | None = None) -> dict[str, Any]:
@@ -48,7 +58,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)  # a wrong path fails before torch and the model load
 
-    from oloraplus.adapters.export import load_adapter, load_metadata
+    from oloraplus.adapters.export import load_adapter
     from oloraplus.train.packing import batch_collator
     from oloraplus.eval.loss import evaluate_loss
     from oloraplus.models import pick_device
@@ -57,10 +67,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     if data is not None:  # all of the given data is eval data (capped by eval_size)
         cfg = replace(cfg, data=data, train_size=1, eval_size=cfg.eval_size)
     prep = prepare(cfg, device=pick_device(device))
-    recorded = (load_metadata(run_dir / ADAPTER_DIR) or {}).get("base_fingerprint")
-    if recorded and recorded != prep.fingerprint:
-        raise AdapterError(f"{run_dir / ADAPTER_DIR}: trained on another base model (base fingerprint {recorded} "
-                           f"!= {prep.fingerprint} of --model {cfg.model})")
+    check_base(run_dir, prep.fingerprint, cfg.model)
     model = load_adapter(prep.loaded.model, run_dir / ADAPTER_DIR).eval()
     batch = batch_size or cfg.batch_size
     collator = batch_collator(model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing)

@@ -17,6 +17,7 @@ from oloraplus.experiments import tune
 from oloraplus.experiments.report import format_table, write_report
 from oloraplus.experiments.runs import find_runs
 from oloraplus.experiments.sweep import format_value, run_sweep
+from oloraplus.paths import portable_command
 
 DEFAULT_TUNE_OUTPUT = "runs/tune-ratio"
 SWEEP_HELP = """\
@@ -57,7 +58,7 @@ def parse_baseline(text: str) -> dict[str, Any]:
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    command = shlex.join(["oloraplus", "sweep", args.sweep_file, "--output", args.output])
+    command = portable_command(shlex.join(["oloraplus", "sweep", args.sweep_file, "--output", args.output]))
     results = run_sweep(args.sweep_file, args.output, command=command)
     print(format_table(find_runs(args.output)))
     print(f"\nresults: {results}\nreport:  {Path(args.output) / 'report.md'}")

@@ -19,6 +19,7 @@ from oloraplus.experiments.runs import (
 )
 from oloraplus.experiments.sweep import format_value, safe_component
 from oloraplus.io import atomic_write_text
+from oloraplus.paths import portable_command, portable_path
 
 # key, column title, higher is better, decimals
 METRICS = (
@@ -81,7 +82,8 @@ def results_table(arms: Sequence[Arm]) -> str:
 
 def format_table(runs: Sequence[Run]) -> str:
     """The main results table(s), one per model, as Markdown (printed by `sweep` and `report`)."""
-    return "\n\n".join(f"model: {model}\n\n{results_table(arms)}" for model, arms in group_arms(runs).items())
+    return "\n\n".join(f"model: {portable_path(model)}\n\n{results_table(arms)}"
+                       for model, arms in group_arms(runs).items())
 
 
 def _common_seeds(arm: Arm, base: Arm) -> list[int]:
@@ -227,9 +229,10 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
     from oloraplus.experiments import plots  # matplotlib only when a report is written
 
     rel = Path(PLOTS_DIR)
-    lines = [f"## Model: {model}", "", "### Results (mean ± std over seeds)", "", results_table(arms), ""]
+    lines = [f"## Model: {portable_path(model)}", "", "### Results (mean ± std over seeds)", "",
+             results_table(arms), ""]
     present = [key for key, _, _, _ in METRICS if any(arm.values(key) for arm in arms)]
-    plots.plot_loss_curves(arms, plots_dir / f"loss-curves{suffix}.png", model)
+    plots.plot_loss_curves(arms, plots_dir / f"loss-curves{suffix}.png", portable_path(model))
     plots.plot_against_ratio(arms, present, plots_dir / f"metrics-vs-ratio{suffix}.png", "")
     lines += [f"![loss curves]({rel / f'loss-curves{suffix}.png'})", "",
               f"![metrics against λ]({rel / f'metrics-vs-ratio{suffix}.png'})", ""]
@@ -285,7 +288,7 @@ def write_report(directory: str | Path, baseline: dict[str, Any] | None = None) 
     seeds = sorted({run.seed for run in runs})
     lines = ["# Sweep report", ""]
     if plan.get("command"):
-        lines += [f"Made by `{plan['command']}`.", ""]
+        lines += [f"Made by `{portable_command(plan['command'])}`.", ""]
     diverged = [run.name for run in runs if run.diverged]
     count = f"{len(runs)} finished runs" + (f" ({len(diverged)} diverged: NaN/inf loss)" if diverged else "")
     lines += [f"{count}; seeds {', '.join(map(str, seeds))}; baseline "

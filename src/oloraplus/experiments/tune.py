@@ -20,6 +20,7 @@ from oloraplus.experiments.report import markdown_table, plural
 from oloraplus.experiments.sweep import MANAGED, TrainFn, execute, format_value, plan_from_spec, read_metrics, run_path
 from oloraplus.io import atomic_write_json, atomic_write_text
 from oloraplus.train import rundir
+from oloraplus.paths import portable_command
 
 DEFAULT_GRID = tuple(2.0**k for k in range(-4, 5))  # 1/16 … 16, factor 2
 DEFAULT_MIN_STEPS = 50
@@ -125,7 +126,7 @@ def write_tune_report(result: TuneResult, command: str | None = None) -> Path:
     last = result.rungs[-1]
     lines = ["# λ search (successive halving)", ""]
     if command:
-        lines += [f"Made by `{command}`.", ""]
+        lines += [f"Made by `{portable_command(command)}`.", ""]
     lines += [
         f"**Best λ = {format_value(result.best_ratio)}**: eval loss {result.best_loss:.4f} after "
         f"{plural(last.max_steps, 'step')} (round {last.index}, against {plural(len(last.losses), 'λ value')}).", "",
@@ -136,7 +137,8 @@ def write_tune_report(result: TuneResult, command: str | None = None) -> Path:
     path = result.output / TUNE_FILE
     atomic_write_text(path, "\n".join(lines))
     atomic_write_json(result.output / TUNE_JSON, {
-        "best_ratio": result.best_ratio, "best_eval_loss": result.best_loss, "command": command,
+        "best_ratio": result.best_ratio, "best_eval_loss": result.best_loss,
+        "command": command and portable_command(command),
         "rounds": [{"index": r.index, "max_steps": r.max_steps,
                     "eval_loss": {format_value(k): v for k, v in sorted(r.losses.items())}} for r in result.rungs],
     })
