@@ -237,7 +237,7 @@ CASES: list[tuple[str, Build, list[str]]] = [
     ("merge-output-is-a-run", lambda w, t, o: ["merge", str(w.run), "--output", str(o)],
      ["--output", "is an oloraplus training run"]),
     ("merge-output-not-empty", lambda w, t, o: ["merge", str(w.run), "--output", str(o)],
-     ["--output", "not empty and holds no merged model"]),
+     ["--output", "exists and is not empty; choose a new or empty directory"]),
     ("sweep-output-inside-a-run", lambda w, t, o: ["sweep", w.file("s.yaml", "grid: {ratio: [1, 4]}\n"),
                                                    "--output", str(o / "sweep")], ["inside the training run"]),
     # --- compose ---

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from peft import LoraConfig
 
-from oloraplus.adapters.compat import MAX_LORA_RANKS, max_lora_rank_flag, vllm_verdicts
+from oloraplus.adapters.compat import MAX_LORA_RANKS, max_lora_rank_flag, vllm_summary, vllm_verdicts
 from oloraplus.cli.main import main
 from oloraplus.config import TrainConfig
 from oloraplus.errors import AdapterError
@@ -137,3 +137,14 @@ def test_export_merged_is_the_merge_command(runs, tmp_path, capsys):
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert main(["export", str(runs / "olora"), "--format", "merged", "--output", str(tmp_path / "a")]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_train_ends_with_a_one_line_vllm_verdict(tiny_llama_dir, alpaca_file, tmp_path, capsys):
+    for method, expected in (("olora", "vLLM: serves this adapter as saved (rank 8: serve with --max-lora-rank 8"),
+                             ("dora", "vLLM: would refuse this adapter (dora: DoRA")):
+        train(TrainConfig(model=str(tiny_llama_dir), data=str(alpaca_file), output=str(tmp_path / method),
+                          method=method, rank=4, alpha=8, max_steps=1, batch_size=4, max_length=64, train_size=4,
+                          eval_size=4))
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vLLM:")]
+        assert len(lines) == 1 and lines[0].startswith(expected), lines
+        assert vllm_summary(vllm_verdicts(tmp_path / method)) == lines[0]

@@ -97,3 +97,12 @@ def vllm_verdicts(adapter_dir: str | Path) -> list[Verdict]:
 
 def format_verdicts(verdicts: list[Verdict]) -> str:
     return "\n".join(f"{'ok  ' if ok else 'FAIL'}  {rule}: {reason}" for rule, ok, reason in verdicts)
+
+
+def vllm_summary(verdicts: list[Verdict]) -> str:
+    """One line for the end of `train`: does vLLM serve this adapter as saved, and if not, why."""
+    failed = [f"{rule}: {reason}" for rule, ok, reason in verdicts if not ok]
+    if failed:
+        return "vLLM: would refuse this adapter (" + "; ".join(failed) + "); oloraplus export RUN --check vllm"
+    rank = next((reason for rule, _, reason in verdicts if rule == "rank"), "")
+    return f"vLLM: serves this adapter as saved ({rank})"

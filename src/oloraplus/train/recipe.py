@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,9 @@ from transformers import TrainingArguments, set_seed
 
 from oloraplus import models
 from oloraplus.adapters.build import AdapterSpec, attach_adapter
+from oloraplus.adapters.compat import vllm_summary, vllm_verdicts
 from oloraplus.adapters.export import save_adapter
-from oloraplus.config import TrainConfig, to_dict
+from oloraplus.config import TrainConfig, report_targets, to_dict
 from oloraplus.data.budget import token_budget_dataset
 from oloraplus.data.formats import load_examples
 from oloraplus.data.split import split_examples
@@ -30,8 +32,8 @@ from oloraplus.io import append_jsonl, atomic_write_json, atomic_write_yaml
 from oloraplus.train import checkpoint, rundir
 from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
 from oloraplus.train.environment import hardware, package_versions
-from oloraplus.train.plots import plot_losses
 from oloraplus.train.packing import batch_collator
+from oloraplus.train.plots import plot_losses
 from oloraplus.train.trainer import NonFiniteLossError, RatioTrainer
 
 TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s")
@@ -100,7 +102,7 @@ def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArgumen
         save_steps=cfg.save_steps or 500,
         save_only_model=False,
         eval_strategy="no",
-        report_to=[],
+        report_to=report_targets(cfg.report_to),
         seed=cfg.seed,
         data_seed=cfg.seed,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
@@ -225,4 +227,5 @@ def train(cfg: TrainConfig) -> TrainResult:
         atomic_write_json(run.work / "metrics.json", metrics)
         plot_losses(log_path, run.work / "loss.png", title=f"{cfg.method} λ={cfg.ratio:g} r={cfg.rank}")
         rundir.finish(run)
+        print(vllm_summary(vllm_verdicts(run.final / rundir.ADAPTER_DIR)), file=sys.stderr)  # informs, never fails
     return TrainResult(metrics=metrics, model=model, tokenizer=prep.loaded.tokenizer, output=run.final)

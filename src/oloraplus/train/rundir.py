@@ -58,8 +58,8 @@ def check_output_dir(output: str | Path, *, what: str, own: Sequence[str] = (), 
         raise ConfigError(f"{flag_name} {output}: is inside the training run {run}; "
                           f"write the {what} to another directory")
     if output.is_dir() and any(output.iterdir()) and not any(any(output.glob(pattern)) for pattern in own):
-        raise ConfigError(f"{flag_name} {output}: exists, is not empty and holds no {what}; "
-                          "choose a new or empty directory")
+        held = f", is not empty and holds no {what}" if own else " and is not empty"  # own: what resumes there
+        raise ConfigError(f"{flag_name} {output}: exists{held}; choose a new or empty directory")
     _check_writable(output, flag_name)
     return output
 
