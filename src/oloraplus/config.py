@@ -126,12 +126,12 @@ class TrainConfig:
 def report_targets(report_to: str) -> list[str]:
     """`--report-to` as the list `TrainingArguments(report_to=...)` takes ([] for "none"), checked now:
     an unknown name or a tracker that is not installed would otherwise fail after the model has loaded."""
+    names = _comma_list(report_to)
+    if names == ["none"]:
+        return []  # the default: checked without importing transformers (config errors come before torch)
     from transformers.integrations.integration_utils import (
         INTEGRATION_TO_CALLBACK, get_available_reporting_integrations)
 
-    names = _comma_list(report_to)
-    if names == ["none"]:
-        return []
     known = sorted(INTEGRATION_TO_CALLBACK)
     installed = get_available_reporting_integrations()
     for name in names:
