@@ -12,6 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from oloraplus.adapters import registry
 from oloraplus.adapters.build import AdapterSpec, attach_adapter
+from oloraplus.adapters.methods import eva
+from oloraplus.cli.main import main
 from oloraplus.adapters.targets import resolve_target_modules
 from oloraplus.compose.cli import compose_command
 from oloraplus.config import TrainConfig
@@ -148,3 +150,16 @@ def test_eva_without_training_batches_is_one_line(make_model):
         attach_adapter(make_model("llama"), AdapterSpec("eva", rank=4))
     with pytest.raises(AdapterError, match=r"^--method eva: needs training batches"):
         attach_adapter(make_model("llama"), AdapterSpec("eva", rank=4), calibration=[])
+
+
+def test_an_eva_init_that_does_not_converge_stops_the_cli_with_one_line(tiny_llama_dir, tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setattr(eva, "MAX_BATCHES", 2)  # the tiny model needs ~10 forward passes
+    argv = ["train", "--model", str(tiny_llama_dir), "--data", str(_data(tmp_path / "d.json")), "--method", "eva",
+            "--rank", "4", "--max-steps", "1", "--train-size", "24", "--eval-size", "8",
+            "--output", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("--method eva: the layer-input SVDs did not converge within 2 training batches "
+                            "(too few response tokens per batch for --rank?)")
+    assert not (tmp_path / "run").exists()

@@ -4,8 +4,8 @@ inputs on training batches, B = 0; PEFT's `initialize_lora_eva_weights`, fed the
 The whole method is this file: the record below and its attach function. The base is untouched (B = 0, so
 W + s·B·A = W at init), hence shifts_base=False, and the saved adapter is a plain base-relative LoRA that sums
 with others (composable). ρ = 1: every layer keeps rank r, the same trainable parameters as LoRA at --rank
-(PEFT's default ρ = 2 moves rank between layers). Every rank computes the same SVD on the same batches
-(the calibration loader is seeded, no gathering), so the ranks start identical.
+(PEFT's default ρ = 2 moves rank between layers). Under torchrun every process computes the same SVDs on the
+same batches (the calibration loader is seeded; nothing is gathered), so all processes start identical.
 """
 
 from __future__ import annotations
