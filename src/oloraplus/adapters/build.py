@@ -4,7 +4,8 @@
 `oloraplus.adapters.methods` names one of the functions below): lora: B = 0 (PEFT default) · olora: B, A =
 Q_r, R_r of W (base shifted) · pissa: top-r SVD of W (base shifted, float32 factors) · dora: LoRA plus a learned
 magnitude vector (PEFT) · hira: ΔW = W ⊙ (BA) (PEFT) · ohora: QR-ranked Kronecker factors, m + n parameters
-per layer (our PEFT method).
+per layer (our PEFT method). A method may also define its attach function in its own module, using
+`lora_model` (eva: PEFT's data-driven init on the training batches it receives as `calibration`).
 """
 
 from __future__ import annotations
