@@ -27,6 +27,15 @@ def test_every_method_has_one_record_in_its_own_module():
     assert study.COMPOSABLE == ("lora", "olora", "pissa", "eva")
 
 
+def test_the_order_does_not_depend_on_which_method_module_was_imported_first(monkeypatch):
+    records = {m.name: m for m in registry.methods()}
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_load_builtin", lambda: None)
+    for name in ("eva", "hira", "lora", "olora", "dora", "pissa", "ohora"):
+        registry.register(records[name])
+    assert registry.names() == registry.BUILTIN + ("eva",)
+
+
 def _calibration(tokens: torch.Tensor) -> list[dict]:
     """Two training-like batches (every token scored) for data-driven inits; the others must ignore them."""
     return [{"input_ids": t, "labels": t} for t in (tokens, tokens.roll(1, dims=1))]

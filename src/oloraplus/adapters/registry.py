@@ -62,8 +62,10 @@ def _load_builtin() -> None:
 
 
 def methods() -> tuple[Method, ...]:
+    """Every record, in CLI order (BUILTIN, then by name) whichever module was imported first."""
     _load_builtin()
-    return tuple(_REGISTRY.values())
+    rank = {name: i for i, name in enumerate(BUILTIN)}
+    return tuple(sorted(_REGISTRY.values(), key=lambda m: (rank.get(m.name, len(BUILTIN)), m.name)))
 
 
 def names() -> tuple[str, ...]:
