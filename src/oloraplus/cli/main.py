@@ -6,6 +6,7 @@ import argparse
 import errno
 import os
 import sys
+import time
 from typing import Callable
 
 from oloraplus import __version__
@@ -36,24 +37,26 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _train(args: argparse.Namespace) -> int:
     cfg = resolve(TrainConfig, args)  # parsed and validated before torch is imported: a typo fails in a second
+    from oloraplus.console import is_main, train_summary
     from oloraplus.train.recipe import train
 
+    start = time.perf_counter()
     metrics = train(cfg).metrics
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"done: {cfg.output}  eval_loss={metrics['eval_loss']:.4f}  perplexity={metrics['perplexity']:.2f}  "
-            f"steps={metrics['steps']}  tokens/s={metrics['tokens_per_s']:.0f}"
-        )
+    if is_main():
+        print("\n".join(train_summary(metrics, cfg.output, cfg.max_length, time.perf_counter() - start)))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from oloraplus.console import eval_summary
     from oloraplus.eval.run_eval import evaluate_run
 
+    start = time.perf_counter()
     metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                            generate_batch_size=args.generate_batch_size, device=args.device)
-    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    print("\n".join(eval_summary(metrics, args.run_dir, args.data, metrics["max_length"],
+                                 time.perf_counter() - start)))
     return 0
 
 
