@@ -14,13 +14,13 @@ STATS = {"examples_available": 1319, "train_examples": 7, "train_truncated": 7, 
 def test_warning_names_dropped_and_mostly_truncated_splits_and_the_flag():
     warning = console.data_warning(STATS, 96)
     assert warning.startswith("warning:") and "--max-length 96" in warning
-    assert "2 of 4 eval examples dropped" in warning and "7 of 7 train examples truncated" in warning
+    assert "train 7 of 7 truncated; eval 2 of 4 dropped (dropped: no reply token left)" in warning
 
 
 def test_no_warning_at_ten_percent_truncated_or_less():
     stats = {**STATS, "train_examples": 10, "train_truncated": 1, "eval_dropped": 0}
     assert console.data_warning(stats, 96) is None
-    assert "1 of 9 train" in console.data_warning({**stats, "train_examples": 9, "train_truncated": 1}, 96)
+    assert "train 1 of 9 truncated;" in console.data_warning({**stats, "train_examples": 9, "train_truncated": 1}, 96)
 
 
 def test_train_summary_has_counts_losses_speed_and_place():

@@ -58,13 +58,15 @@ def data_warning(stats: dict[str, Any], max_length: int, splits: tuple[str, ...]
     for split in splits:
         used, cut, dropped = (stats.get(f"{split}_{k}", 0) for k in ("examples", "truncated", "dropped"))
         given = used + dropped
-        if dropped:
-            problems.append(f"{dropped} of {given} {split} examples dropped (no reply token left)")
-        if given and cut > TRUNCATED_WARN * given:
-            problems.append(f"{cut} of {given} {split} examples truncated")
+        found = ([f"{cut} of {given} truncated"] if given and cut > TRUNCATED_WARN * given else []) + (
+            [f"{dropped} of {given} dropped"] if dropped else [])
+        if found:
+            problems.append(f"{split} {', '.join(found)}")
     if not problems:
         return None
-    return f"warning: {'; '.join(problems)} at --max-length {max_length}; raise --max-length to keep them"
+    why = " (dropped: no reply token left)" if any(stats.get(f"{s}_dropped") for s in splits) else ""
+    return (f"warning: examples longer than --max-length {max_length}: {'; '.join(problems)}{why}; "
+            "raise --max-length to keep them")
 
 
 def split_line(stats: dict[str, Any], split: str) -> str:

@@ -16,7 +16,7 @@ MACHINE = {"cpu": "Test CPU", "logical_cpus": 2, "usable_cpus": 2, "torch_thread
 
 
 def training(tokens_per_s: float, runtime: float, eval_loss: float) -> dict:
-    return {"steps": 10, "mean_train_loss": 1.5, "eval_loss": eval_loss, "eval_tokens": 900, "train_tokens": 2000,
+    return {"steps": 10, "train_loss": 1.5, "eval_loss": eval_loss, "eval_tokens": 900, "train_tokens": 2000,
             "processed_tokens": 8000, "train_runtime_s": runtime, "tokens_per_s": tokens_per_s,
             "seconds_per_step": runtime / 10, "model_flops": 50e9 * runtime, "trainable_params": 123,
             "peak_rss_mib": 1000.0, "wall_s": runtime + 10}
