@@ -37,10 +37,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _train(args: argparse.Namespace) -> int:
     cfg = resolve(TrainConfig, args)  # parsed and validated before torch is imported: a typo fails in a second
+    start = time.perf_counter()
     from oloraplus.console import is_main, train_summary
     from oloraplus.train.recipe import train
 
-    start = time.perf_counter()
     metrics = train(cfg).metrics
     if is_main():
         print("\n".join(train_summary(metrics, cfg.output, cfg.max_length, time.perf_counter() - start)))
@@ -48,10 +48,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
     from oloraplus.console import eval_summary
     from oloraplus.eval.run_eval import evaluate_run
 
-    start = time.perf_counter()
     metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                            generate_batch_size=args.generate_batch_size, device=args.device)
