@@ -32,7 +32,13 @@ def use_bar() -> bool:
 
 def say(message: str) -> None:
     """One line on rank 0, flushed at once, so a long phase is announced before it starts."""
-    if is_main():
+    if not is_main():
+        return
+    if use_bar():  # above any open bar (a periodic eval during training) instead of through it
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+    else:
         print(message, flush=True)
 
 
