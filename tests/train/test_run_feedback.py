@@ -150,3 +150,4 @@ def test_eval_command_prints_its_counts(tiny_llama_dir, mixed_file, tmp_path, ca
     assert (f"eval:  {stored['eval_examples']} examples ({stored['eval_truncated']} truncated, "
             f"{stored['eval_dropped']} dropped)") in text
     assert f"eval loss {stored['eval_loss']:.4f}" in text
+    assert stored["eval_dropped"] > 0 and "warning: examples longer than --max-length 48: eval" in text

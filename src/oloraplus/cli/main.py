@@ -7,6 +7,7 @@ import errno
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 from oloraplus import __version__
@@ -51,12 +52,13 @@ def _eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from oloraplus.console import eval_summary
     from oloraplus.eval.run_eval import evaluate_run
+    from oloraplus.train.rundir import load_run_config
 
     metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                            generate_batch_size=args.generate_batch_size, device=args.device)
-    print("\n".join(eval_summary(metrics, args.run_dir, args.data, metrics["max_length"],
-                                 time.perf_counter() - start)))
+    max_length = load_run_config(Path(args.run_dir)).max_length  # what truncated and dropped the examples
+    print("\n".join(eval_summary(metrics, args.run_dir, args.data, max_length, time.perf_counter() - start)))
     return 0
 
 

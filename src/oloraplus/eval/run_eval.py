@@ -69,7 +69,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     collator = batch_collator(model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing)
     say(f"evaluating {len(prep.eval_dataset)} examples ...")
     metrics: dict[str, Any] = dict(evaluate_loss(model, prep.eval_dataset, collator, batch_size=batch))
-    metrics.update(eval_stats, max_length=cfg.max_length)
+    metrics.update(eval_stats)
     if generate:
         say(f"generating {min(generate, len(prep.eval_examples))} responses ...")
         gen_metrics, rows = generation_eval(model, prep.loaded.tokenizer, prep.eval_examples, generate,
