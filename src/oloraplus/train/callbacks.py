@@ -1,4 +1,4 @@
-"""Trainer callbacks: the per-step JSONL log and the periodic token-weighted eval for the eval curve."""
+"""Trainer callbacks: the per-step JSONL log and console progress, the periodic token-weighted eval, diagnostics."""
 
 from __future__ import annotations
 
