@@ -103,7 +103,7 @@ def run_baseline(setup: RunSetup, output_dir: Path) -> dict[str, Any]:
     state, runtime = trainer.state, result.metrics["train_runtime"]
     return {
         "steps": state.global_step,
-        "mean_train_loss": result.training_loss,
+        "train_loss": result.training_loss,  # the mean over the run, as oloraplus reports it
         **final_eval,
         "train_tokens": int(state.num_input_tokens_seen),
         "processed_tokens": state.global_step * setup.batch_size * setup.max_length,

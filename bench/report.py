@@ -74,13 +74,19 @@ def machine_section(results: Results) -> list[str]:
     return lines
 
 
+def mean_train_loss(run: dict) -> float:
+    """The mean over the run: `train_loss` now; results.json written before that kept it as `mean_train_loss`
+    (its `train_loss` was the last logged step's)."""
+    return run["mean_train_loss"] if "mean_train_loss" in run else run["train_loss"]
+
+
 def _train_column(run: dict, rate: float | None) -> dict[str, str]:
     """The cells of one training run in the side-by-side table."""
     return {
         "tokens_per_s": _num(run["tokens_per_s"], 1), "seconds_per_step": _num(run["seconds_per_step"]),
         "train_tokens": f"{run['train_tokens']:,}", "model_flops": f"{run['model_flops'] / 1e12:.2f} TFLOP",
         "mfu": mfu(run["model_flops"], run["train_runtime_s"], rate), "rss": f"{run['peak_rss_mib']:,.0f} MiB",
-        "eval_loss": f"{run['eval_loss']:.4f}", "train_loss": f"{run['mean_train_loss']:.4f}",
+        "eval_loss": f"{run['eval_loss']:.4f}", "train_loss": f"{mean_train_loss(run):.4f}",
         "params": f"{run['trainable_params']:,}", "wall": f"{run.get('process_s', run['wall_s']):.0f} s",
     }
 

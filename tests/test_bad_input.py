@@ -223,6 +223,8 @@ CASES: list[tuple[str, Build, list[str]]] = [
     ("resume-finished-run", lambda w, t, o: w.train(o, "--resume"), ["already finished"]),
     ("resume-with-other-options", lambda w, t, o: w.train(o, "--lr", "0.02", "--resume"),
      ["--resume", "--lr is 0.02", "0.01"]),
+    ("resume-no-checkpoint", lambda w, t, o: w.train(o, "--lr", "0.01", "--resume"),
+     ["--resume", "holds no checkpoint", "--save-steps", "--overwrite"]),
     # --- other commands never write into a training run or into others' files ---
     ("sweep-output-is-a-run",
      lambda w, t, o: ["sweep", w.file("s.yaml", "grid: {ratio: [1, 4]}\n"), "--output", str(o)],
@@ -270,6 +272,7 @@ PRE_EXISTING: dict[str, Callable[[Workspace, Path], Path]] = {
     "output-holds-another-run": run_copy,
     "resume-finished-run": run_copy,
     "resume-with-other-options": unfinished_run,
+    "resume-no-checkpoint": unfinished_run,
     "output-not-a-run": foreign_dir,
     **{case: run_copy for case in ("sweep-output-is-a-run", "tune-ratio-output-is-a-run", "compose-output-is-a-run",
                                    "compose-study-output-is-a-run", "merge-output-is-a-run",

@@ -15,7 +15,8 @@ def parse(argv, tmp_path=None):
 
 def test_defaults_follow_the_paper():
     cfg = parse([])
-    assert (cfg.rank, cfg.alpha, cfg.lr, cfg.epochs, cfg.train_size, cfg.eval_size) == (32, 16.0, 3e-4, 1.0, 1000, 500)
+    assert (cfg.rank, cfg.alpha, cfg.lr, cfg.epochs, cfg.train_size) == (32, 16.0, 3e-4, 1.0, 1000)
+    assert (cfg.eval_size, cfg.eval_examples()) == (0, 500)  # auto: the paper's 500 for an epoch run
     assert cfg.method == "olora" and cfg.ratio == 1.0
 
 

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from oloraplus.errors import ConfigError
 METHODS = registry.names()  # each registered by its module in oloraplus.adapters.methods
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 OHORA_INITS = ("ranked", "paper")  # how OHoRA cuts R1, R2 from R (adapters/ohora.py)
+DEFAULT_EVAL_SIZE, MIN_AUTO_EVAL = 500, 32  # --eval-size 0 (auto): the paper's 500, or less for a short run
 
 
 def opt(default: Any, help: str, **extra: Any) -> Any:
@@ -56,7 +58,8 @@ class TrainConfig:
     grad_accum: int = opt(1, "gradient accumulation steps")
     max_length: int = opt(512, "maximum tokens per example (longer ones are truncated)")
     train_size: int = opt(1000, "training examples (capped by the data)")
-    eval_size: int = opt(500, "evaluation examples (capped by the data)")
+    eval_size: int = opt(0, "evaluation examples, capped by the data; 0 (auto): 500, or for a short --max-steps run "
+                            "max(32, 2 × the examples it trains on) (default: 0)")
     seed: int = opt(42, "seed for data split, adapter init and training")
     target_modules: list[str] = opt([], "layer names to adapt (default: every linear layer in the blocks)")
     # Off by default: measured on SmolLM2 (bench/results.md), grouping by length moved the eval loss
@@ -98,13 +101,14 @@ class TrainConfig:
         check_ratio(self.ratio)
         positive = {"rank": self.rank, "alpha": self.alpha, "lr": self.lr, "epochs": self.epochs,
                     "batch_size": self.batch_size, "grad_accum": self.grad_accum, "train_size": self.train_size,
-                    "eval_size": self.eval_size, "logging_steps": self.logging_steps,
+                    "logging_steps": self.logging_steps,
                     "max_new_tokens": self.max_new_tokens, "generate_batch_size": self.generate_batch_size}
         for name, value in positive.items():
             if not (_finite(value) and value > 0):
                 raise ConfigError(f"{flag(name)}: must be > 0, got {value}")
         non_negative = {"dropout": self.dropout, "weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
-                        "eval_steps": self.eval_steps, "eval_generate": self.eval_generate, "save_steps": self.save_steps,
+                        "eval_steps": self.eval_steps, "eval_size": self.eval_size, "eval_generate": self.eval_generate,
+                        "save_steps": self.save_steps,
                         "tokens_per_batch": self.tokens_per_batch}
         for name, value in non_negative.items():
             if not (_finite(value) and value >= 0):
@@ -121,6 +125,20 @@ class TrainConfig:
             raise ConfigError("--output: must not be empty")
         report_targets(self.report_to)
         return self
+
+    def eval_examples(self) -> int:
+        """`eval_size`, with 0 (auto) resolved: a 2-step smoke test should not spend minutes scoring 500 examples.
+
+        An eval forward costs about a third of a training step per example, so scoring twice the examples a short
+        run trains on keeps the final eval below the training time; 32 keeps the loss from resting on a handful.
+        """
+        if self.eval_size:
+            return self.eval_size
+        if self.max_steps < 0 or self.tokens_per_batch:  # epochs or token budgets: the whole train split is used
+            return DEFAULT_EVAL_SIZE
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        trained = min(self.train_size, self.max_steps * self.batch_size * self.grad_accum * world)
+        return min(DEFAULT_EVAL_SIZE, max(MIN_AUTO_EVAL, 2 * trained))
 
 
 def report_targets(report_to: str) -> list[str]:

@@ -145,6 +145,7 @@ def test_train_ends_with_a_one_line_vllm_verdict(tiny_llama_dir, alpaca_file, tm
         train(TrainConfig(model=str(tiny_llama_dir), data=str(alpaca_file), output=str(tmp_path / method),
                           method=method, rank=4, alpha=8, max_steps=1, batch_size=4, max_length=64, train_size=4,
                           eval_size=4))
-        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vLLM:")]
+        captured = capsys.readouterr()
+        lines = [line for line in (captured.out + captured.err).splitlines() if line.startswith("vLLM:")]
         assert len(lines) == 1 and lines[0].startswith(expected), lines
         assert vllm_summary(vllm_verdicts(tmp_path / method)) == lines[0]

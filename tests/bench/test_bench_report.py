@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from report import render, summary_lines, write_scaling_plot  # noqa: E402
+from report import mean_train_loss, render, summary_lines, write_scaling_plot  # noqa: E402
 from run_bench import FULL, plan  # noqa: E402
 
 FM = {"n_matmul": 1000, "n_lora": 10, "n_layers": 2, "d_attn": 8}
@@ -16,7 +16,7 @@ MACHINE = {"cpu": "Test CPU", "logical_cpus": 2, "usable_cpus": 2, "torch_thread
 
 
 def training(tokens_per_s: float, runtime: float, eval_loss: float) -> dict:
-    return {"steps": 10, "mean_train_loss": 1.5, "eval_loss": eval_loss, "eval_tokens": 900, "train_tokens": 2000,
+    return {"steps": 10, "train_loss": 1.5, "eval_loss": eval_loss, "eval_tokens": 900, "train_tokens": 2000,
             "processed_tokens": 8000, "train_runtime_s": runtime, "tokens_per_s": tokens_per_s,
             "seconds_per_step": runtime / 10, "model_flops": 50e9 * runtime, "trainable_params": 123,
             "peak_rss_mib": 1000.0, "wall_s": runtime + 10}
@@ -122,3 +122,10 @@ def test_update_re_measures_some_sections_and_keeps_the_others(tmp_path):
                                    "--only machine --update")  # both commands
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["train_baseline"] == kept["train_baseline"] and len(saved["_meta"]["commands"]) == 2
+
+
+def test_mean_train_loss_is_read_under_both_names():
+    """results.json from before the single definition keeps the mean as `mean_train_loss`, next to a last-step
+    `train_loss`; newer runs have only `train_loss` (the mean)."""
+    assert mean_train_loss({"train_loss": 2.16, "mean_train_loss": 2.04}) == 2.04
+    assert mean_train_loss({"train_loss": 1.5}) == 1.5

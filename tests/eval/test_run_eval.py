@@ -36,7 +36,7 @@ def test_eval_command_reloads_the_adapter_and_reproduces_eval_loss(run_dir, caps
     # reloaded onto the untouched base, the adapter gives the in-memory model's loss and generations
     assert after["eval_loss"] == pytest.approx(before["eval_loss"], abs=1e-5)
     assert after["bleu"] == pytest.approx(before["bleu"], abs=1e-6)
-    assert "eval_loss=" in capsys.readouterr().out
+    assert f"eval loss {after['eval_loss']:.4f}" in capsys.readouterr().out
 
 
 def test_eval_of_a_non_run_is_a_one_line_error(tmp_path, capsys):

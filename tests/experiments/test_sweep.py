@@ -214,3 +214,11 @@ def test_an_ohora_run_recorded_before_ohora_init_existed_reads_as_the_paper_init
     assert config_differences(TrainConfig(method="ohora", rank=4), old_ohora) == ["ohora_init: 'paper' != 'ranked'"]
     assert config_differences(TrainConfig(method="ohora", rank=4, ohora_init="paper"), old_ohora) == []
     assert recorded_config(tmp_path / "lora")["ohora_init"] == "ranked"  # unused: the default, so arms do not split
+
+
+def test_an_auto_eval_size_is_one_size_for_the_whole_sweep():
+    """Runs of 2 and 50 steps would otherwise score 32 and 400 examples: losses from different splits."""
+    plan = plan_from_spec({"base": {"batch_size": 4}, "grid": {"max_steps": [2, 50]}}, "s.yaml")
+    assert [r.config.eval_size for r in plan.runs] == [400, 400]
+    fixed = plan_from_spec({"base": {"eval_size": 7}, "grid": {"max_steps": [2, 50]}}, "s.yaml")
+    assert [r.config.eval_size for r in fixed.runs] == [7, 7]

@@ -7,7 +7,7 @@ import json
 import math
 
 import pytest
-from experiment_helpers import FakeTrain
+from experiment_helpers import FakeTrain, objective
 
 from oloraplus.config import TrainConfig
 from oloraplus.errors import ConfigError
@@ -40,6 +40,15 @@ def test_successive_halving_finds_the_known_best_ratio(tmp_path):
     record = json.loads((tmp_path / "tune.json").read_text())
     assert record["best_ratio"] == 2.0 and record["rounds"][0]["eval_loss"]["16"] == pytest.approx(3.9)
     assert (tmp_path / "tune.png").read_bytes().startswith(PNG)
+
+
+def test_an_auto_eval_size_is_the_same_in_every_round(tmp_path):
+    """Rounds double the steps; an auto eval size would grow with them and change the split between rounds."""
+    sizes: list[int] = []
+    fake = FakeTrain(loss=lambda cfg: sizes.append(cfg.eval_size) or objective(cfg))
+    tune.tune_ratio(TrainConfig(seed=0, batch_size=8), tmp_path, grid=[0.5, 1, 2, 4], min_steps=4, train_fn=fake)
+    assert TrainConfig(batch_size=8, max_steps=4).eval_examples() == 64  # what round 0 alone would score
+    assert len(sizes) == 4 + 2 and set(sizes) == {128}  # the last round's: 2 × 8 steps × 8 examples
 
 
 def test_a_diverging_ratio_drops_out_of_the_search_instead_of_stopping_it(tmp_path):

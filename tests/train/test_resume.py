@@ -21,7 +21,7 @@ from transformers import Trainer
 from oloraplus.cli.main import main
 from oloraplus.config import TrainConfig, to_dict
 from oloraplus.train import checkpoint
-from oloraplus.train.recipe import TIMING_KEYS
+from oloraplus.train.recipe import SESSION_KEYS
 
 SAVE_STEPS, MAX_STEPS = 2, 20
 KILL_SEED = 20240607  # the kill step is drawn at random, from a fixed seed so that a failure reproduces
@@ -54,7 +54,7 @@ def assert_same_run(got: Path, want: Path) -> None:
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), (key, (a[key] - b[key]).abs().max())
-    strip = lambda m: {k: v for k, v in m.items() if k not in TIMING_KEYS}  # noqa: E731
+    strip = lambda m: {k: v for k, v in m.items() if k not in SESSION_KEYS}  # noqa: E731
     metrics = [strip(json.loads((run / "metrics.json").read_text())) for run in (got, want)]
     assert metrics[0] == metrics[1]
     # the resumed log is the uninterrupted one: lines written after the checkpoint were dropped, not doubled

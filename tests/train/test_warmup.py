@@ -35,8 +35,8 @@ def test_the_schedule_the_trainer_builds_warms_up_over_the_fraction(ratio, total
 
 @pytest.mark.usefixtures("one_thread")
 def test_a_ratio_of_one_warms_up_over_every_step_of_an_epoch_run(tiny_llama_dir, alpaca_file, tmp_path):
-    """6 steps from --epochs (24 examples / batch 4): the lr of A logged after step s is η·s/6 up to the end
-    (η·0 after the last step ends the schedule); the old one-step warm-up gave η after step 1, then fell."""
+    """6 steps from --epochs (24 examples / batch 4): step s trains at η·(s-1)/6, the lr of A it logs, up to
+    5η/6 at the last step; the old one-step warm-up gave η at step 2, then fell."""
     cfg = TrainConfig(model=str(tiny_llama_dir), data=str(alpaca_file), output=str(tmp_path / "run"), method="lora",
                       rank=2, lr=LR, warmup_ratio=1.0, epochs=1, batch_size=4, train_size=24, eval_size=4,
                       max_length=64, logging_steps=1)
@@ -44,6 +44,6 @@ def test_a_ratio_of_one_warms_up_over_every_step_of_an_epoch_run(tiny_llama_dir,
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     lrs = {r["step"]: r["lr_A"] for r in records if r.get("lr_A") is not None}
     assert sorted(lrs) == [1, 2, 3, 4, 5, 6]
-    for step, lr in lrs.items():  # logged after the scheduler has stepped s times
-        assert lr == pytest.approx(linear_reference(step, warmup=6, total=6), abs=1e-12), step
-    assert lrs[5] == pytest.approx(LR * 5 / 6)
+    for step, lr in lrs.items():  # the lr the step used: the scheduler had stepped s - 1 times
+        assert lr == pytest.approx(linear_reference(step - 1, warmup=6, total=6), abs=1e-12), step
+    assert lrs[6] == pytest.approx(LR * 5 / 6)

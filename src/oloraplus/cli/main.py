@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import sys
+import time
+from pathlib import Path
 from typing import Callable
 
 from oloraplus import __version__
@@ -36,26 +37,29 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _train(args: argparse.Namespace) -> int:
     cfg = resolve(TrainConfig, args)  # parsed and validated before torch is imported: a typo fails in a second
+    start = time.perf_counter()
+    from oloraplus.console import is_main, train_summary
     from oloraplus.train.recipe import train
 
     metrics = train(cfg).metrics
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"done: {cfg.output}  eval_loss={metrics['eval_loss']:.4f}  perplexity={metrics['perplexity']:.2f}  "
-            f"steps={metrics['steps']}  tokens/s={metrics['tokens_per_s']:.0f}"
-        )
+    if is_main():
+        print("\n".join(train_summary(metrics, cfg.output, cfg.max_length, time.perf_counter() - start)))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    from oloraplus.console import eval_summary
     from oloraplus.eval.run_eval import evaluate_run
+    from oloraplus.train.rundir import load_run_config
 
     if args.harness is not None:
         return _harness(args)
     metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                            generate_batch_size=args.generate_batch_size, device=args.device)
-    print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    max_length = load_run_config(Path(args.run_dir)).max_length  # what truncated and dropped the examples
+    print("\n".join(eval_summary(metrics, args.run_dir, args.data, max_length, time.perf_counter() - start)))
     return 0
 
 

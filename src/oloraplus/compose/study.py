@@ -106,7 +106,7 @@ def _domain(name: Any, value: Any, defaults: TrainConfig, source: str) -> Domain
     if not isinstance(values.get("data"), str) or not values["data"]:
         raise ConfigError(f"{where}: 'data' must name a data file or builtin")
     return Domain(name, values["data"], _size(values.get("train_size", defaults.train_size), f"{where}: train_size"),
-                  _size(values.get("eval_size", defaults.eval_size), f"{where}: eval_size"))
+                  _size(values.get("eval_size", defaults.eval_examples()), f"{where}: eval_size"))
 
 
 def spec_from_mapping(raw: dict[str, Any], source: str) -> StudySpec:

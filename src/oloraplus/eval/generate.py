@@ -13,6 +13,8 @@ from typing import Iterator
 
 import torch
 
+from oloraplus.console import track
+
 
 def needs_special_tokens(tokenizer) -> bool:
     """A chat template already wrote BOS and friends into the prompt string; do not add them twice."""
@@ -100,7 +102,8 @@ def generate_batched(
     model.eval()
     try:
         with _left_padding(tokenizer), torch.inference_mode():
-            for start in range(0, len(order), batch_size):
+            starts = range(0, len(order), batch_size)
+            for start in track(starts, len(starts), f"generating {len(prompts)} responses"):
                 batch = order[start : start + batch_size]
                 encoded = tokenizer(
                     [prompts[i] for i in batch],

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from oloraplus.console import track
 from oloraplus.data.collate import SCORED, model_inputs, next_token_targets
 from oloraplus.data.tokenize import IGNORE_INDEX
 from oloraplus.errors import DataError
@@ -67,7 +68,8 @@ def evaluate_loss(
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(indices), batch_size):
+            starts = range(0, len(indices), batch_size)
+            for start in track(starts, len(starts), f"evaluating {len(dataset)} examples"):
                 batch = collator([_row(dataset, i) for i in indices[start : start + batch_size]])
                 inputs = {k: v.to(device) if torch.is_tensor(v) else v  # padded or packed rows
                           for k, v in model_inputs(batch).items()}

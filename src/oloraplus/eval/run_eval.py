@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from oloraplus.console import data_lines, say
 from oloraplus.data.prompts import render_prompt
 from oloraplus.errors import AdapterError
 from oloraplus.io import atomic_write_json, atomic_write_text
@@ -67,12 +68,17 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
     if data is not None:  # all of the given data is eval data (capped by eval_size)
         cfg = replace(cfg, data=data, train_size=1, eval_size=cfg.eval_size)
     prep = prepare(cfg, device=pick_device(device))
+    eval_stats = {k: v for k, v in prep.data_stats.items() if k.startswith("eval_") or k == "examples_available"}
+    say(data_lines(eval_stats, cfg.max_length, splits=("eval",))[0])
     check_base(run_dir, prep.fingerprint, cfg.model)
     model = load_adapter(prep.loaded.model, run_dir / ADAPTER_DIR).eval()
     batch = batch_size or cfg.batch_size
     collator = batch_collator(model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing)
+    say(f"evaluating {len(prep.eval_dataset)} examples ...")
     metrics: dict[str, Any] = dict(evaluate_loss(model, prep.eval_dataset, collator, batch_size=batch))
+    metrics.update(eval_stats)
     if generate:
+        say(f"generating {min(generate, len(prep.eval_examples))} responses ...")
         gen_metrics, rows = generation_eval(model, prep.loaded.tokenizer, prep.eval_examples, generate,
                                             max_new_tokens, generate_batch_size or cfg.generate_batch_size)
         metrics.update(gen_metrics)

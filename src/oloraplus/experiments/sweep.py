@@ -168,6 +168,9 @@ def plan_from_spec(spec: dict[str, Any], source: str) -> SweepPlan:
         cfg = build_config(TrainConfig, {**base, **point}, f"{source}: grid")
         if all(_comparable(cfg) != _comparable(seen) for seen in configs):  # sub-grids may overlap
             configs.append(cfg)
+    auto = [c.eval_examples() for c in configs if not c.eval_size]
+    if auto:  # an auto eval size grows with --max-steps: one size for the sweep, so every run scores the same split
+        configs = [c if c.eval_size else dataclasses.replace(c, eval_size=max(auto)) for c in configs]
     varying = tuple(k for k in grid_keys if len({json.dumps(getattr(c, k)) for c in configs}) > 1)
     runs: list[PlannedRun] = []
     for cfg in configs:

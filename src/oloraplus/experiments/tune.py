@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -97,6 +97,8 @@ def tune_ratio(
         raise ConfigError(f"--rounds: must be >= 1, got {rounds}")
     output = rundir.check_output_dir(output, what="λ search", own=(TUNE_JSON, "rung-0"))
     base = {k: v for k, v in to_dict(cfg).items() if k not in (*MANAGED, "ratio", "max_steps")}
+    # An auto eval size grows with the steps: fix it at the longest round's, so every round has the same split.
+    base["eval_size"] = replace(cfg, max_steps=min_steps * 2 ** (rounds - 1)).eval_examples()
     rungs: list[Rung] = []
     for index in range(rounds):
         rungs.append(_rung(base, alive, index, min_steps * 2**index, output, train_fn))

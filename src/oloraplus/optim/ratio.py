@@ -80,5 +80,5 @@ def build_optimizer(
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """Current learning rate of each named group (after the scheduler), e.g. {'A': η_t, 'B': λη_t}."""
+    """Current learning rate of each named group, e.g. {'A': η_t, 'B': λη_t}: what the next optimizer step uses."""
     return {g.get("name", str(i)): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}

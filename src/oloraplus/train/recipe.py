@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +16,20 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 from transformers import TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback
 
 from oloraplus import models
 from oloraplus.adapters.build import AdapterSpec, attach_adapter
 from oloraplus.adapters.compat import vllm_summary, vllm_verdicts
 from oloraplus.adapters.export import save_adapter
 from oloraplus.config import TrainConfig, report_targets, to_dict
+from oloraplus.console import data_lines, is_main, say
 from oloraplus.data.budget import token_budget_dataset
 from oloraplus.data.collate import model_inputs
 from oloraplus.data.formats import load_examples
 from oloraplus.data.split import split_examples
 from oloraplus.data.tokenize import encode_examples
+from oloraplus.errors import ConfigError
 from oloraplus.eval.loss import evaluate_loss
 from oloraplus.eval.run_eval import generation_eval, write_generations
 from oloraplus.io import append_jsonl, atomic_write_json, atomic_write_yaml
@@ -39,6 +41,7 @@ from oloraplus.train.plots import plot_losses
 from oloraplus.train.trainer import NonFiniteLossError, RatioTrainer
 
 TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s")
+SESSION_KEYS = (*TIMING_KEYS, "resumed_from_step")  # differ between a resumed run and an uninterrupted one
 
 
 @dataclass
@@ -54,15 +57,12 @@ class Prepared:
     fingerprint: str
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def prepare(cfg: TrainConfig, device: str | torch.device | None = None) -> Prepared:
     """Everything before the adapter; bad model or data fails here, before any file is written."""
     examples = load_examples(cfg.data)  # cheap: a bad file fails before the model loads
+    say(f"loading {cfg.model} ...")
     loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=device)
-    train_ex, eval_ex = split_examples(examples, cfg.train_size, cfg.eval_size, cfg.seed)
+    train_ex, eval_ex = split_examples(examples, cfg.train_size, cfg.eval_examples(), cfg.seed)
     train_ds, train_stats = encode_examples(train_ex, loaded.tokenizer, cfg.max_length)
     eval_ds, eval_stats = encode_examples(eval_ex, loaded.tokenizer, cfg.max_length)
     stats = {
@@ -117,7 +117,7 @@ def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArgumen
         ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
-        disable_tqdm=os.environ.get("OLORAPLUS_PROGRESS", "1") == "0",
+        disable_tqdm=True,  # JsonlLogCallback draws the bar and prints the progress lines
         logging_nan_inf_filter=False,  # its isnan() is a host sync per step; RatioTrainer stops a NaN run anyway
         dataloader_pin_memory=cuda,
         accelerator_config={"non_blocking": cuda},  # batches copy to the GPU while it computes
@@ -150,16 +150,21 @@ class TrainResult:
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune per `cfg` and write the run directory."""
     cfg.validate()
-    main = is_main_process()
+    main = is_main()
     # Only rank 0 owns the filesystem: other ranks must not race its checks against its writes.
     run = (rundir.plan_run_dir(cfg.output, overwrite=cfg.overwrite, resume=cfg.resume) if main
            else rundir.paths(cfg.output))
     if main and cfg.resume:
         rundir.check_resume_config(run, to_dict(cfg))
+        if checkpoint.last_checkpoint(run.checkpoints) is None:  # starting over would silently discard the run
+            raise ConfigError(f"--resume: {run.work} holds no checkpoint to resume from (it ran without "
+                              "--save-steps or stopped before its first one); pass --overwrite to start over")
     set_seed(cfg.seed)
     t0 = time.perf_counter()
     prep = prepare(cfg)
     load_s = time.perf_counter() - t0
+    for line in data_lines(prep.data_stats, cfg.max_length):
+        say(line)
 
     # the packing probe asks the base's attention, which no adapter changes; data-driven inits need the collator
     collator = batch_collator(prep.loaded.model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing,
@@ -183,11 +188,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.resume:  # rank 0 also drops what the interrupted run wrote after its last checkpoint
         resume_from = (checkpoint.prepare_resume(run.checkpoints, log_path, run.work) if main
                        else checkpoint.last_checkpoint(run.checkpoints))
+        say(f"resuming from {resume_from} (step {checkpoint.checkpoint_step(resume_from)})")
 
     def evaluate(m) -> dict:
+        say(f"evaluating {len(prep.eval_dataset)} examples ...")
         return evaluate_loss(m, prep.eval_dataset, collator, batch_size=cfg.batch_size)
 
-    callbacks = [JsonlLogCallback(log_path)]
+    log = JsonlLogCallback(log_path)
+    callbacks = [log]
     if initial and cfg.diagnostics_steps >= 0:  # OLoRA/PiSSA: B_0, A_0 are meaningful, so refinement vs exploration
         callbacks.append(DiagnosticsCallback({name: (f.B, f.A) for name, f in initial.items()}, log_path,
                                              every=cfg.diagnostics_steps))
@@ -198,6 +206,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         data_collator=collator, callbacks=callbacks, ratio=cfg.ratio,
         response_only=cfg.response_only_loss,
     )
+    trainer.remove_callback(PrinterCallback)  # the Trainer's raw dicts; JsonlLogCallback prints readable lines
+    say(f"training {cfg.method} λ={cfg.ratio:g} on {len(prep.train_dataset)} examples ...")
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except NonFiniteLossError as exc:
@@ -208,25 +218,28 @@ def train(cfg: TrainConfig) -> TrainResult:
     state = trainer.state
     generations: list = []
     if cfg.eval_generate:
+        say(f"generating {min(cfg.eval_generate, len(prep.eval_examples))} responses ...")
         gen_metrics, generations = generation_eval(model, prep.loaded.tokenizer, prep.eval_examples,
                                                    cfg.eval_generate, cfg.max_new_tokens,
                                                    cfg.generate_batch_size)
         final_eval.update(gen_metrics)
 
     train_logs = [r for r in state.log_history if "loss" in r]
+    runtime = result.metrics["train_runtime"]  # this session's (a resumed run: since the resume)
     metrics = {
         "method": cfg.method,
         "ratio": cfg.ratio,
         "steps": state.global_step,
-        "train_loss": train_logs[-1]["loss"] if train_logs else None,
-        "mean_train_loss": result.training_loss,
+        "train_loss": result.training_loss,  # the mean over every step of the run, resumed ones included
+        "last_logged_loss": train_logs[-1]["loss"] if train_logs else None,
         **final_eval,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in model.parameters()),
         "train_tokens": int(state.num_input_tokens_seen),
-        "train_runtime_s": result.metrics["train_runtime"],
-        "tokens_per_s": state.num_input_tokens_seen / max(result.metrics["train_runtime"], 1e-9),
-        "seconds_per_step": result.metrics["train_runtime"] / max(state.global_step, 1),
+        "train_runtime_s": runtime,
+        "tokens_per_s": (state.num_input_tokens_seen - log.start_tokens) / max(runtime, 1e-9),
+        "seconds_per_step": runtime / max(state.global_step - log.start_step, 1),
+        "resumed_from_step": log.start_step,
         "load_s": load_s,
         "packing": collator.packing,
         **prep.data_stats,
@@ -243,5 +256,5 @@ def train(cfg: TrainConfig) -> TrainResult:
         atomic_write_json(run.work / "metrics.json", metrics)
         plot_losses(log_path, run.work / "loss.png", title=f"{cfg.method} λ={cfg.ratio:g} r={cfg.rank}")
         rundir.finish(run)
-        print(vllm_summary(vllm_verdicts(run.final / rundir.ADAPTER_DIR)), file=sys.stderr)  # informs, never fails
+        say(vllm_summary(vllm_verdicts(run.final / rundir.ADAPTER_DIR)))  # informs, never fails
     return TrainResult(metrics=metrics, model=model, tokenizer=prep.loaded.tokenizer, output=run.final)

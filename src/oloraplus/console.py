@@ -1,0 +1,123 @@
+"""What a person sees on the console: a line before each long phase, progress while it runs, one summary at the end.
+
+Only rank 0 prints (under torchrun every rank runs the same code). On a terminal long loops show a tqdm bar;
+in a log (stdout not a TTY) they print a plain line now and then instead. `OLORAPLUS_PROGRESS=0` (tests,
+benches) silences bars and periodic lines; phase lines and the summary stay.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+PERIOD_S = 10.0  # seconds between plain progress lines when stdout is a log
+TRUNCATED_WARN = 0.10  # warn when more than this fraction of a split was cut at --max-length
+
+
+def is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def progress_enabled() -> bool:
+    return os.environ.get("OLORAPLUS_PROGRESS", "1") != "0" and is_main()
+
+
+def use_bar() -> bool:
+    """A redrawn bar only on a terminal: in a log file its carriage returns would be noise."""
+    return progress_enabled() and sys.stdout.isatty()
+
+
+def say(message: str) -> None:
+    """One line on rank 0, flushed at once, so a long phase is announced before it starts."""
+    if not is_main():
+        return
+    if use_bar():  # above any open bar (a periodic eval during training) instead of through it
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+    else:
+        print(message, flush=True)
+
+
+def track(items: Iterable[T], total: int, desc: str, unit: str = "batch") -> Iterator[T]:
+    """Yield `items`, with a bar on a terminal or a `desc: i/total` line every PERIOD_S seconds in a log."""
+    if use_bar():
+        from tqdm.auto import tqdm
+
+        yield from tqdm(items, total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+        return
+    show = progress_enabled()
+    last = time.monotonic()
+    for done, item in enumerate(items, 1):
+        yield item
+        if show and time.monotonic() - last >= PERIOD_S and done < total:
+            say(f"  {desc}: {done}/{total} {unit}")
+            last = time.monotonic()
+
+
+def data_warning(stats: dict[str, Any], max_length: int, splits: tuple[str, ...] = ("train", "eval")) -> str | None:
+    """One warning when examples were dropped or more than 10 % truncated: the loss then covers less than asked."""
+    problems = []
+    for split in splits:
+        used, cut, dropped = (stats.get(f"{split}_{k}", 0) for k in ("examples", "truncated", "dropped"))
+        given = used + dropped
+        found = ([f"{cut} of {given} truncated"] if given and cut > TRUNCATED_WARN * given else []) + (
+            [f"{dropped} of {given} dropped"] if dropped else [])
+        if found:
+            problems.append(f"{split} {', '.join(found)}")
+    if not problems:
+        return None
+    why = " (dropped: no reply token left)" if any(stats.get(f"{s}_dropped") for s in splits) else ""
+    return (f"warning: examples longer than --max-length {max_length}: {'; '.join(problems)}{why}; "
+            "raise --max-length to keep them")
+
+
+def split_line(stats: dict[str, Any], split: str) -> str:
+    """`7 examples (7 truncated, 0 dropped)`: what the loss of this split actually covers."""
+    return (f"{stats.get(f'{split}_examples', 0)} examples ({stats.get(f'{split}_truncated', 0)} truncated, "
+            f"{stats.get(f'{split}_dropped', 0)} dropped)")
+
+
+def data_lines(stats: dict[str, Any], max_length: int, splits: tuple[str, ...] = ("train", "eval")) -> list[str]:
+    lines = [f"data: {stats.get('examples_available', 0):,} records; "
+             + "; ".join(f"{split} {split_line(stats, split)}" for split in splits)]
+    warning = data_warning(stats, max_length, splits)
+    return lines + ([warning] if warning else [])
+
+
+def _eval_line(m: dict[str, Any]) -> str:
+    line = f"eval loss {m['eval_loss']:.4f}, perplexity {m['perplexity']:.2f} over {m.get('eval_tokens', 0):,} tokens"
+    if "rougeL" in m:
+        line += f"; ROUGE-L {m['rougeL']:.2f}, BLEU {m.get('bleu', 0.0):.2f} on {m.get('generated_examples', 0)}"
+    return line
+
+
+def train_summary(m: dict[str, Any], run_dir: str, max_length: int, wall_s: float) -> list[str]:
+    """The block `oloraplus train` ends with: what was used, what came out, how fast, where it is."""
+    session = (f" (this session: steps {m['resumed_from_step'] + 1}-{m['steps']}, resumed from step "
+               f"{m['resumed_from_step']})" if m.get("resumed_from_step") else "")
+    lines = [
+        "─" * 60,
+        f"train: {split_line(m, 'train')}, {m['steps']} steps, mean train loss {m['train_loss']:.4f}",
+        f"eval:  {split_line(m, 'eval')}, {_eval_line(m)}",
+        f"speed: {m['tokens_per_s']:.0f} tokens/s, {m['seconds_per_step']:.2f} s/step{session}",
+        f"time:  {wall_s:.1f} s in all (load {m['load_s']:.1f} s, train {m['train_runtime_s']:.1f} s)",
+    ]
+    warning = data_warning(m, max_length)
+    return lines + ([warning] if warning else []) + [f"run:   {run_dir}"]
+
+
+def eval_summary(m: dict[str, Any], run_dir: str, data: str | None, max_length: int, wall_s: float) -> list[str]:
+    """The block `oloraplus eval` ends with; `data`: the file given with --data (None: the run's eval split)."""
+    source = data if data is not None else "the run's eval split"
+    lines = [
+        "─" * 60,
+        f"eval:  {split_line(m, 'eval')} of {m.get('examples_available', 0):,} records in {source}",
+        f"       {_eval_line(m)}",
+        f"time:  {wall_s:.1f} s",
+    ]
+    warning = data_warning(m, max_length, splits=("eval",))
+    return lines + ([warning] if warning else []) + [f"run:   {run_dir} (metrics.json updated)"]

@@ -1,0 +1,61 @@
+"""What a person reads: the data warning, the summary blocks and plain progress lines in a log."""
+
+from __future__ import annotations
+
+import pytest
+
+from oloraplus import console
+from oloraplus.config import TrainConfig
+
+STATS = {"examples_available": 1319, "train_examples": 7, "train_truncated": 7, "train_dropped": 0,
+         "eval_examples": 2, "eval_truncated": 0, "eval_dropped": 2}
+
+
+def test_warning_names_dropped_and_mostly_truncated_splits_and_the_flag():
+    warning = console.data_warning(STATS, 96)
+    assert warning.startswith("warning:") and "--max-length 96" in warning
+    assert "train 7 of 7 truncated; eval 2 of 4 dropped (dropped: no reply token left)" in warning
+
+
+def test_no_warning_at_ten_percent_truncated_or_less():
+    stats = {**STATS, "train_examples": 10, "train_truncated": 1, "eval_dropped": 0}
+    assert console.data_warning(stats, 96) is None
+    assert "train 1 of 9 truncated;" in console.data_warning({**stats, "train_examples": 9, "train_truncated": 1}, 96)
+
+
+def test_train_summary_has_counts_losses_speed_and_place():
+    metrics = {**STATS, "steps": 2, "train_loss": 4.3251, "eval_loss": 0.5551, "perplexity": 1.742,
+               "eval_tokens": 31, "tokens_per_s": 123.4, "seconds_per_step": 3.05, "load_s": 1.0,
+               "train_runtime_s": 6.1, "resumed_from_step": 0}
+    text = "\n".join(console.train_summary(metrics, "runs/x", 96, 12.3))
+    for part in ("train: 7 examples (7 truncated, 0 dropped), 2 steps, mean train loss 4.3251",
+                 "eval:  2 examples (0 truncated, 2 dropped), eval loss 0.5551, perplexity 1.74 over 31 tokens",
+                 "123 tokens/s, 3.05 s/step", "12.3 s in all", "run:   runs/x", "--max-length 96"):
+        assert part in text, part
+    assert "resumed" not in text
+    resumed = "\n".join(console.train_summary({**metrics, "steps": 20, "resumed_from_step": 4}, "r", 96, 1.0))
+    assert "this session: steps 5-20, resumed from step 4" in resumed
+
+
+def test_track_prints_periodic_lines_in_a_log_and_nothing_when_silenced(monkeypatch, capsys):
+    clock = iter(range(0, 1000, 6))  # each call 6 s later: a line every other batch
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    monkeypatch.setenv("OLORAPLUS_PROGRESS", "1")
+    assert list(console.track(range(5), 5, "evaluating 10 examples")) == [0, 1, 2, 3, 4]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["  evaluating 10 examples: 2/5 batch", "  evaluating 10 examples: 4/5 batch"]
+    monkeypatch.setenv("OLORAPLUS_PROGRESS", "0")
+    assert list(console.track(range(5), 5, "x")) == [0, 1, 2, 3, 4]
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(("kwargs", "want"), [
+    ({"max_steps": 2, "batch_size": 2}, 32),  # 4 examples trained: the floor
+    ({"max_steps": 50, "batch_size": 4}, 400),  # 2 × 200
+    ({"max_steps": 50, "batch_size": 4, "train_size": 100}, 200),  # capped by the train split
+    ({"max_steps": 1000}, 500),
+    ({"max_steps": -1}, 500),  # epochs: the paper's default
+    ({"max_steps": 2, "eval_size": 7}, 7),  # given explicitly: kept
+])
+def test_auto_eval_size_scales_with_a_short_run(kwargs, want):
+    assert TrainConfig(**kwargs).eval_examples() == want
