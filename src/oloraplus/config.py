@@ -76,7 +76,7 @@ class TrainConfig:
     tokens_per_batch: int = opt(0, "fill each batch up to N real tokens instead of --batch-size examples "
                                    "(0: off); fills a GPU evenly")
     diagnostics_steps: int = opt(0, "refinement/exploration diagnostics every N steps (0: about 10 points per "
-                                    "run and the last step; -1: off)")
+                                    "run and the last step, at most once per log; -1: off)")
     logging_steps: int = opt(5, "log every N optimizer steps")
     eval_steps: int = opt(0, "also evaluate every N steps for the eval curve (0: only at the end)")
     eval_generate: int = opt(0, "at the end, generate for N eval examples and report BLEU/ROUGE")

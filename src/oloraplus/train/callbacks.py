@@ -122,21 +122,23 @@ class DiagnosticsCallback(TrainerCallback):
     """Refinement vs exploration, logged as `diag_*` (mean over adapted layers) on a sparse schedule.
 
     Subspace distance of span(B_t) from span(B_0) = span(Q_r), relative change of A and B, and the
-    effective rank of ΔW_t = s(B_tA_t − B_0A_0); see `oloraplus.eval.diagnostics`. They take the
-    factors off the device and run batched float64 linear algebra on the CPU, so they run at step 1,
-    every `every` steps (0: about ten points per run) and at the last step, not at every log.
+    effective rank of ΔW_t = s(B_tA_t − B_0A_0); see `oloraplus.eval.diagnostics`. A call costs
+    about a second on a CPU (hundreds of float64 QRs; batched per layer shape on a GPU), so they run at
+    step 1, every `every` steps and at the last step, not at every log. `every` 0 (auto): about ten
+    points per run, and never more often than the loss is logged (`logging_steps`).
     """
 
     POINTS = 10  # diagnostics per run when `every` is 0
 
-    def __init__(self, initial: dict, path: str | Path, every: int = 0):
+    def __init__(self, initial: dict, path: str | Path, every: int = 0, logging_steps: int = 1):
         self.initial = initial
         self.path = Path(path)
         self.every = every
+        self.logging_steps = logging_steps
 
     def reads_weights_at(self, state) -> bool:
         """Whether the diagnostics run at this step (`_NonFiniteWatch` checks the weights first)."""
-        every = self.every or max(1, math.ceil(state.max_steps / self.POINTS))
+        every = self.every or max(self.logging_steps, math.ceil(state.max_steps / self.POINTS))
         step = state.global_step
         return step == 1 or step % every == 0 or step >= state.max_steps
 

@@ -198,7 +198,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     callbacks = [log]
     if initial and cfg.diagnostics_steps >= 0:  # OLoRA/PiSSA: B_0, A_0 are meaningful, so refinement vs exploration
         callbacks.append(DiagnosticsCallback({name: (f.B, f.A) for name, f in initial.items()}, log_path,
-                                             every=cfg.diagnostics_steps))
+                                             every=cfg.diagnostics_steps, logging_steps=cfg.logging_steps))
     if cfg.eval_steps:
         callbacks.append(PeriodicEvalCallback(cfg.eval_steps, evaluate, log_path))
     trainer = RatioTrainer(
