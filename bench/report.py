@@ -123,19 +123,18 @@ def train_section(results: Results, rate: float | None) -> list[str]:
     base = {**_train_column(b, rate), "padding": f"every row to {s['max_length']}",
             "pad_share": f"{100 * (1 - b['train_tokens'] / b['processed_tokens']):.0f} %"}
     columns = [("paper baseline (`bench/baseline.py`)", base, {})]
+    packed_share = "only the ends of unevenly filled packed rows"
     runs = [("train_oloraplus_same_order", "oloraplus (`train()` defaults: packed, the baseline's batch order)",
              "none: each batch's examples packed into rows of ≤ max length, no attention across examples",
-             "default"),
-            ("train_oloraplus_padded", "oloraplus `--no-packing`", "per batch to its longest row", "padded"),
+             "default", packed_share),
+            ("train_oloraplus_padded", "oloraplus `--no-packing`", "per batch to its longest row", "padded",
+             "only up to each batch's longest row"),
             ("train_oloraplus", "oloraplus, grouped (`--group-by-length`)", "packed; rows grouped by length",
-             "grouped")]
+             "grouped", packed_share)]
     short = []
-    for tag, title, padding, name in runs:
+    for tag, title, padding, name, share in runs:
         if _ok(results, tag):
             run = results[tag]
-            computed = run.get("processed_tokens")
-            share = (f"{100 * (1 - run['train_tokens'] / computed):.0f} %" if computed
-                     else "only up to each batch's longest row")
             cells = {**_train_column(run, rate), "padding": padding, "pad_share": share}
             columns.append((title, cells, _versus(run, b)))
             short.append(name)
