@@ -3,7 +3,8 @@
 Padding every row to a fixed 512 spends about two thirds of the compute on pad tokens with
 Alpaca-like data (mean 171 tokens). `CausalLMCollator` pads each batch only to its own longest
 row; with `packing=True` it goes further and concatenates the batch's examples into rows of at most
-`pack_length` tokens (as few rows as fit, evenly filled), with `position_ids` restarting at 0 for every example, no attention mask and no KV cache.
+`pack_length` tokens (as few rows as fit, evenly filled), with `position_ids` restarting at 0 for
+every example, no attention mask and no KV cache.
 transformers reads restarting position ids as packed sequences and builds a block-diagonal causal
 mask (`masking_utils.find_packed_sequence_indices`), so no example attends to another and each
 sees the positions it would see alone: the same loss and gradients as the padded batch (tested).
@@ -156,9 +157,10 @@ class CausalLMCollator:
         return {"input_ids": input_ids, "position_ids": position_ids, "labels": labels, "use_cache": False}
 
 
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """The batch without oloraplus's host-side extras, as a model's forward accepts it."""
-    return {k: v for k, v in batch.items() if k not in EXTRA_KEYS}
+def model_inputs(batch: dict[str, Any], device: torch.device | str | None = None) -> dict[str, Any]:
+    """The batch without oloraplus's host-side extras, as a model's forward accepts it; its tensors on `device`."""
+    return {k: v.to(device) if device is not None and torch.is_tensor(v) else v
+            for k, v in batch.items() if k not in EXTRA_KEYS}
 
 
 def ensure_pad_token(tokenizer) -> None:

@@ -71,8 +71,7 @@ def evaluate_loss(
             starts = range(0, len(indices), batch_size)
             for start in track(starts, len(starts), f"evaluating {len(dataset)} examples"):
                 batch = collator([_row(dataset, i) for i in indices[start : start + batch_size]])
-                inputs = {k: v.to(device) if torch.is_tensor(v) else v  # padded or packed rows
-                          for k, v in model_inputs(batch).items()}
+                inputs = model_inputs(batch, device)  # padded or packed rows
                 if response_only:
                     nll, count = scored_nll(model, {**inputs, SCORED: batch.get(SCORED)})
                 else:

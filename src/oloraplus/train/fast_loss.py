@@ -4,9 +4,8 @@ Prompt and padding tokens are labelled -100, yet the standard loss computes the 
 (V = 49152 for SmolLM2) at every position and then discards the masked ones. transformers'
 `logits_to_keep` accepts a (rows, K) tensor of positions and applies the head there only; we pass
 the positions that ForCausalLMLoss scores after its shift, computed by the collator on the CPU.
-Calling the model itself
-(not its backbone and head separately) keeps DDP's gradient hooks, PEFT's forward hooks and any
-model-specific logit scaling or soft-capping.
+Calling the model itself (not its backbone and head separately) keeps DDP's gradient hooks, PEFT's
+forward hooks and any model-specific logit scaling or soft-capping.
 """
 
 from __future__ import annotations

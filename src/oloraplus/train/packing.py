@@ -31,20 +31,19 @@ def supports_packing(model: torch.nn.Module, margin: float = 0.1) -> bool:
     g = torch.Generator().manual_seed(0)
     first, second = (torch.randint(1, vocab, (n,), generator=g).tolist() for n in (5, 4))
     items = [{"input_ids": ids, "labels": ids} for ids in (first, second)]
-    packed = model_inputs(CausalLMCollator(pad_token_id=0, packing=True, pack_length=16)(items))
+    packed = model_inputs(CausalLMCollator(pad_token_id=0, packing=True, pack_length=16)(items), device)
     packed.pop("labels")
     was_training = model.training
     model.eval()
 
     def logits(**inputs) -> torch.Tensor:
-        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         return model(**inputs).logits[0].float()
 
     try:
         with torch.inference_mode():
-            alone = torch.cat([logits(input_ids=torch.tensor([ids])) for ids in (first, second)])
-            together = logits(**packed)  # the longer sequence first (first-fit decreasing): `first`
-            across = logits(input_ids=torch.tensor([first + second]))  # what attending across gives
+            alone = torch.cat([logits(input_ids=torch.tensor([ids], device=device)) for ids in (first, second)])
+            together = logits(**packed)  # one row, the longer sequence first (`pack_rows`): `first`
+            across = logits(input_ids=torch.tensor([first + second], device=device))  # attending across
     except (TypeError, RuntimeError, ValueError, IndexError):
         return False
     finally:

@@ -36,8 +36,8 @@ class _NonFiniteWatch(TrainerCallback):
     """Stops a diverged run before anything reads or writes its weights, without a host sync per step.
 
     After every optimizer step the watch folds "is the step's loss finite, are the parameters finite"
-    into two device scalars (the first bad step and why, a few tiny kernels, no `.item()`). The host
-    reads them only where the Trainer or a callback is about to use the weights anyway: a logging,
+    into one small device tensor (the first bad step, why, its loss: a few tiny kernels, no `.item()`).
+    The host reads it only where the Trainer or a callback is about to use the weights anyway: a logging,
     saving or evaluation step, a callback's own schedule (`reads_weights_at`), the end of training.
     A run therefore still stops at the first bad step it reaches there, naming the step where the
     loss or weights first went non-finite.
@@ -171,16 +171,13 @@ class RatioTrainer(Trainer):
             tokens = int(counts.sum().item())
         self.state.num_input_tokens_seen += tokens
 
-    def _save_checkpoint(self, model, trial) -> None:
-        self.watch.check()  # a poisoned checkpoint is never written
-        self._save_checkpoint_staged(model, trial)
-
     # --- checkpoints: staged, then renamed into place ---
 
     def _get_output_dir(self, trial) -> str:
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
 
-    def _save_checkpoint_staged(self, model, trial) -> None:
+    def _save_checkpoint(self, model, trial) -> None:
+        self.watch.check()  # a poisoned checkpoint is never written
         run_dir = Path(super()._get_output_dir(trial))
         step = self.state.global_step
         staging = checkpoint.staging_dir(run_dir, step)
