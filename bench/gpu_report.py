@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from oloraplus.markdown import markdown_table
+
 Results = dict[str, dict[str, Any]]
 SIDES = (("baseline", "paper recipe (`bench/baseline.py`)"), ("oloraplus", "oloraplus default (packed)"),
          ("padded", "oloraplus `--no-packing`"))
@@ -30,8 +32,9 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
-def _row(*cells: Any) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+def _table(header: list[Any], rows: list[list[Any]]) -> str:
+    """gpu_results.md's tables have always had the spaced rule `| --- |`: every column left-aligned."""
+    return markdown_table(header, rows, align="l" * len(header))
 
 
 def groups(results: Results) -> list[str]:
@@ -63,10 +66,10 @@ def table(results: Results, key: str, rate: float | None) -> list[str]:
     runs = [(title, results[f"{key}_{side}"]) for side, title in SIDES if f"{key}_{side}" in results]
     failed = [f"> **{title} failed**: `{run['error']}`" for title, run in runs if "error" in run]
     runs = [(t, r) for t, r in runs if _ok(r)]
-    lines = [_row("", *(t for t, _ in runs)), _row(*["---"] * (len(runs) + 1))]
+    rows = []
 
     def row(label: str, fn) -> None:
-        lines.append(_row(label, *(fn(r) for _, r in runs)))
+        rows.append([label, *(fn(r) for _, r in runs)])
 
     row("real (non-padding) tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}")
     row("seconds per optimizer step", lambda r: f"{r['seconds_per_step']:.3f}")
@@ -77,7 +80,8 @@ def table(results: Results, key: str, rate: float | None) -> list[str]:
     row("final eval loss (token-weighted)", lambda r: f"{r['eval_loss']:.4f}")
     row("train loop (s)", lambda r: f"{r['train_runtime_s']:.1f}")
     row("whole process (s): start, imports, load, init, train, eval, export", lambda r: f"{_process(r):.1f}")
-    return [*failed, "", *lines] if failed else lines
+    text = _table(["", *(t for t, _ in runs)], rows)
+    return [*failed, "", text] if failed else [text]
 
 
 def verdicts(results: Results, rate: float | None) -> list[str]:
@@ -85,10 +89,10 @@ def verdicts(results: Results, rate: float | None) -> list[str]:
     if not keys:
         return []
     first = keys[0].rsplit("_b", 1)[0]
-    lines = ["## Targets (issue 11)", "", _row("target", "measured", "met"), _row("---", "---", "---")]
+    rows = []
 
     def add(target: str, value: str, met: bool | None) -> None:
-        lines.append(_row(target, value, "n/a" if met is None else ("yes" if met else "**no**")))
+        rows.append([target, value, "n/a" if met is None else ("yes" if met else "**no**")])
 
     for key in keys:
         c = comparison(results, key, rate)
@@ -112,7 +116,7 @@ def verdicts(results: Results, rate: float | None) -> list[str]:
         add(f"{key}: eval loss equal (same batches, Δ within 2⁻⁸ relative)", f"Δ = {c['loss_delta']:+.4f}",
             c["loss_equal"])
         add(f"{key}: whole process vs the baseline's", f"{c['process_speedup']:.2f}×", None)
-    return lines
+    return ["## Targets (issue 11)", "", _table(["target", "measured", "met"], rows)]
 
 
 def render(results: Results, command: str, elapsed_s: float, *, quick: bool = False) -> str:

@@ -7,6 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from oloraplus.markdown import markdown_table
+
 Results = dict[str, dict[str, Any]]
 
 
@@ -33,8 +35,9 @@ def _speedup(ratio: float) -> str:
     return f"**{ratio:.2f}× faster**" if ratio >= 1 else f"**{1 / ratio:.2f}× slower**"
 
 
-def _row(*cells: Any) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+def _table(header: list[Any], rows: list[list[Any]]) -> str:
+    """results.md's tables have always had the spaced rule `| --- |`: every column left-aligned."""
+    return markdown_table(header, rows, align="l" * len(header))
 
 
 def matmul_rate(results: Results) -> float | None:
@@ -58,11 +61,10 @@ def machine_section(results: Results) -> list[str]:
     v = m["versions"]
     load = f"{m['loadavg'][0]:.2f}" + (f" / {end['loadavg'][0]:.2f}" if "loadavg" in end else "")
     lines = ["## Machine", "",
-             _row("CPU", "logical / usable CPUs", "torch threads", f"fp32 matmul n={m['n']}, start (best / median)",
-                  "at the end", "load average (1 min), start / end"),
-             _row(*["---"] * 6),
-             _row(m["cpu"], f"{m['logical_cpus']} / {m['usable_cpus']}", m["torch_threads"], _rate(m), _rate(end),
-                  load),
+             _table(["CPU", "logical / usable CPUs", "torch threads", f"fp32 matmul n={m['n']}, start (best / median)",
+                     "at the end", "load average (1 min), start / end"],
+                    [[m["cpu"], f"{m['logical_cpus']} / {m['usable_cpus']}", m["torch_threads"], _rate(m), _rate(end),
+                      load]]),
              "", f"{m['platform']} · Python {v['python']} · torch {v['torch']} · transformers {v['transformers']}"
                  f" · peft {v['peft']} · oloraplus {v['oloraplus']}", ""]
     if "cuda_device" in m:  # recorded since the bench learned to ask
@@ -163,8 +165,8 @@ def train_section(results: Results, rate: float | None) -> list[str]:
                      f"seeds ({seeds}; same split, init and examples) ends at eval loss "
                      f"{', '.join(f'{x:.4f}' for x in losses[1:])}, against {losses[0]:.4f} with the baseline's "
                      f"order: a spread of {spread:.4f} over {len(losses)} orders.{grouped}")
-    return ["## Training side by side", "", setup, "", _row(*header), _row(*["---"] * len(header)),
-            *[_row(*r) for r in rows], "", *(line for note in notes for line in (note, ""))]
+    return ["## Training side by side", "", setup, "", _table(header, rows), "",
+            *(line for note in notes for line in (note, ""))]
 
 
 def loss_section(results: Results) -> list[str]:
@@ -187,8 +189,7 @@ def loss_section(results: Results) -> list[str]:
             "are response tokens the loss scores), the same parameters for both, in one process; "
             f"{spec['reps']} timed pass(es) alternating the two losses after a warm-up. The optimizer step, the "
             "same for both, is left out. The output head (576 → 49,152) runs only at the scored positions.", "",
-            _row("", "standard `model(**batch).loss`", "response-only", "gain"), _row(*["---"] * 4),
-            *[_row(*row) for row in rows], "",
+            _table(["", "standard `model(**batch).loss`", "response-only", "gain"], rows), "",
             f"Same loss and gradients on SmolLM2: max |Δ loss| = {r['max_abs_loss_diff']:.1e}, "
             f"max |Δ gradient| = {r['max_abs_grad_diff']:.1e}.", ""]
 
@@ -203,12 +204,12 @@ def init_section(results: Results) -> list[str]:
             f"r = 32 on the {r['layers']} adapted layers of SmolLM2-135M"
             + (f" in its first {r['spec']['blocks']} blocks" if r["spec"].get("blocks") else "")
             + f" (out×in shapes {shapes}); best of {r['spec']['reps']} after a warm-up call.", "",
-            _row("", "oloraplus: thin QR of W[:, :r]", "PEFT: full QR of W", "speed-up"), _row(*["---"] * 4),
-            _row("factor math (`olora_factors` vs `olora_factors_full_qr`)", f"{1e3 * r['thin_qr_s']:.0f} ms",
-                 f"{1e3 * r['full_qr_s']:.0f} ms", f"**{r['full_qr_s'] / r['thin_qr_s']:.1f}×**"),
-            _row("attach to the model (`attach_adapter` vs `get_peft_model(init_lora_weights=\"olora\")`)",
+            _table(["", "oloraplus: thin QR of W[:, :r]", "PEFT: full QR of W", "speed-up"], [
+                ["factor math (`olora_factors` vs `olora_factors_full_qr`)", f"{1e3 * r['thin_qr_s']:.0f} ms",
+                 f"{1e3 * r['full_qr_s']:.0f} ms", f"**{r['full_qr_s'] / r['thin_qr_s']:.1f}×**"],
+                ["attach to the model (`attach_adapter` vs `get_peft_model(init_lora_weights=\"olora\")`)",
                  f"{r['attach_oloraplus_s']:.2f} s", f"{r['attach_peft_s']:.2f} s",
-                 f"{r['attach_peft_s'] / r['attach_oloraplus_s']:.1f}×"), "",
+                 f"{r['attach_peft_s'] / r['attach_oloraplus_s']:.1f}×"]]), "",
             f"Same factors as PEFT: max |ΔA| = {d['A']:.1e}, max |ΔB| = {d['B']:.1e}, "
             f"max |ΔW′| = {d['W_res']:.1e} over all layers.", ""]
 
@@ -221,9 +222,9 @@ def load_section(results: Results) -> list[str]:
     cold_cell = (f"{cold['first_s']:.1f} s" if cold and "error" not in cold
                  else f"failed: {cold['error']}" if cold else "not run (`--quick`)")
     return ["## Model load", "",
-            _row("cached `load_model('smollm2-135m')`",
-                 "first load: GGUF → safetensors conversion into an empty `$OLORAPLUS_CACHE`"),
-            _row("---", "---"), _row(f"{c['first_s']:.2f} s (best {c['best_s']:.2f} s)", cold_cell), ""]
+            _table(["cached `load_model('smollm2-135m')`",
+                    "first load: GGUF → safetensors conversion into an empty `$OLORAPLUS_CACHE`"],
+                   [[f"{c['first_s']:.2f} s (best {c['best_s']:.2f} s)", cold_cell]]), ""]
 
 
 def generation_section(results: Results) -> list[str]:
@@ -233,14 +234,13 @@ def generation_section(results: Results) -> list[str]:
     rows = []
     for batch, r in g["batched"].items():
         default = " (the default)" if int(batch) == g["default_batch_size"] else ""
-        rows.append(_row(f"`generate_batched`, batch {batch}{default}", f"{r['seconds']:.1f} s",
-                         f"**{g['one_by_one_s'] / r['seconds']:.1f}×**", f"{r['identical']} / {g['prompts']}"))
+        rows.append([f"`generate_batched`, batch {batch}{default}", f"{r['seconds']:.1f} s",
+                     f"**{g['one_by_one_s'] / r['seconds']:.1f}×**", f"{r['identical']} / {g['prompts']}"])
     return ["## Generation eval", "",
             f"Greedy decoding of {g['prompts']} Alpaca prompts, at most {g['max_new_tokens']} new tokens, "
             f"OLoRA-adapted SmolLM2 (KV cache on). `generate_one_by_one`: {g['one_by_one_s']:.1f} s. Batches are "
             "left-padded and sorted by prompt length.", "",
-            _row("decoding", "time", "speed-up vs one by one", "outputs identical to one by one"),
-            _row(*["---"] * 4), *rows, "",
+            _table(["decoding", "time", "speed-up vs one by one", "outputs identical to one by one"], rows), "",
             "Padding changes the fp32 summation order, so a near-tie between two tokens can rarely resolve "
             "differently; any output that is not identical is such a case.", ""]
 
@@ -268,23 +268,21 @@ def scaling_section(results: Results, rate: float | None) -> list[str]:
     if seq:
         base = seq[0]
         t0, n0 = base["step_s"], base["spec"]["seq"] * base["spec"]["batch"]
-        lines += [_row("sequence length", "batch", "s/step", "ms per token", "model GFLOP/step", "MFU",
-                       "attention share of FLOPs", "peak step memory", "time ÷ linear-in-tokens prediction"),
-                  _row(*["---"] * 9)]
+        rows = []
         for r in seq:
             n = r["spec"]["seq"] * r["spec"]["batch"]
-            lines.append(_row(r["spec"]["seq"], r["spec"]["batch"], _num(r["step_s"], 3), _num(1e3 * r["step_s"] / n),
-                              _num(r["model_flops"] / 1e9, 0), mfu(r["model_flops"], r["step_s"], rate),
-                              f"{100 * attention_share(r['flop_model'], r['spec']['seq']):.0f} %",
-                              f"{_num(r['peak_step_mib'], 0)} MiB", f"{r['step_s'] / (t0 * n / n0):.2f}"))
-        lines.append("")
+            rows.append([r["spec"]["seq"], r["spec"]["batch"], _num(r["step_s"], 3), _num(1e3 * r["step_s"] / n),
+                         _num(r["model_flops"] / 1e9, 0), mfu(r["model_flops"], r["step_s"], rate),
+                         f"{100 * attention_share(r['flop_model'], r['spec']['seq']):.0f} %",
+                         f"{_num(r['peak_step_mib'], 0)} MiB", f"{r['step_s'] / (t0 * n / n0):.2f}"])
+        lines += [_table(["sequence length", "batch", "s/step", "ms per token", "model GFLOP/step", "MFU",
+                          "attention share of FLOPs", "peak step memory", "time ÷ linear-in-tokens prediction"], rows),
+                  ""]
     if ranks:
         t8 = ranks[0]["step_s"]
-        lines += [_row("rank r", "trainable parameters", "s/step", "peak step memory", "time ÷ smallest rank's"),
-                  _row(*["---"] * 5)]
-        for r in ranks:
-            lines.append(_row(r["spec"]["rank"], f"{r['trainable_params']:,}", _num(r["step_s"], 3),
-                              f"{_num(r['peak_step_mib'], 0)} MiB", f"{r['step_s'] / t8:.2f}"))
+        lines.append(_table(["rank r", "trainable parameters", "s/step", "peak step memory", "time ÷ smallest rank's"],
+                            [[r["spec"]["rank"], f"{r['trainable_params']:,}", _num(r["step_s"], 3),
+                              f"{_num(r['peak_step_mib'], 0)} MiB", f"{r['step_s'] / t8:.2f}"] for r in ranks]))
         spec = ranks[0]["spec"]
         lines += ["", f"(rank sweep at sequence length {spec['seq']}, batch {spec['batch']})", ""]
     return lines

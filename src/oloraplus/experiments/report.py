@@ -19,6 +19,7 @@ from oloraplus.experiments.runs import (
 )
 from oloraplus.experiments.sweep import format_value, safe_component
 from oloraplus.io import atomic_write_text
+from oloraplus.markdown import markdown_table
 from oloraplus.paths import portable_command, portable_path
 
 # key, column title, higher is better, decimals
@@ -59,12 +60,6 @@ def mean_std(values: Sequence[float], digits: int) -> str:
 def plural(count: int, noun: str) -> str:
     """'1 step', '2 steps': a count a reader sees must agree with its noun."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _seeds_cell(arm: Arm) -> str:

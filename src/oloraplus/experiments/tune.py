@@ -16,9 +16,10 @@ from typing import Sequence
 
 from oloraplus.config import TrainConfig, check_ratio, to_dict
 from oloraplus.errors import ConfigError
-from oloraplus.experiments.report import markdown_table, plural
+from oloraplus.experiments.report import plural
 from oloraplus.experiments.sweep import MANAGED, TrainFn, execute, format_value, plan_from_spec, read_metrics, run_path
 from oloraplus.io import atomic_write_json, atomic_write_text
+from oloraplus.markdown import markdown_table
 from oloraplus.train import rundir
 from oloraplus.paths import portable_command
 
