@@ -195,14 +195,23 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
-    """Generate one flag per field; defaults are suppressed so only given flags override YAML."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig,
+                  help_overrides: dict[str, str] | None = None) -> None:
+    """Generate one flag per field; defaults are suppressed so only given flags override YAML.
+
+    `help_overrides` ({field: help}) rewords a field's help for one command (tune-ratio's --output is a search
+    directory, not a run directory); the flag, its type and default still come from the field.
+    """
+    help_overrides = help_overrides or {}
+    unknown = set(help_overrides) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"help_overrides: {cls.__name__} has no field {sorted(unknown)[0]!r}")
     parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file with any of the options below")
     for f, tp in _fields(cls):
         tp = _base_type(tp)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "")
+        help_text = help_overrides.get(f.name, f.metadata.get("help", ""))
         if "(default:" not in help_text:  # a help that describes its default itself must not get a second one
             help_text += f" (default: {default})"
         if tp is bool:

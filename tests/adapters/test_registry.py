@@ -18,13 +18,13 @@ from oloraplus.optim.ratio import ratio_param_groups
 def test_every_method_has_one_record_in_its_own_module():
     """Every module in adapters/methods registers itself: the built-ins in CLI order, then the rest (eva)."""
     from oloraplus import config
-    from oloraplus.compose import study
+    from oloraplus.compose import study_spec
 
     assert registry.names() == registry.method_modules() == config.METHODS == registry.BUILTIN + ("eva",)
     for name in registry.names():
         module = sys.modules[f"oloraplus.adapters.methods.{name}"]
         assert module.METHOD is registry.get(name)
-    assert study.COMPOSABLE == ("lora", "olora", "pissa", "eva")
+    assert study_spec.COMPOSABLE == ("lora", "olora", "pissa", "eva")
 
 
 def test_the_order_does_not_depend_on_which_method_module_was_imported_first(monkeypatch):

@@ -7,7 +7,6 @@ in-memory trained model, not the adapter reloaded onto a shared base), and a bas
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -23,7 +22,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from oloraplus.compose import study
+from oloraplus.cli.main import build_parser
+from oloraplus.compose import study, study_fit, study_plan
 from oloraplus.data.collate import CausalLMCollator
 from oloraplus.data.formats import Example, load_examples
 from oloraplus.data.split import split_examples
@@ -57,9 +57,7 @@ def _spec(path: Path, model: Path, domains: dict, base: dict | None = None, **ex
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="oloraplus")
-    study.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
@@ -106,7 +104,7 @@ def test_each_run_scores_its_own_eval_set_as_the_study_does(finished):
         assert own["eval_loss"] == pytest.approx(result["perplexity"][domain][domain]["eval_loss"], rel=1e-5)
     merged = result["runs"]["merged"]["metrics"]  # its eval set is the union of the three held-out sets
     assert merged["train_examples"] == 36 and merged["eval_examples"] == 18
-    pooled = study.pooled(result["perplexity"]["merged"], ["repeat", "math", "chat"])
+    pooled = study_fit.pooled(result["perplexity"]["merged"], ["repeat", "math", "chat"])
     assert merged["perplexity"] == pytest.approx(pooled, rel=1e-5)
 
 
@@ -220,7 +218,7 @@ def test_bad_spec_is_one_line_error_before_training(tmp_path, monkeypatch, edit,
 @given(n_train=st.integers(1, 30), n_held=st.integers(1, 30), seed=st.integers(0, 2**31))
 def test_arranged_list_splits_back_into_train_and_held(n_train, n_held, seed):
     train, held = [f"t{i}" for i in range(n_train)], [f"h{i}" for i in range(n_held)]
-    assert split_examples(study.arrange_for_split(train, held, seed), n_train, n_held, seed) == (train, held)
+    assert split_examples(study_plan.arrange_for_split(train, held, seed), n_train, n_held, seed) == (train, held)
 
 
 def test_merged_file_keeps_alpaca_input_and_multi_turn_chats(tmp_path, tiny_gpt2_dir):
@@ -229,29 +227,29 @@ def test_merged_file_keeps_alpaca_input_and_multi_turn_chats(tmp_path, tiny_gpt2
     chat = [Example((("system", "Be brief."), ("user", "hi"), ("assistant", "hello")))]
     for examples in (single, chat):
         path = tmp_path / f"{len(examples)}.jsonl"
-        path.write_text(study.merged_jsonl(examples))
+        path.write_text(study_plan.merged_jsonl(examples))
         assert load_examples(str(path)) == examples
     # mixed, the Alpaca input is folded into the user turn: fine with a chat template, refused without one
     path = tmp_path / "mixed.jsonl"
-    mixed = study.arrange_for_split(single + chat, [chat[0]], 1)
-    path.write_text(study.merged_jsonl(mixed))
+    mixed = study_plan.arrange_for_split(single + chat, [chat[0]], 1)
+    path.write_text(study_plan.merged_jsonl(mixed))
     no_template = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
     with pytest.raises(DataError, match="renders differently"):
-        study.check_merged_file(path, single + chat, [chat[0]], 1, no_template)
+        study_plan.check_merged_file(path, single + chat, [chat[0]], 1, no_template)
 
 
 def test_fit_line_matches_squared_correlation():
     rng = random.Random(0)
     x = [rng.random() for _ in range(6)]
     y = [3 * v + rng.gauss(0, 0.3) for v in x]
-    fit = study.fit_line(x, y)
+    fit = study_fit.fit_line(x, y)
     assert fit["r2"] == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, rel=1e-9)  # R² of a simple linear fit
-    assert study.fit_line([0.1, 0.3], [1.0, 2.0])["r2"] is None  # two points: the line is exact, R² says nothing
-    assert study.fit_line([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]) == pytest.approx(
+    assert study_fit.fit_line([0.1, 0.3], [1.0, 2.0])["r2"] is None  # two points: the line is exact, R² says nothing
+    assert study_fit.fit_line([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]) == pytest.approx(
         {"points": 3, "slope": 10.0, "intercept": 0.0, "r2": 1.0}, abs=1e-9)
-    assert study.fit_line([0.2], [1.0])["slope"] is None
+    assert study_fit.fit_line([0.2], [1.0])["slope"] is None
 
 
 def test_pooled_perplexity_is_token_weighted():
     scores = {"a": {"eval_loss": 1.0, "eval_tokens": 30}, "b": {"eval_loss": 2.0, "eval_tokens": 10}}
-    assert study.pooled(scores, ["a", "b"]) == pytest.approx(math.exp((30 * 1.0 + 10 * 2.0) / 40))
+    assert study_fit.pooled(scores, ["a", "b"]) == pytest.approx(math.exp((30 * 1.0 + 10 * 2.0) / 40))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 from experiment_helpers import write_run
 
+from oloraplus.cli.main import build_parser
 from oloraplus.errors import ConfigError
-from oloraplus.experiments.cli import add_parsers, parse_baseline
+from oloraplus.experiments.cli import parse_baseline
 from oloraplus.experiments.report import format_table, write_report
 from oloraplus.experiments.runs import find_runs
 
@@ -155,9 +155,7 @@ def test_models_get_separate_tables_and_plots(tmp_path):
 
 
 def test_report_command_prints_the_table_and_checks_its_flags(sweep_dir, capsys):
-    parser = argparse.ArgumentParser(prog="oloraplus")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", str(sweep_dir), "--baseline", "method=olora,ratio=4"])
+    args = build_parser().parse_args(["report", str(sweep_dir), "--baseline", "method=olora,ratio=4"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "| olora λ=1 | 3 | 2.1000 ± 0.1000 |" in out and "report.md" in out

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 
 import pytest
 import yaml
 
-from oloraplus.experiments.cli import add_parsers
+from oloraplus.cli.main import build_parser
 from oloraplus.train import recipe
 from oloraplus.train.recipe import TIMING_KEYS
 
@@ -26,9 +25,7 @@ def _sweep_file(tmp_path: Path, model: Path, data: Path) -> Path:
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="oloraplus")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

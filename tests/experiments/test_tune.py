@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
 import pytest
 from experiment_helpers import FakeTrain, objective
 
+from oloraplus.cli.main import build_parser
 from oloraplus.config import TrainConfig
 from oloraplus.errors import ConfigError
 from oloraplus.experiments import sweep, tune
-from oloraplus.experiments.cli import add_parsers, parse_grid
+from oloraplus.experiments.cli import parse_grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -97,9 +97,7 @@ def test_tune_ratio_command_takes_train_flags(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sweep, "_default_train", fake)
     config = tmp_path / "train.yaml"
     config.write_text("rank: 8\nseed: 5\n")
-    parser = argparse.ArgumentParser(prog="oloraplus")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["tune-ratio", "--config", str(config), "--lr", "1e-3", "--grid", "1/2,2,8",
+    args = build_parser().parse_args(["tune-ratio", "--config", str(config), "--lr", "1e-3", "--grid", "1/2,2,8",
                               "--min-steps", "4", "--output", str(tmp_path / "tune")])
     assert args.func(args) == 0
     assert "best λ = 2" in capsys.readouterr().out

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from oloraplus.errors import ConfigError
 
@@ -38,15 +37,9 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: Any) -> None:
-    """Register `export` on the `oloraplus` subcommand parser."""
-    parser = subparsers.add_parser(
-        "export", help="export a run's adapter for serving (merged model, llama.cpp GGUF) or check it for vLLM",
-        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or, for --check, an adapter directory)")
     parser.add_argument("--format", choices=FORMATS, default=None)
     parser.add_argument("--check", choices=CHECKS, default=None, help="exit 1 when a rule fails")
     parser.add_argument("--output", default=None, metavar="PATH", help="directory (merged) or .gguf file (gguf-lora)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output .gguf file")
-    parser.set_defaults(func=export_command)

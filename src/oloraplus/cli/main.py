@@ -7,12 +7,16 @@ import errno
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from oloraplus import __version__
 from oloraplus.adapters import registry
+from oloraplus.cli import export
+from oloraplus.compose import cli as compose_cli, study
 from oloraplus.config import TrainConfig, add_arguments, resolve
 from oloraplus.errors import ConfigError, OloraError
+from oloraplus.eval import chat
+from oloraplus.experiments import cli as experiments_cli
 
 DESCRIPTION = """\
 Fine-tune causal language models with orthonormal (QR) initialised adapters.
@@ -86,87 +90,107 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _compose(args: argparse.Namespace) -> int:
-    from oloraplus.compose.cli import compose_command
+    return compose_cli.compose_command(args.inputs, args.output, args.weights, args.dry_run)
 
-    return compose_command(args.inputs, args.output, args.weights, args.dry_run)
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--data", default=None, help="evaluate on this data instead of the run's eval split")
+    parser.add_argument("--generate", type=int, default=0, metavar="N",
+                        help="greedy-generate for N eval examples (batched, KV cache) and report BLEU/ROUGE")
+    parser.add_argument("--max-new-tokens", type=int, default=128, metavar="K",
+                        help="at most K new tokens per generated response (default 128)")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per eval-loss batch (default: the "
+                        "run's batch size)")
+    parser.add_argument("--generate-batch-size", type=int, default=None, metavar="B",
+                        help="prompts decoded together by --generate (default: the run's, 32) or --harness "
+                        "(default 8)")
+    parser.add_argument("--device", default="auto", help="where to run: auto (the GPU when there is one, else the "
+                        "CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--harness", default=None, metavar="TASKS",
+                        help="run lm-evaluation-harness tasks (comma-separated; gsm8k_local ships with oloraplus) on "
+                        "the base + adapter instead of the eval loss; results go to metrics.json under 'harness'. "
+                        'Needs pip install "oloraplus[harness]"')
+    parser.add_argument("--harness-limit", type=int, default=None, metavar="N",
+                        help="only the first N examples of each harness task")
+    parser.add_argument("--harness-data", default=None, metavar="FILE",
+                        help="the JSON Lines file gsm8k_local reads (records {question, answer}; answer ends "
+                        "'#### N')")
+
+
+def _merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--output", required=True, metavar="DIR")
+
+
+def _compose_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="RUN_OR_ADAPTER")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--weights", default=None, metavar="w1,w2,...")
+    parser.add_argument("--dry-run", action="store_true", help="only the interference diagnostic")
+
+
+def _details(module) -> str:
+    """A command module's docstring after its first paragraph: the description its --help shows."""
+    return module.__doc__.split("\n\n", 1)[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand, registered here in --help order: name, one-line help, description, flags, handler."""
     parser = OneLineParser(
         prog="oloraplus", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"oloraplus {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
 
-    train = sub.add_parser(
-        "train", help="fine-tune a model and write a run directory",
-        description="Fine-tune a causal LM with an adapter; writes adapter/, metrics.json, log.jsonl, "
-        "config.yaml and loss.png into --output.",
-    )
-    add_arguments(train, TrainConfig)
-    train.set_defaults(func=_train)
+    def command(name: str, run: Callable[[argparse.Namespace], int],
+                add: Callable[[argparse.ArgumentParser], None], **texts: Any) -> None:
+        """`texts`: add_parser's help, description and formatter_class."""
+        subparser = sub.add_parser(name, **texts)
+        add(subparser)
+        subparser.set_defaults(func=run)
 
-    ev = sub.add_parser(
-        "eval", help="evaluate a run: eval loss, perplexity, BLEU/ROUGE of generations",
-        description="Reload RUN_DIR/adapter onto the untouched base and evaluate on the run's eval split (or --data). "
-        "Updates RUN_DIR/metrics.json; with --generate writes RUN_DIR/generations.jsonl.",
-    )
-    ev.add_argument("run_dir", metavar="RUN_DIR")
-    ev.add_argument("--data", default=None, help="evaluate on this data instead of the run's eval split")
-    ev.add_argument("--generate", type=int, default=0, metavar="N",
-                    help="greedy-generate for N eval examples (batched, KV cache) and report BLEU/ROUGE")
-    ev.add_argument("--max-new-tokens", type=int, default=128, metavar="K",
-                    help="at most K new tokens per generated response (default 128)")
-    ev.add_argument("--batch-size", type=int, default=None, help="examples per eval-loss batch (default: the run's "
-                    "batch size)")
-    ev.add_argument("--generate-batch-size", type=int, default=None, metavar="B",
-                    help="prompts decoded together by --generate (default: the run's, 32) or --harness (default 8)")
-    ev.add_argument("--device", default="auto", help="where to run: auto (the GPU when there is one, else the "
-                    "CPU), cpu, cuda or cuda:N")
-    ev.add_argument("--harness", default=None, metavar="TASKS",
-                    help="run lm-evaluation-harness tasks (comma-separated; gsm8k_local ships with oloraplus) on the "
-                    "base + adapter instead of the eval loss; results go to metrics.json under 'harness'. "
-                    'Needs pip install "oloraplus[harness]"')
-    ev.add_argument("--harness-limit", type=int, default=None, metavar="N",
-                    help="only the first N examples of each harness task")
-    ev.add_argument("--harness-data", default=None, metavar="FILE",
-                    help="the JSON Lines file gsm8k_local reads (records {question, answer}; answer ends '#### N')")
-    ev.set_defaults(func=_eval)
-
-    from oloraplus.eval.chat import add_parser as add_generate
-
-    add_generate(sub)
-
-    from oloraplus.cli.export import add_parser as add_export
-
-    add_export(sub)
-
-    merge = sub.add_parser(
-        "merge", help="merge a run's adapter into the base weights (alias of export --format merged)",
-        description="Load the base model of RUN_DIR, apply RUN_DIR/adapter, merge it into the weights and save a "
-        "plain Hugging Face model (safetensors + tokenizer) to --output.",
-    )
-    merge.add_argument("run_dir", metavar="RUN_DIR")
-    merge.add_argument("--output", required=True, metavar="DIR")
-    merge.set_defaults(func=_merge)
-
-    compose = sub.add_parser(
-        "compose", help="sum independently trained adapters exactly, with the interference diagnostic",
-        description="ΔW = Σ w_i ΔW_i as one PEFT LoRA of rank Σ r_i (DIR/adapter/), plus the pairwise cosine "
-        "similarity of the deltas per layer and its RMS over layers (DIR/interference.json, interference.png).",
-    )
-    compose.add_argument("inputs", nargs="+", metavar="RUN_OR_ADAPTER")
-    compose.add_argument("--output", required=True, metavar="DIR")
-    compose.add_argument("--weights", default=None, metavar="w1,w2,...")
-    compose.add_argument("--dry-run", action="store_true", help="only the interference diagnostic")
-    compose.set_defaults(func=_compose)
-
-    from oloraplus.compose.study import add_parser as add_compose_study
-    from oloraplus.experiments.cli import add_parsers
-
-    add_compose_study(sub)
-
-    add_parsers(sub)
+    command("train", _train, lambda p: add_arguments(p, TrainConfig),
+            help="fine-tune a model and write a run directory",
+            description="Fine-tune a causal LM with an adapter; writes adapter/, metrics.json, log.jsonl, "
+            "config.yaml and loss.png into --output.")
+    command("eval", _eval, _eval_arguments,
+            help="evaluate a run: eval loss, perplexity, BLEU/ROUGE of generations",
+            description="Reload RUN_DIR/adapter onto the untouched base and evaluate on the run's eval split (or "
+            "--data). Updates RUN_DIR/metrics.json; with --generate writes RUN_DIR/generations.jsonl.")
+    command("generate", chat.generate_command, chat.add_generate_arguments,
+            help="reply to a prompt (or a file of prompts) with a run's adapter",
+            description="Load RUN_DIR's base model and adapter and reply to --prompt (streamed) or to every prompt "
+            "of --prompts FILE (one JSON line {prompt, response} each), using the model's chat template.")
+    command("export", export.export_command, export.add_export_arguments,
+            help="export a run's adapter for serving (merged model, llama.cpp GGUF) or check it for vLLM",
+            description=_details(export), formatter_class=raw)
+    command("merge", _merge, _merge_arguments,
+            help="merge a run's adapter into the base weights (alias of export --format merged)",
+            description="Load the base model of RUN_DIR, apply RUN_DIR/adapter, merge it into the weights and save a "
+            "plain Hugging Face model (safetensors + tokenizer) to --output.")
+    command("compose", _compose, _compose_arguments,
+            help="sum independently trained adapters exactly, with the interference diagnostic",
+            description="ΔW = Σ w_i ΔW_i as one PEFT LoRA of rank Σ r_i (DIR/adapter/), plus the pairwise cosine "
+            "similarity of the deltas per layer and its RMS over layers (DIR/interference.json, interference.png).")
+    command("compose-study", compose_cli.study_command, compose_cli.add_study_arguments,
+            help="train one adapter per domain and one on the merged data; compare their sums",
+            description=_details(study), formatter_class=raw)
+    command("sweep", experiments_cli.sweep_command, experiments_cli.add_sweep_arguments,
+            help="train a grid of runs (resumable), then write results.csv and report.md",
+            description="Train every run of SWEEP.yaml into DIR/runs/<name>.\n\n" + experiments_cli.SWEEP_HELP,
+            formatter_class=raw)
+    command("report", experiments_cli.report_command, experiments_cli.add_report_arguments,
+            help="tables, paired CIs and plots for a sweep directory",
+            description="Write DIR/report.md and DIR/plots/*.png from the finished runs in DIR and print the main "
+            "table.")
+    command("tune-ratio", experiments_cli.tune_command, experiments_cli.add_tune_arguments,
+            help="find λ by successive halving over a log grid",
+            description="Successive halving over λ: every round trains the surviving values with twice the steps and "
+            "keeps the better half by eval loss. Takes every `train` option; --ratio and --max-steps are set by the "
+            f"search. --output is the search directory (default {experiments_cli.DEFAULT_TUNE_OUTPUT}); writes "
+            "tune.md, tune.json and tune.png there, and resumes when run again.")
     return parser
 
 

@@ -2,20 +2,25 @@
 
 Prints the interference diagnostic, writes it to DIR (interference.json + heatmap), and, unless
 --dry-run, the summed adapter to DIR/adapter/ plus DIR/compose.json recording what went in.
+Also the `compose-study` command's flags and entry point (the study itself: `study.py`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import shlex
 from pathlib import Path
 
 from typing import TYPE_CHECKING
 
 from oloraplus import __version__
 from oloraplus.compose import INTERFERENCE_FILE
+from oloraplus.compose.study import run_study
 from oloraplus.errors import AdapterError, ConfigError
 from oloraplus.io import atomic_write_text
+from oloraplus.paths import portable_command
 from oloraplus.train import rundir
 
 if TYPE_CHECKING:  # torch: imported once the flags and --output have been checked
@@ -109,4 +114,19 @@ def compose_command(inputs: list[str], output: str, weights: str | None, dry_run
     }
     atomic_write_text(out / COMPOSE_FILE, json.dumps(record, indent=2) + "\n")
     print(f"wrote {adapter_dir} (LoRA rank {config['r']}, ΔW = Σ w_i ΔW_i) and {out / COMPOSE_FILE}")
+    return 0
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC.yaml", help="the study definition")
+    parser.add_argument("--output", required=True, metavar="DIR", help="study directory (created; reused to resume)")
+
+
+def study_command(args: argparse.Namespace) -> int:
+    command = portable_command(shlex.join(["oloraplus", "compose-study", args.spec, "--output", args.output]))
+    result = run_study(args.spec, args.output, command=command)
+    for row in result["sums"]:
+        cos = "" if row["rms_cosine"] is None else f"  RMS cos {row['rms_cosine']:.4f}"
+        print(f"{row['sum']:<30} change vs {row['baseline']}: {row['change_pct']:+.2f} %{cos}")
+    print(f"\nreport: {Path(args.output) / 'study.md'}")
     return 0

@@ -140,13 +140,7 @@ def generate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: Any) -> None:
-    """Register `generate` on the `oloraplus` subcommand parser."""
-    parser = subparsers.add_parser(
-        "generate", help="reply to a prompt (or a file of prompts) with a run's adapter",
-        description="Load RUN_DIR's base model and adapter and reply to --prompt (streamed) or to every prompt "
-        "of --prompts FILE (one JSON line {prompt, response} each), using the model's chat template.",
-    )
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--prompt", default=None, metavar="TEXT", help="one user message; the reply is streamed")
     parser.add_argument("--prompts", default=None, metavar="FILE",
@@ -157,4 +151,3 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (reproducible replies)")
     parser.add_argument("--base-only", action="store_true", help="the untouched base model, without the adapter")
     parser.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
-    parser.set_defaults(func=generate_command)

@@ -1,4 +1,4 @@
-"""The `sweep`, `report` and `tune-ratio` subcommands (registered by `add_parsers`)."""
+"""The `sweep`, `report` and `tune-ratio` subcommands: their flags and what they run (`cli/main.py` registers them)."""
 
 from __future__ import annotations
 
@@ -91,41 +91,25 @@ def tune_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(subparsers: Any) -> None:
-    """Register `sweep`, `report` and `tune-ratio` on the `oloraplus` subcommand parser."""
-    raw = argparse.RawDescriptionHelpFormatter
-    sweep = subparsers.add_parser(
-        "sweep", help="train a grid of runs (resumable), then write results.csv and report.md",
-        description="Train every run of SWEEP.yaml into DIR/runs/<name>.\n\n" + SWEEP_HELP, formatter_class=raw,
-    )
-    sweep.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep definition")
-    sweep.add_argument("--output", required=True, metavar="DIR", help="sweep directory (created; reused to resume)")
-    sweep.set_defaults(func=sweep_command)
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep definition")
+    parser.add_argument("--output", required=True, metavar="DIR", help="sweep directory (created; reused to resume)")
 
-    report = subparsers.add_parser(
-        "report", help="tables, paired CIs and plots for a sweep directory",
-        description="Write DIR/report.md and DIR/plots/*.png from the finished runs in DIR and print the main table.",
-    )
-    report.add_argument("directory", metavar="DIR", help="a sweep directory (or any directory of runs)")
-    report.add_argument("--baseline", metavar="KEY=VALUE,...",
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="DIR", help="a sweep directory (or any directory of runs)")
+    parser.add_argument("--baseline", metavar="KEY=VALUE,...",
                         help="the runs to compare against (default: the sweep's baseline, else method=olora,ratio=1)")
-    report.set_defaults(func=report_command)
 
-    tune_parser = subparsers.add_parser(
-        "tune-ratio", help="find λ by successive halving over a log grid",
-        description="Successive halving over λ: every round trains the surviving values with twice the steps and "
-        "keeps the better half by eval loss. Takes every `train` option; --ratio and --max-steps are set by the "
-        f"search. --output is the search directory (default {DEFAULT_TUNE_OUTPUT}); writes tune.md, tune.json "
-        "and tune.png there, and resumes when run again.",
-    )
-    add_arguments(tune_parser, TrainConfig)
-    output_flag = next(action for action in tune_parser._actions if action.dest == "output")
-    output_flag.help = f"search directory: rung-<k>/, tune.md, tune.json, tune.png (default: {DEFAULT_TUNE_OUTPUT})"
-    tune_parser.add_argument("--grid", metavar="L1,L2,...",
-                             help="λ values, fractions allowed (default: 1/16,1/8,...,16, factor 2)")
-    tune_parser.add_argument("--min-steps", type=int, default=tune.DEFAULT_MIN_STEPS,
-                             help="optimizer steps in the first round; doubled each round "
-                             f"(default {tune.DEFAULT_MIN_STEPS})")
-    tune_parser.add_argument("--rounds", type=int, default=None,
-                             help="number of rounds (default: until one λ is left, 4 for 9 values)")
-    tune_parser.set_defaults(func=tune_command)
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every `train` flag (--output reworded: it names the search directory), plus the search's own."""
+    add_arguments(parser, TrainConfig, help_overrides={
+        "output": f"search directory: rung-<k>/, tune.md, tune.json, tune.png (default: {DEFAULT_TUNE_OUTPUT})"})
+    parser.add_argument("--grid", metavar="L1,L2,...",
+                        help="λ values, fractions allowed (default: 1/16,1/8,...,16, factor 2)")
+    parser.add_argument("--min-steps", type=int, default=tune.DEFAULT_MIN_STEPS,
+                        help="optimizer steps in the first round; doubled each round "
+                        f"(default {tune.DEFAULT_MIN_STEPS})")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="number of rounds (default: until one λ is left, 4 for 9 values)")
