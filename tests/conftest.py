@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -45,12 +46,18 @@ def build_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
     return tok
 
 
-def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+TINY_LLAMA = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+
+
+def tiny_llama(vocab_size: int = 128, seed: int = 0, **config: Any) -> LlamaForCausalLM:
+    """The one tiny random Llama of the test suite: two blocks, hidden 32, 4 query and 2 KV heads (GQA).
+
+    The same (vocab_size, seed, config) gives the same weights. `config` overrides any LlamaConfig field, for
+    tests that need another shape (depth, widths), untied embeddings, an attention implementation or token ids.
+    """
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-    ))
+    return LlamaForCausalLM(LlamaConfig(**{"vocab_size": vocab_size, **TINY_LLAMA, **config}))
 
 
 def tiny_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:

@@ -7,13 +7,13 @@ from transformers import (
     GemmaForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
     OPTConfig,
     OPTForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
+
+from tests.conftest import tiny_llama
 
 VOCAB = 128
 DECODER = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -24,7 +24,7 @@ def build_model(arch: str, seed: int = 0) -> torch.nn.Module:
     """A fresh tiny model; the same (arch, seed) gives the same weights."""
     torch.manual_seed(seed)
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(**DECODER))
+        model = tiny_llama(seed=seed, tie_word_embeddings=False, **DECODER)
     elif arch == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**DECODER))
     elif arch == "gemma":

@@ -9,21 +9,19 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from flops import flop_model, matmul_rate  # noqa: E402
+
+from tests.conftest import tiny_llama  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 R = 4
 
 
 def tiny_lora_llama() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      attn_implementation="eager")  # attention as plain matmuls, which FlopCounterMode sees
-    model = LlamaForCausalLM(cfg)
+    model = tiny_llama(128, num_hidden_layers=3,
+                       attn_implementation="eager")  # attention as plain matmuls, which FlopCounterMode sees
     return get_peft_model(model, LoraConfig(r=R, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False))
 
 

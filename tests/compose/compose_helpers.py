@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from oloraplus.models import base_fingerprint
+from tests.conftest import tiny_llama
 
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
@@ -32,12 +33,7 @@ class Base:
 
 
 def build_llama(seed: int = 0, **overrides) -> Base:
-    torch.manual_seed(seed)
-    config = dict(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,
-    )
-    model = LlamaForCausalLM(LlamaConfig(**(config | overrides))).eval()
+    model = tiny_llama(128, seed, **({"tie_word_embeddings": False} | overrides)).eval()
     return Base(model, base_fingerprint(model), LLAMA_TARGETS, conv1d=False)
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from data_helpers import make_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from oloraplus.data.collate import (REAL_TOKENS, SCORED, CausalLMCollator, ensure_pad_token, model_inputs,
                                     next_token_targets, pack_rows, scored_positions)
 from oloraplus.data.formats import Example
 from oloraplus.data.tokenize import IGNORE_INDEX, encode_examples
 from oloraplus.errors import ModelError
+from tests.conftest import tiny_llama
 
 ROWS = [
     {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "length": 3},
@@ -45,9 +45,7 @@ def test_padded_batch_loss_equals_per_row_reference(chat_tok):
                 Example((("user", "Explain what the function does and why."), ("assistant", "It adds."))),
                 Example((("user", "2+3?"), ("assistant", "The answer is 42 and 5.")))]
     ds, _ = encode_examples(examples, chat_tok.hf, max_length=256)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(chat_tok.hf), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
+    model = tiny_llama(len(chat_tok.hf), tie_word_embeddings=False).eval()
     rows = [ds[i] for i in range(len(ds))]
     with torch.no_grad():
         loss = model(**model_inputs(CausalLMCollator(pad_token_id=chat_tok.hf.pad_token_id)(rows))).loss

@@ -1,9 +1,10 @@
 """A tiny random Llama and a word-level tokenizer built in memory: no hub, CPU, milliseconds."""
 
 import pytest
-import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from tests.conftest import tiny_llama
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 WORDS = (
@@ -28,20 +29,10 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.2,  # well separated logits: greedy argmax is not a near-tie
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).float()
+    """The tiny llama with this tokenizer's special ids."""
+    return tiny_llama(vocab_size, seed, tie_word_embeddings=False,
+                      initializer_range=0.2,  # well separated logits: greedy argmax is not a near-tie
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0).float()
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from oloraplus.eval.diagnostics import (
     relative_change,
     subspace_distance,
 )
+from tests.conftest import tiny_llama
 
 
 def random_orthogonal(n: int, seed: int) -> torch.Tensor:
@@ -136,15 +137,8 @@ def test_delta_effective_rank_of_unchanged_and_rank_one_updates():
 
 
 def tiny_peft_model(init):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,
-    )
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=init)
-    return get_peft_model(LlamaForCausalLM(config), lora)
+    return get_peft_model(tiny_llama(64, tie_word_embeddings=False), lora)
 
 
 def perturb(peft_model, seed: int) -> None:

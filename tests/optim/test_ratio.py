@@ -1,16 +1,14 @@
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
-
 from oloraplus.errors import ConfigError
 from oloraplus.optim.ratio import build_optimizer, classify, group_lrs, ratio_param_groups
+from tests.conftest import tiny_llama
 
 
 def tiny_peft(use_dora=False):
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    model = tiny_llama(64, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1,
+                       tie_word_embeddings=False)
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_dora=use_dora)
     return get_peft_model(model, cfg)
 

@@ -5,22 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, TrainingArguments)
+from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
 from oloraplus.data.collate import CausalLMCollator
 from oloraplus.errors import ModelError
 from oloraplus.train.trainer import RatioTrainer
 from oloraplus.train.fast_loss import (IGNORE_INDEX, next_token_targets, response_only_loss,
                                        supports_response_only_loss)
+from tests.conftest import tiny_llama
 
 VOCAB = 128
-
-
-def tiny_llama() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
 
 
 def tiny_gpt2() -> torch.nn.Module:
@@ -38,7 +32,7 @@ def with_lora(model: torch.nn.Module, targets: list[str]) -> torch.nn.Module:
 
 
 MODELS = {
-    "llama": lambda: with_lora(tiny_llama(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]),
+    "llama": lambda: with_lora(tiny_llama(VOCAB), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]),
     "gpt2": lambda: with_lora(tiny_gpt2(), ["c_attn", "c_proj", "c_fc"]),
 }
 
@@ -134,7 +128,7 @@ class FullLogitsLM(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.inner = tiny_llama()
+        self.inner = tiny_llama(VOCAB)
 
     def forward(self, input_ids, attention_mask=None, logits_to_keep=0, **kwargs):
         return self.inner(input_ids=input_ids, attention_mask=attention_mask)

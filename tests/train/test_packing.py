@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from oloraplus.data.collate import CausalLMCollator, model_inputs
 from oloraplus.data.tokenize import IGNORE_INDEX
 from oloraplus.train.fast_loss import response_only_loss
 from oloraplus.train.packing import supports_packing
+from tests.conftest import tiny_llama
 
 VOCAB = 96
 # Same loss and gradients up to float32 summation order: the packed row sums the same terms differently.
@@ -18,9 +19,7 @@ TOL = {"rtol": 1e-5, "atol": 1e-6}
 
 
 def llama(attn: str = "sdpa") -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, attn_implementation=attn))
+    model = tiny_llama(VOCAB, attn_implementation=attn, tie_word_embeddings=False)
     torch.manual_seed(1)  # random A and B, so both factors get gradients
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
                                             init_lora_weights=False))
