@@ -37,6 +37,16 @@ def test_help_shows_each_default_once(capsys):
     assert all(line.count("(default:") <= 1 for line in text.split("--"))
 
 
+def test_help_overrides_reword_one_flag_and_must_name_a_field():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, TrainConfig, help_overrides={"output": "where the search goes (default: elsewhere)"})
+    text = " ".join(parser.format_help().split())
+    assert "where the search goes (default: elsewhere)" in text and "run directory to write" not in text
+    assert parser.parse_args(["--output", "x"]).output == "x"
+    with pytest.raises(ValueError, match="has no field 'ouput'"):
+        add_arguments(argparse.ArgumentParser(), TrainConfig, help_overrides={"ouput": "typo"})
+
+
 def test_sweep_files_get_the_same_hint_as_train_configs(tmp_path):
     from oloraplus.experiments.sweep import plan_sweep
 

@@ -1,26 +1,118 @@
+import dataclasses
+import re
 import subprocess
 import sys
 
 import pytest
 
-from oloraplus.cli.main import main
+from oloraplus import config
+from oloraplus.adapters import registry
+from oloraplus.cli.main import build_parser, main
+from oloraplus.config import TrainConfig, resolve
 
 
-def test_help_explains_every_train_flag(capsys):
+COMMANDS = ["train", "eval", "generate", "export", "merge", "compose", "compose-study", "sweep", "report", "tune-ratio"]
+# A valid, non-default value for every TrainConfig field (a new field must be added here).
+VALUES = {
+    "model": "org/some-model", "data": "data.jsonl", "method": "lora", "ratio": 0.25, "rank": 8, "alpha": 4.0,
+    "ohora_init": "paper", "dropout": 0.1, "lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.1, "scheduler": "cosine",
+    "epochs": 2.0, "max_steps": 7, "batch_size": 2, "grad_accum": 3, "max_length": 64, "train_size": 10,
+    "eval_size": 5, "seed": 7, "target_modules": ["q_proj", "v_proj"], "group_by_length": True,
+    "response_only_loss": False, "packing": False, "tokens_per_batch": 256, "diagnostics_steps": -1,
+    "logging_steps": 2, "eval_steps": 3, "eval_generate": 4, "max_new_tokens": 16, "generate_batch_size": 8,
+    "save_steps": 5, "resume": True, "report_to": "wandb", "trust_remote_code": True, "overwrite": True,
+    "output": "runs/x",
+}
+
+
+def _help(argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--help"])
+        main([*argv, "--help"])
     assert exc.value.code == 0
-    out = capsys.readouterr().out
-    for flag in ["--model", "--data", "--method", "--ratio", "--rank", "--alpha", "--lr", "--epochs", "--max-steps",
-                 "--batch-size", "--grad-accum", "--max-length", "--train-size", "--eval-size", "--seed",
-                 "--target-modules", "--output", "--config"]:
-        assert flag in out
+    return capsys.readouterr().out
 
 
-def test_top_level_help_mentions_lambda(capsys):
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    assert "λ" in capsys.readouterr().out
+def _options(text: str) -> dict[str, tuple[str, str]]:
+    """{option string: (its invocation, its help)} from a --help printed without wrapping (a wide COLUMNS)."""
+    entries: list[list[str]] = []
+    for line in text.split("options:\n", 1)[1].splitlines():
+        if line.startswith("  -"):
+            entries.append([line.strip()])
+        elif entries and line.startswith("   "):
+            entries[-1].append(line.strip())
+    options = {}
+    for first, *rest in entries:
+        invocation, _, help_text = first.partition("  ")
+        help_text = " ".join([help_text.strip(), *rest]).strip()
+        for option in invocation.split(", "):
+            options[option.split(" ")[0]] = (invocation, help_text)
+    return options
+
+
+def _default(f: dataclasses.Field) -> object:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _expected_help(f: dataclasses.Field) -> str:
+    """The field's help, and its default unless the help states the default itself."""
+    text = f.metadata["help"]
+    return text if "(default:" in text else f"{text} (default: {_default(f)})"
+
+
+def test_every_config_field_is_a_train_flag_with_the_dataclass_help_and_default(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")
+    options = _options(_help(["train"], capsys))
+    fields = dataclasses.fields(TrainConfig)
+    for f in fields:
+        flag = "--" + f.name.replace("_", "-")
+        invocation, help_text = options[flag]
+        assert help_text == _expected_help(f), flag
+        if isinstance(_default(f), bool):
+            assert options["--no-" + flag[2:]] == (invocation, help_text)
+        if "choices" in f.metadata:
+            assert invocation == f"{flag} {{{','.join(f.metadata['choices'])}}}"
+    assert set(options) - {"-h", "--help", "--config"} == {
+        opt for f in fields for opt in (["--" + f.name.replace("_", "-")]
+                                        + (["--no-" + f.name.replace("_", "-")] if isinstance(_default(f), bool) else []))}
+    # No flag given: every value is the dataclass default.
+    assert resolve(TrainConfig, build_parser().parse_args(["train"])) == TrainConfig()
+
+
+def test_a_parsed_command_line_round_trips_into_the_config(monkeypatch):
+    fields = dataclasses.fields(TrainConfig)
+    assert list(VALUES) == [f.name for f in fields]
+    assert all(VALUES[f.name] != _default(f) for f in fields)  # each flag must change something
+    # No tracker is installed here; `report_targets` has its own tests (tests/test_config_report_to.py).
+    monkeypatch.setattr(config, "report_targets", lambda text: text.split(","))
+    argv = []
+    for name, value in VALUES.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, ",".join(value) if isinstance(value, list) else str(value)]
+    assert resolve(TrainConfig, build_parser().parse_args(["train", *argv])) == TrainConfig(**VALUES)
+
+
+def test_tune_ratio_takes_every_train_flag_and_rewords_only_output(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")
+    train, tune = _options(_help(["train"], capsys)), _options(_help(["tune-ratio"], capsys))
+    assert {k: v for k, v in tune.items() if k in train and k != "--output"} == {
+        k: v for k, v in train.items() if k != "--output"}
+    assert tune["--output"][1] == "search directory: rung-<k>/, tune.md, tune.json, tune.png (default: runs/tune-ratio)"
+    assert set(tune) - set(train) == {"--grid", "--min-steps", "--rounds"}
+
+
+def test_every_registered_subcommand_has_a_working_help(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")
+    top = _help([], capsys)
+    listed = re.findall(r"^    (\S+)", top.split("COMMAND\n", 1)[1], flags=re.MULTILINE)
+    assert listed == COMMANDS
+    for method in registry.methods():  # the methods' own help lines
+        assert f"  {method.name:<6} {method.help}" in top
+    for command in listed:
+        text = _help([command], capsys)
+        assert text.startswith(f"usage: oloraplus {command} ") and "options:\n  -h, --help" in text, command
 
 
 @pytest.mark.parametrize(
