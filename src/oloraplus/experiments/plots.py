@@ -139,3 +139,16 @@ def plot_steps_to_target(rows: Sequence[tuple[str, float | None]], path: Path, t
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, axis="x")
     return save_figure(fig, path)
+
+
+def plot_delta_ranks(blocks_by_arm: dict[str, dict[int, float]], path: Path) -> Path:
+    """Mean effective rank of ΔW per transformer block, one line per arm, on a log axis (LoRA ~r, HiRA ~n)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=110)
+    for index, (label, blocks) in enumerate(blocks_by_arm.items()):
+        ax.plot(list(blocks), list(blocks.values()), marker="o", ms=3, label=label, color=f"C{index % 10}")
+    ax.set_yscale("log")
+    ax.set_xlabel("transformer block")
+    ax.set_ylabel("effective rank of ΔW (mean over the block's layers)")
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax)
+    return save_figure(fig, path)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from oloraplus.errors import ConfigError
-from oloraplus.experiments import stats
+from oloraplus.experiments import rank_report, stats
 from oloraplus.experiments.runs import (
     Arm, Run, baseline_selector, find_baseline, find_runs, group_arms, read_plan,
 )
@@ -219,8 +219,9 @@ def _describe_selector(selector: dict[str, Any]) -> str:
     return " ".join(f"{k}={format_value(v)}" for k, v in selector.items())
 
 
-def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_dir: Path, suffix: str) -> list[str]:
-    """Everything the report says about one model's runs."""
+def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_dir: Path, suffix: str,
+                  delta_ranks: dict[str, dict[str, float]] | None = None) -> list[str]:
+    """Everything the report says about one model's runs (`delta_ranks`: see `rank_report`)."""
     from oloraplus.experiments import plots  # matplotlib only when a report is written
 
     rel = Path(PLOTS_DIR)
@@ -268,11 +269,18 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
         plots.plot_against_ratio(arms, diag_keys, plots_dir / f"diagnostics-vs-ratio{suffix}.png", "",
                                  final_diagnostics=True)
         diag_plot = str(rel / f"diagnostics-vs-ratio{suffix}.png")
-    return lines + refinement_section(arms, diag_plot)
+    lines += refinement_section(arms, diag_plot)
+    if delta_ranks:
+        lines += rank_report.section(arms, delta_ranks, plots_dir / f"delta-rank{suffix}.png",
+                                     str(rel / f"delta-rank{suffix}.png"))
+    return lines
 
 
-def write_report(directory: str | Path, baseline: dict[str, Any] | None = None) -> Path:
-    """Write DIR/report.md and DIR/plots/*.png from the finished runs in DIR; returns the report path."""
+def write_report(directory: str | Path, baseline: dict[str, Any] | None = None, delta_rank: bool = False) -> Path:
+    """Write DIR/report.md and DIR/plots/*.png from the finished runs in DIR; returns the report path.
+
+    `delta_rank`: also the effective rank of every run's ΔW per layer (slow: reloads the base per run).
+    """
     directory = Path(directory)
     runs = find_runs(directory)
     if not runs:
@@ -281,6 +289,7 @@ def write_report(directory: str | Path, baseline: dict[str, Any] | None = None) 
     plan = read_plan(directory)
     grouped = group_arms(runs)
     seeds = sorted({run.seed for run in runs})
+    ranks = rank_report.collect(directory, runs) if delta_rank else None
     lines = ["# Sweep report", ""]
     if plan.get("command"):
         lines += [f"Made by `{portable_command(plan['command'])}`.", ""]
@@ -292,7 +301,7 @@ def write_report(directory: str | Path, baseline: dict[str, Any] | None = None) 
         lines += [f"Diverged (no eval metrics; see `runs/<name>/failure.json`): {', '.join(diverged)}.", ""]
     for model, arms in grouped.items():
         suffix = "" if len(grouped) == 1 else "_" + safe_component(model)
-        lines += model_section(model, arms, selector, directory / PLOTS_DIR, suffix)
+        lines += model_section(model, arms, selector, directory / PLOTS_DIR, suffix, ranks)
     path = directory / REPORT_FILE
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
