@@ -39,7 +39,7 @@ from oloraplus.data.tokenize import encode_examples
 from oloraplus.eval.generate import generate_batched, generate_one_by_one
 from oloraplus.optim.ratio import build_optimizer
 from oloraplus.train.environment import package_versions
-from oloraplus.train.fast_loss import response_only_loss
+from oloraplus.eval.fast_loss import response_only_loss
 from oloraplus.train.recipe import train
 
 Spec = dict[str, Any]

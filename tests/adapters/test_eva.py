@@ -17,10 +17,11 @@ from oloraplus.cli.main import main
 from oloraplus.adapters.targets import resolve_target_modules
 from oloraplus.compose.cli import compose_command
 from oloraplus.config import TrainConfig
+from oloraplus.data.prepare import prepare
 from oloraplus.errors import AdapterError
 from oloraplus.optim.ratio import ratio_param_groups
 from oloraplus.train import recipe
-from oloraplus.train.recipe import prepare, train
+from oloraplus.train.recipe import train
 
 WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
 

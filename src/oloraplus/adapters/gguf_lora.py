@@ -83,7 +83,7 @@ def export_gguf_lora(run_dir: str | Path, output: str | Path, *, overwrite: bool
     """RUN_DIR/adapter -> a llama.cpp LoRA GGUF at `output`, written to a temp name and renamed."""
     import gguf
 
-    from oloraplus.train.rundir import load_run_config
+    from oloraplus.rundir import load_run_config
 
     output = Path(output)
     if output.suffix != ".gguf":

@@ -12,11 +12,10 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from oloraplus import __version__
+from oloraplus import __version__, rundir
 from oloraplus.compose import INTERFERENCE_FILE
 from oloraplus.errors import AdapterError, ConfigError
 from oloraplus.io import atomic_write_text
-from oloraplus.train import rundir
 
 if TYPE_CHECKING:  # torch: imported once the flags and --output have been checked
     from oloraplus.compose.io import Adapter

@@ -18,7 +18,7 @@ import torch
 from peft.utils.other import get_pattern_key
 
 from oloraplus.errors import AdapterError
-from oloraplus.train.rundir import ADAPTER_DIR
+from oloraplus.rundir import ADAPTER_DIR
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

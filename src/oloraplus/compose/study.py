@@ -33,15 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from oloraplus import rundir
 from oloraplus.adapters import registry
 from oloraplus.config import TrainConfig, build_config, read_yaml
 from oloraplus.data.formats import Example, load_examples
 from oloraplus.data.split import split_examples
 from oloraplus.errors import ConfigError, DataError
-from oloraplus.experiments.sweep import config_differences, read_metrics, recorded_config
 from oloraplus.io import atomic_write_text
-from oloraplus.train import rundir
 from oloraplus.paths import portable_command, portable_path
+from oloraplus.rundir import config_differences, read_metrics, recorded_config
 
 SPEC_KEYS = ("base", "domains", "merged", "baseline")
 DOMAIN_KEYS = ("data", "train_size", "eval_size")

@@ -1,7 +1,7 @@
 import pytest
 
 from oloraplus.errors import ConfigError
-from oloraplus.train import rundir
+from oloraplus import rundir
 
 
 def test_new_output_runs_in_partial_then_swaps(tmp_path):
