@@ -8,7 +8,8 @@ from transformers.pytorch_utils import Conv1D
 
 from oloraplus.adapters.hira import attach_hira, hira_config
 from oloraplus.errors import AdapterError
-from oloraplus.optim.ratio import ratio_param_groups
+from oloraplus.optim.ratio import build_optimizer
+from tests.helpers import group_names
 
 
 def out_by_in(module: torch.nn.Module) -> torch.Tensor:
@@ -92,6 +93,6 @@ def test_save_reload_and_merge_round_trip(arch, make_model, tokens, tmp_path):
 
 def test_lambda_optimizer_finds_hira_factors(make_model):
     peft_model = attach_hira(make_model("llama"), rank=4, target_modules=["q_proj", "v_proj"])
-    _, names = ratio_param_groups(peft_model, lr=1e-3, ratio=2.0)
-    assert len(names.A) == len(names.B) == 4 and not names.other
-    assert all(".hira_A." in n for n in names.A) and all(".hira_B." in n for n in names.B)
+    names = group_names(peft_model, build_optimizer(peft_model, lr=1e-3, ratio=2.0))
+    assert len(names["A"]) == len(names["B"]) == 4 and not names["other"]
+    assert all(".hira_A." in n for n in names["A"]) and all(".hira_B." in n for n in names["B"])

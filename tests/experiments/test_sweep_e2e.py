@@ -11,7 +11,7 @@ import yaml
 
 from oloraplus.experiments.cli import add_parsers
 from oloraplus.train import recipe
-from tests.metrics_keys import TIMING_KEYS
+from tests.helpers import TIMING_KEYS
 
 
 def _sweep_file(tmp_path: Path, model: Path, data: Path) -> Path:

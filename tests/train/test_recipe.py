@@ -15,7 +15,7 @@ from oloraplus.data.collate import CausalLMCollator
 from oloraplus.data.prepare import prepare
 from oloraplus.eval.loss import evaluate_loss
 from oloraplus.train.recipe import train
-from tests.metrics_keys import TIMING_KEYS
+from tests.helpers import TIMING_KEYS
 
 
 def tiny_cfg(model_dir, data, out, **kw) -> TrainConfig:

@@ -69,10 +69,10 @@ def compose_command(inputs: list[str], output: str, weights: str | None, dry_run
     out = Path(output)
     _check_output(out, dry_run)
     from oloraplus.compose.interference import format_table, interference, write_interference
-    from oloraplus.compose.io import load_adapter
+    from oloraplus.compose.io import read_adapter
     from oloraplus.compose.sum import sum_adapters, write_adapter
 
-    adapters = [load_adapter(source) for source in inputs]
+    adapters = [read_adapter(source) for source in inputs]
     config, tensors = sum_adapters(adapters, values)  # also refuses incompatible adapters
     values = values or [1.0] * len(adapters)
     result = interference(adapters)

@@ -243,10 +243,10 @@ def is_finished(run: Training) -> bool:
 
 
 def _write_sum(output: Path, subset: tuple[str, ...]) -> Path:
-    from oloraplus.compose.io import load_adapter
+    from oloraplus.compose.io import read_adapter
     from oloraplus.compose.sum import sum_adapters, write_adapter
 
-    adapters = [load_adapter(output / "runs" / name) for name in subset]
+    adapters = [read_adapter(output / "runs" / name) for name in subset]
     config, tensors = sum_adapters(adapters)  # ΔW = Σ_i ΔW_i (Cao et al.'s naive sum)
     target = output / "sums" / label(subset)
     shutil.rmtree(target, ignore_errors=True)  # derived from the runs: rebuilt on every study
@@ -403,7 +403,7 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
 
     from oloraplus import models
     from oloraplus.compose.interference import interference, write_interference
-    from oloraplus.compose.io import load_adapter
+    from oloraplus.compose.io import read_adapter
     from oloraplus.data.tokenize import encode_examples
 
     base = build_config(TrainConfig, spec.base, spec.source)
@@ -426,7 +426,7 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
     variants.update({run.name: Path(run.config.output) / "adapter" for run in trainings[len(spec.domains):]})
     ppl = _evaluate_variants(loaded, variants, heldout, base.batch_size)
 
-    diagnostic = interference([load_adapter(output / "runs" / name) for name in spec.names])
+    diagnostic = interference([read_adapter(output / "runs" / name) for name in spec.names])
     write_interference(diagnostic, output)
     comparisons = compare(spec, ppl, diagnostic.overall.tolist())
     pairs = [row for row in comparisons if row["rms_cosine"] is not None]
