@@ -184,14 +184,14 @@ def check_rank(rank: int, error: type[OloraError] = ConfigError) -> int:
     """--rank: a positive integer. Checked here for the config and for every adapter built from Python
     (`error=AdapterError`: `attach_adapter`, `hira_config`)."""
     if isinstance(rank, bool) or not isinstance(rank, int) or not _finite(rank) or rank <= 0:
-        raise error(f"--rank {rank}: must be a positive integer")
+        raise error(f"--rank: must be a positive integer, got {rank}")
     return rank
 
 
 def check_dropout(dropout: float, error: type[OloraError] = ConfigError) -> float:
     """--dropout: a probability below 1. Checked here for the config and for every adapter built from Python."""
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise error(f"--dropout {dropout}: must be in [0, 1)")
+        raise error(f"--dropout: must be in [0, 1), got {dropout}")
     return dropout
 
 

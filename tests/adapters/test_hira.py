@@ -37,10 +37,10 @@ def test_config_carries_the_options():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(rank=0, target_modules=["q_proj"]), r"--rank 0: must be a positive integer"),
-    (dict(rank=True, target_modules=["q_proj"]), r"--rank True: must be a positive integer"),
+    (dict(rank=0, target_modules=["q_proj"]), r"--rank: must be a positive integer, got 0"),
+    (dict(rank=True, target_modules=["q_proj"]), r"--rank: must be a positive integer, got True"),
     (dict(rank=4, target_modules=[]), r"--target-modules \[\]: give at least one module name"),
-    (dict(rank=4, target_modules=["q_proj"], dropout=1.0), r"--dropout 1.0: must be in \[0, 1\)"),
+    (dict(rank=4, target_modules=["q_proj"], dropout=1.0), r"--dropout: must be in \[0, 1\), got 1.0"),
 ])
 def test_bad_options_are_adapter_errors(kwargs, message):
     with pytest.raises(AdapterError, match=message):
