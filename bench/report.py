@@ -170,7 +170,7 @@ def train_section(results: Results, rate: float | None) -> list[str]:
 
 
 def loss_section(results: Results) -> list[str]:
-    title = "## Response-only loss (`oloraplus.train.fast_loss.response_only_loss`)"
+    title = "## Response-only loss (`oloraplus.eval.fast_loss.response_only_loss`)"
     if not _ok(results, "loss_compare"):
         return _not_run(title, results, "loss_compare")
     r = results["loss_compare"]

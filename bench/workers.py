@@ -35,11 +35,11 @@ from oloraplus.data.collate import CausalLMCollator
 from oloraplus.data.formats import load_examples
 from oloraplus.data.prompts import render_prompt
 from oloraplus.data.split import split_examples
-from oloraplus.data.tokenize import encode_examples
+from oloraplus.data.tokenize import IGNORE_INDEX, encode_examples
+from oloraplus.eval.fast_loss import response_only_loss
 from oloraplus.eval.generate import generate_batched, generate_one_by_one
 from oloraplus.optim.ratio import build_optimizer
 from oloraplus.train.environment import package_versions
-from oloraplus.train.fast_loss import response_only_loss
 from oloraplus.train.recipe import train
 
 Spec = dict[str, Any]
@@ -288,7 +288,7 @@ def loss_compare(spec: Spec) -> dict:
             for name in order:
                 times[name].append(_forward_backward(model, batch, fns[name])[0])
     real = sum(int(b["attention_mask"].sum()) for b in batches)
-    scored = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    scored = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
     return {"step_s": {n: statistics.median(t) for n, t in times.items()}, "peak_step_mib": memory,
             "max_abs_loss_diff": loss_diff, "max_abs_grad_diff": grad_diff,
             "real_tokens_per_step": real / len(batches), "scored_tokens_per_step": scored / len(batches)}

@@ -20,7 +20,7 @@ from oloraplus import models
 from oloraplus.cli.main import main
 from oloraplus.config import TrainConfig
 from oloraplus.experiments.sweep import run_sweep
-from oloraplus.train import rundir
+from oloraplus import rundir
 
 
 class Exploit:

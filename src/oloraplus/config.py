@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from oloraplus.adapters import registry
-from oloraplus.errors import ConfigError
+from oloraplus.errors import ConfigError, OloraError
 
 METHODS = registry.names()  # each registered by its module in oloraplus.adapters.methods
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -68,7 +68,7 @@ class TrainConfig:
                                        "changes the optimisation (homogeneous batches); off: random order")
     response_only_loss: bool = opt(True, "run the output head only where the loss is scored (same loss, "
                                          "less compute); off: the model's standard loss")
-    # On by default: the same batches, loss and gradients as padding (tests/train/test_packing.py), and
+    # On by default: the same batches, loss and gradients as padding (tests/data/test_packing.py), and
     # faster on both devices (bench/results.md, bench/gpu_results.md).
     packing: bool = opt(True, "padding-free batches: each batch's examples concatenated into rows of at most "
                               "--max-length tokens, no attention across examples (same loss as padding, no pad "
@@ -99,22 +99,24 @@ class TrainConfig:
         if self.ohora_init not in OHORA_INITS:
             raise ConfigError(f"--ohora-init: unknown {self.ohora_init!r}; choose from {', '.join(OHORA_INITS)}")
         check_ratio(self.ratio)
-        positive = {"rank": self.rank, "alpha": self.alpha, "lr": self.lr, "epochs": self.epochs,
+        check_rank(self.rank)
+        check_dropout(self.dropout)
+        positive = {"alpha": self.alpha, "lr": self.lr, "epochs": self.epochs,
                     "batch_size": self.batch_size, "grad_accum": self.grad_accum, "train_size": self.train_size,
                     "logging_steps": self.logging_steps,
                     "max_new_tokens": self.max_new_tokens, "generate_batch_size": self.generate_batch_size}
         for name, value in positive.items():
             if not (_finite(value) and value > 0):
                 raise ConfigError(f"{flag(name)}: must be > 0, got {value}")
-        non_negative = {"dropout": self.dropout, "weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
+        non_negative = {"weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
                         "eval_steps": self.eval_steps, "eval_size": self.eval_size, "eval_generate": self.eval_generate,
                         "save_steps": self.save_steps,
                         "tokens_per_batch": self.tokens_per_batch}
         for name, value in non_negative.items():
             if not (_finite(value) and value >= 0):
                 raise ConfigError(f"{flag(name)}: must be >= 0, got {value}")
-        if self.dropout >= 1 or self.warmup_ratio > 1:
-            raise ConfigError("--dropout must be < 1 and --warmup-ratio <= 1")
+        if self.warmup_ratio > 1:
+            raise ConfigError(f"--warmup-ratio: must be <= 1, got {self.warmup_ratio}")
         if self.max_length < 8:
             raise ConfigError(f"--max-length: must be >= 8, got {self.max_length}")
         if self.diagnostics_steps < -1:
@@ -178,6 +180,21 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
+def check_rank(rank: int, error: type[OloraError] = ConfigError) -> int:
+    """--rank: a positive integer. Checked here for the config and for every adapter built from Python
+    (`error=AdapterError`: `attach_adapter`, `hira_config`)."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or not _finite(rank) or rank <= 0:
+        raise error(f"--rank: must be a positive integer, got {rank}")
+    return rank
+
+
+def check_dropout(dropout: float, error: type[OloraError] = ConfigError) -> float:
+    """--dropout: a probability below 1. Checked here for the config and for every adapter built from Python."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise error(f"--dropout: must be in [0, 1), got {dropout}")
+    return dropout
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -230,7 +247,7 @@ def _comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _coerce(cls_name: str, source: str, key: str, value: Any, tp: Any) -> Any:
+def _coerce(source: str, key: str, value: Any, tp: Any) -> Any:
     tp = _base_type(tp)
     where = f"{source}: key '{key}'"
     if typing.get_origin(tp) is list:
@@ -301,7 +318,7 @@ def build_config(cls: type, values: dict[str, Any], source: str) -> Any:
             hint = [KNOWN_AS[key]] if KNOWN_AS.get(key) in known else difflib.get_close_matches(key, known, n=1)
             suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise ConfigError(f"{source}: unknown key {str(raw_key)!r}{suggestion}")
-        kwargs[key] = _coerce(cls.__name__, source, key, value, known[key])
+        kwargs[key] = _coerce(source, key, value, known[key])
     return cls(**kwargs)
 
 

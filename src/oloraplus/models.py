@@ -192,8 +192,6 @@ def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_co
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from oloraplus.data.collate import ensure_pad_token
-
     path = resolve_model_path(source)
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per load is noise in logs and CLIs
     device = pick_device(None) if device is None else torch.device(device)
@@ -211,6 +209,15 @@ def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_co
     if device.type != "cpu":
         model.to(device)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, path=path)
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Batching needs a pad id; causal LMs often ship without one, and eos is the usual stand-in."""
+    if tokenizer.pad_token_id is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ModelError("the tokenizer has neither a pad nor an eos token, so batches cannot be padded")
+    tokenizer.pad_token = tokenizer.eos_token
 
 
 def base_fingerprint(model: torch.nn.Module) -> str:

@@ -66,7 +66,7 @@ def test_unknown_method_lists_choices(make_model):
 
 @pytest.mark.parametrize("rank", [0, -2])
 def test_rank_must_be_positive(rank, make_model):
-    with pytest.raises(AdapterError, match=f"--rank {rank}: must be a positive integer"):
+    with pytest.raises(AdapterError, match=f"--rank: must be a positive integer, got {rank}"):
         attach_adapter(make_model("llama"), AdapterSpec("lora", rank=rank))
 
 

@@ -17,10 +17,12 @@ from oloraplus.cli.main import main
 from oloraplus.adapters.targets import resolve_target_modules
 from oloraplus.compose.cli import compose_command
 from oloraplus.config import TrainConfig
+from oloraplus.data.prepare import prepare
 from oloraplus.errors import AdapterError
-from oloraplus.optim.ratio import ratio_param_groups
+from oloraplus.optim.ratio import build_optimizer
 from oloraplus.train import recipe
-from oloraplus.train.recipe import prepare, train
+from oloraplus.train.recipe import train
+from tests.helpers import group_names
 
 WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta"]
 
@@ -69,10 +71,10 @@ def test_eva_trains_reloads_on_the_untouched_base_and_groups_a_and_b(arch, tiny_
     saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert (saved["init_lora_weights"], saved["r"], saved["rank_pattern"]) == ("eva", 4, {})  # ρ = 1: r everywhere
 
-    _, groups = ratio_param_groups(result.model, lr=3e-3, ratio=4.0)
+    groups = group_names(result.model, build_optimizer(result.model, lr=3e-3, ratio=4.0))
     trainable = [n for n, p in result.model.named_parameters() if p.requires_grad]
-    assert len(groups.A) == len(groups.B) == len(trainable) // 2 > 0 and not groups.other
-    assert all(".lora_A." in n for n in groups.A) and all(".lora_B." in n for n in groups.B)
+    assert len(groups["A"]) == len(groups["B"]) == len(trainable) // 2 > 0 and not groups["other"]
+    assert all(".lora_A." in n for n in groups["A"]) and all(".lora_B." in n for n in groups["B"])
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     lrs = [(r["lr_A"], r["lr_B"]) for r in logged if r.get("lr_A")]
     assert lrs and all(b == pytest.approx(4.0 * a) and a <= 3e-3 for a, b in lrs)  # A at η, B at λη

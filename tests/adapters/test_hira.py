@@ -8,7 +8,8 @@ from transformers.pytorch_utils import Conv1D
 
 from oloraplus.adapters.hira import attach_hira, hira_config
 from oloraplus.errors import AdapterError
-from oloraplus.optim.ratio import ratio_param_groups
+from oloraplus.optim.ratio import build_optimizer
+from tests.helpers import group_names
 
 
 def out_by_in(module: torch.nn.Module) -> torch.Tensor:
@@ -36,10 +37,10 @@ def test_config_carries_the_options():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(rank=0, target_modules=["q_proj"]), r"--rank 0: must be a positive integer"),
-    (dict(rank=True, target_modules=["q_proj"]), r"--rank True: must be a positive integer"),
+    (dict(rank=0, target_modules=["q_proj"]), r"--rank: must be a positive integer, got 0"),
+    (dict(rank=True, target_modules=["q_proj"]), r"--rank: must be a positive integer, got True"),
     (dict(rank=4, target_modules=[]), r"--target-modules \[\]: give at least one module name"),
-    (dict(rank=4, target_modules=["q_proj"], dropout=1.0), r"--dropout 1.0: must be in \[0, 1\)"),
+    (dict(rank=4, target_modules=["q_proj"], dropout=1.0), r"--dropout: must be in \[0, 1\), got 1.0"),
 ])
 def test_bad_options_are_adapter_errors(kwargs, message):
     with pytest.raises(AdapterError, match=message):
@@ -92,6 +93,6 @@ def test_save_reload_and_merge_round_trip(arch, make_model, tokens, tmp_path):
 
 def test_lambda_optimizer_finds_hira_factors(make_model):
     peft_model = attach_hira(make_model("llama"), rank=4, target_modules=["q_proj", "v_proj"])
-    _, names = ratio_param_groups(peft_model, lr=1e-3, ratio=2.0)
-    assert len(names.A) == len(names.B) == 4 and not names.other
-    assert all(".hira_A." in n for n in names.A) and all(".hira_B." in n for n in names.B)
+    names = group_names(peft_model, build_optimizer(peft_model, lr=1e-3, ratio=2.0))
+    assert len(names["A"]) == len(names["B"]) == 4 and not names["other"]
+    assert all(".hira_A." in n for n in names["A"]) and all(".hira_B." in n for n in names["B"])

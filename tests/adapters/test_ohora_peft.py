@@ -11,7 +11,8 @@ from transformers.pytorch_utils import Conv1D
 from oloraplus.adapters.ohora import ohora_factors
 from oloraplus.adapters.ohora_peft import OHoRAConfig, OHoRALinear, attach_ohora, load_ohora, ohora_layers
 from oloraplus.errors import AdapterError
-from oloraplus.optim.ratio import ratio_param_groups
+from oloraplus.optim.ratio import build_optimizer
+from tests.helpers import group_names
 
 TARGETS = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -59,8 +60,8 @@ def test_only_A_and_B_train_with_m_plus_n_parameters_per_layer(arch, make_model)
     assert sum(p.numel() for p in trainable.values()) == sum(
         sum(shapes[name.removeprefix("base_model.model.")]) for name in layers
     )
-    _, names = ratio_param_groups(peft_model, lr=1e-3, ratio=4.0)  # the λ optimizer finds OHoRA's A and B
-    assert len(names.A) == len(names.B) == len(layers) and not names.other
+    names = group_names(peft_model, build_optimizer(peft_model, lr=1e-3, ratio=4.0))  # it finds OHoRA's A and B
+    assert len(names["A"]) == len(names["B"]) == len(layers) and not names["other"]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -9,7 +9,7 @@ import pytest
 
 from oloraplus.cli.main import main
 from oloraplus.errors import ConfigError
-from oloraplus.train.rundir import check_output_dir
+from oloraplus.rundir import check_output_dir
 
 
 def make_run(path: Path) -> Path:

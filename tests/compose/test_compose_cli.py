@@ -9,7 +9,7 @@ from compose_helpers import hand_merged, logits, make_adapter
 from peft import PeftModel
 
 from oloraplus.compose.cli import compose_command, parse_weights
-from oloraplus.compose.io import load_adapter
+from oloraplus.compose.io import read_adapter
 from oloraplus.errors import AdapterError, ConfigError
 
 
@@ -38,7 +38,7 @@ def test_compose_writes_adapter_record_and_diagnostic(llama, two_runs, tmp_path,
 
     composed = PeftModel.from_pretrained(copy.deepcopy(llama.model), out / "adapter").eval()
     torch.testing.assert_close(logits(composed), logits(hand_merged(llama, deltas, [1.0, -0.5])), atol=1e-5, rtol=0)
-    again = load_adapter(out)  # the output is itself a run directory that composes again
+    again = read_adapter(out)  # the output is itself a run directory that composes again
     assert again.fingerprint == llama.fingerprint and again.method == "compose"
 
 

@@ -12,15 +12,15 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 from oloraplus.compose.interference import delta_cosine, delta_inner, interference, write_interference
-from oloraplus.compose.io import Adapter, LoraFactors, load_adapter
+from oloraplus.compose.io import Adapter, ScaledFactors, read_adapter
 
 
 def _random_factors(m, n, r, s, seed):
     g = torch.Generator().manual_seed(seed)
-    return LoraFactors(A=torch.randn(r, n, generator=g), B=torch.randn(m, r, generator=g), s=s)
+    return ScaledFactors(A=torch.randn(r, n, generator=g), B=torch.randn(m, r, generator=g), s=s)
 
 
-def _dense(f: LoraFactors) -> torch.Tensor:
+def _dense(f: ScaledFactors) -> torch.Tensor:
     return f.s * f.B.double() @ f.A.double()
 
 
@@ -33,7 +33,7 @@ def _adapter(name, modules):
 @pytest.mark.parametrize(("m", "n", "r1", "r2"), [(7, 5, 1, 3), (16, 40, 4, 4), (33, 9, 6, 2)])
 def test_inner_and_cosine_match_materialised_deltas(m, n, r1, r2):
     a, b = _random_factors(m, n, r1, 0.5, seed=m), _random_factors(m, n, r2, -3.0, seed=n)
-    b_shared = LoraFactors(A=a.A + 0.1 * b.A[:1].expand_as(a.A), B=a.B, s=2.0)  # strongly correlated with a
+    b_shared = ScaledFactors(A=a.A + 0.1 * b.A[:1].expand_as(a.A), B=a.B, s=2.0)  # strongly correlated with a
     for x, y in [(a, b), (a, b_shared)]:
         assert delta_inner(x, y) == pytest.approx(float((_dense(x) * _dense(y)).sum()), rel=1e-10)
         expected = torch.nn.functional.cosine_similarity(_dense(x).flatten(), _dense(y).flatten(), dim=0)
@@ -43,7 +43,7 @@ def test_inner_and_cosine_match_materialised_deltas(m, n, r1, r2):
 
 def test_identical_adapters_give_one(llama, tmp_path):
     make_adapter(llama, tmp_path / "a", r=3, alpha=5, seed=1)
-    adapter = load_adapter(tmp_path / "a")
+    adapter = read_adapter(tmp_path / "a")
     result = interference([adapter, adapter])
     assert result.names == ["a#1", "a#2"]
     torch.testing.assert_close(result.overall, torch.ones(2, 2, dtype=torch.float64), atol=1e-12, rtol=0)
@@ -56,12 +56,12 @@ def test_orthogonal_column_or_row_spaces_give_zero():
     Q_m, _ = torch.linalg.qr(torch.randn(12, 12, generator=g))
     Q_n, _ = torch.linalg.qr(torch.randn(10, 10, generator=g))
     first = {  # layer "col": B's orthogonal; layer "row": A's orthogonal
-        "col": LoraFactors(A=torch.randn(3, 10, generator=g), B=Q_m[:, :3] * 2.0, s=1.0),
-        "row": LoraFactors(A=Q_n[:2], B=torch.randn(12, 2, generator=g), s=4.0),
+        "col": ScaledFactors(A=torch.randn(3, 10, generator=g), B=Q_m[:, :3] * 2.0, s=1.0),
+        "row": ScaledFactors(A=Q_n[:2], B=torch.randn(12, 2, generator=g), s=4.0),
     }
     second = {
-        "col": LoraFactors(A=torch.randn(4, 10, generator=g), B=Q_m[:, 3:7], s=0.5),
-        "row": LoraFactors(A=Q_n[2:5], B=torch.randn(12, 3, generator=g), s=1.0),
+        "col": ScaledFactors(A=torch.randn(4, 10, generator=g), B=Q_m[:, 3:7], s=0.5),
+        "row": ScaledFactors(A=Q_n[2:5], B=torch.randn(12, 3, generator=g), s=1.0),
     }
     result = interference([_adapter("x", first), _adapter("y", second)])
     for cos in (result.layers["col"], result.layers["row"], result.overall):
@@ -70,7 +70,7 @@ def test_orthogonal_column_or_row_spaces_give_zero():
 
 def test_zero_delta_has_zero_cosine():
     a = _random_factors(6, 5, 2, 1.0, seed=1)
-    zero = LoraFactors(A=a.A, B=torch.zeros_like(a.B), s=1.0)
+    zero = ScaledFactors(A=a.A, B=torch.zeros_like(a.B), s=1.0)
     assert delta_cosine(a, zero) == 0.0 and delta_cosine(zero, zero) == 0.0
 
 
@@ -84,7 +84,7 @@ def test_gpt2_layers_match_peft_delta_weights_and_overall_is_rms(gpt2, tmp_path)
             n.removeprefix("base_model.model."): m.get_delta_weight("default").double()
             for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)
         })
-    result = interference([load_adapter(tmp_path / f"a{i}") for i in range(3)])
+    result = interference([read_adapter(tmp_path / f"a{i}") for i in range(3)])
 
     assert set(result.layers) == set(dense[0]) and len(result.layers) == 8
     squares = torch.zeros(3, 3, dtype=torch.float64)

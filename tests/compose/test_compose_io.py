@@ -10,7 +10,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
-from oloraplus.compose.io import load_adapter
+from oloraplus.compose.io import read_adapter
 from oloraplus.errors import AdapterError
 
 
@@ -26,7 +26,7 @@ def _edit_config(path, **changes):
 
 
 def test_factors_and_scales_match_peft(llama, adapter_dir):
-    adapter = load_adapter(adapter_dir)
+    adapter = read_adapter(adapter_dir)
     peft_model = PeftModel.from_pretrained(copy.deepcopy(llama.model), adapter_dir)
     layers = {n: m for n, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
     assert set(adapter.modules) == set(layers) and len(layers) == 14
@@ -40,38 +40,38 @@ def test_factors_and_scales_match_peft(llama, adapter_dir):
 
 def test_accepts_run_directory(llama, tmp_path):
     make_adapter(llama, tmp_path / "run1" / "adapter", r=2, alpha=2, seed=1)
-    adapter = load_adapter(tmp_path / "run1")
+    adapter = read_adapter(tmp_path / "run1")
     assert adapter.path == tmp_path / "run1" / "adapter" and adapter.name == "run1"
 
 
 def test_refuses_missing_paths_and_files(adapter_dir, tmp_path):
     with pytest.raises(AdapterError, match=r"nowhere: not found"):
-        load_adapter(tmp_path / "nowhere")
+        read_adapter(tmp_path / "nowhere")
     (tmp_path / "run" / "adapter").mkdir(parents=True)
     with pytest.raises(AdapterError, match=r"run/adapter/adapter_config.json: missing"):
-        load_adapter(tmp_path / "run")
+        read_adapter(tmp_path / "run")
     (adapter_dir / "adapter_model.safetensors").rename(adapter_dir / "moved")
     with pytest.raises(AdapterError, match=r"a/adapter_model.safetensors: missing"):
-        load_adapter(adapter_dir)
+        read_adapter(adapter_dir)
     (adapter_dir / "adapter_model.bin").write_bytes(b"pickle")
     with pytest.raises(AdapterError, match=r"adapter_model.bin: pickle weights are not loaded"):
-        load_adapter(adapter_dir)
+        read_adapter(adapter_dir)
     (adapter_dir / "adapter_config.json").unlink()
     with pytest.raises(AdapterError, match=r"a/adapter_config.json: missing \(expected an adapter directory"):
-        load_adapter(adapter_dir)
+        read_adapter(adapter_dir)
 
 
 def test_refuses_truncated_safetensors(adapter_dir):
     weights = adapter_dir / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(AdapterError, match=r"adapter_model.safetensors: truncated or corrupt safetensors file"):
-        load_adapter(adapter_dir)
+        read_adapter(adapter_dir)
 
 
 def test_refuses_garbage_safetensors(adapter_dir):
     (adapter_dir / "adapter_model.safetensors").write_bytes(b"\x00garbage, not a tensor file" * 10)
     with pytest.raises(AdapterError, match=r"adapter_model.safetensors: truncated or corrupt safetensors file"):
-        load_adapter(adapter_dir)
+        read_adapter(adapter_dir)
 
 
 def test_refuses_tampered_tensors(adapter_dir):
@@ -80,17 +80,17 @@ def test_refuses_tampered_tensors(adapter_dir):
     lone_a = {k: v for k, v in tensors.items() if "layers.0.self_attn.q_proj.lora_B" not in k}
     save_file(lone_a, weights)
     with pytest.raises(AdapterError, match=r"layers.0.self_attn.q_proj: lora_B.weight is missing"):
-        load_adapter(adapter_dir)
+        read_adapter(adapter_dir)
     key = next(k for k in tensors if k.endswith("lora_A.weight"))
     save_file(tensors | {key: torch.full_like(tensors[key], float("nan"))}, weights)
     with pytest.raises(AdapterError, match=r"non-finite values"):
-        load_adapter(adapter_dir)
+        read_adapter(adapter_dir)
 
 
 def test_refuses_bad_config(adapter_dir):
     (adapter_dir / "adapter_config.json").write_text("{not json")
     with pytest.raises(AdapterError, match=r"a/adapter_config.json: not valid JSON"):
-        load_adapter(adapter_dir)
+        read_adapter(adapter_dir)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,7 @@ def test_refuses_bad_config(adapter_dir):
 def test_refuses_unsupported_config(adapter_dir, changes, message):
     _edit_config(adapter_dir, **changes)
     with pytest.raises(AdapterError, match=message):
-        load_adapter(adapter_dir)
+        read_adapter(adapter_dir)
 
 
 @pytest.mark.parametrize(
@@ -121,11 +121,11 @@ def test_refuses_unsupported_config(adapter_dir, changes, message):
 def test_refuses_peft_made_unsupported_adapters(llama, tmp_path, kwargs, message):
     make_adapter(llama, tmp_path / "x", r=2, alpha=2, seed=1, **kwargs)
     with pytest.raises(AdapterError, match=message):
-        load_adapter(tmp_path / "x")
+        read_adapter(tmp_path / "x")
 
 
 def test_refuses_dora_tensors_even_if_config_hides_them(llama, tmp_path):
     make_adapter(llama, tmp_path / "x", r=2, alpha=2, seed=1, use_dora=True)
     _edit_config(tmp_path / "x", use_dora=False)
     with pytest.raises(AdapterError, match=r"lora_magnitude_vector' is a DoRA magnitude vector"):
-        load_adapter(tmp_path / "x")
+        read_adapter(tmp_path / "x")

@@ -8,7 +8,7 @@ import torch
 from compose_helpers import build_llama, hand_merged, logits, make_adapter
 from peft import PeftModel
 
-from oloraplus.compose.io import load_adapter
+from oloraplus.compose.io import read_adapter
 from oloraplus.compose.sum import sum_adapters, write_adapter
 from oloraplus.errors import AdapterError
 
@@ -116,7 +116,7 @@ def test_refuses_different_fan_in_fan_out(gpt2, tmp_path):
 
 def test_refuses_bad_weights(llama, tmp_path):
     make_adapter(llama, tmp_path / "a", r=2, alpha=2, seed=1)
-    adapters = [load_adapter(tmp_path / "a")] * 2
+    adapters = [read_adapter(tmp_path / "a")] * 2
     with pytest.raises(AdapterError, match=r"3 weights for 2 adapters"):
         sum_adapters(adapters, [1.0, 1.0, 1.0])
     with pytest.raises(AdapterError, match=r"weights must be finite"):

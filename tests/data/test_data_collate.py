@@ -6,11 +6,12 @@ import pytest
 import torch
 from data_helpers import make_tokenizer
 
-from oloraplus.data.collate import (REAL_TOKENS, SCORED, CausalLMCollator, ensure_pad_token, model_inputs,
-                                    next_token_targets, pack_rows, scored_positions)
-from oloraplus.data.formats import Example
+from oloraplus.data.collate import (REAL_TOKENS, SCORED, CausalLMCollator, model_inputs, next_token_targets,
+                                    pack_rows, scored_positions)
+from oloraplus.data.example import Example
 from oloraplus.data.tokenize import IGNORE_INDEX, encode_examples
 from oloraplus.errors import ModelError
+from oloraplus.models import ensure_pad_token
 from tests.conftest import tiny_llama
 
 ROWS = [

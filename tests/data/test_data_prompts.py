@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from data_helpers import STRICT, make_tokenizer
 
-from oloraplus.data.formats import Example
+from oloraplus.data.example import Example
 from oloraplus.data.prompts import render_prompt, render_response
 from oloraplus.errors import DataError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oloraplus.data.formats import Example
+from oloraplus.data.example import Example
 from oloraplus.data.tokenize import IGNORE_INDEX, encode_examples
 from oloraplus.errors import DataError
 

@@ -11,7 +11,7 @@ import yaml
 
 from oloraplus.config import TrainConfig, to_dict
 from oloraplus.errors import NonFiniteLossError
-from oloraplus.train import rundir
+from oloraplus import rundir
 
 
 def write_run(path: Path, config: dict[str, Any], metrics: dict[str, Any], log: list[dict] | None = None,

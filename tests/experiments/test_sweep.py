@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 
 from oloraplus.config import TrainConfig
 from oloraplus.errors import ConfigError
-from oloraplus.experiments.sweep import (
-    RESULTS_FILE, plan_from_spec, plan_sweep, run_name, run_path, run_sweep, safe_component,
-)
+from oloraplus.experiments.sweep import plan_from_spec, plan_sweep, run_name, run_path, run_sweep
+from oloraplus.experiments.sweepdir import RESULTS_FILE, safe_component
 
 
 def write_sweep(path: Path, spec: dict) -> Path:
@@ -204,7 +203,7 @@ def test_an_output_that_is_a_file_is_refused(tmp_path):
 
 def test_an_ohora_run_recorded_before_ohora_init_existed_reads_as_the_paper_init(tmp_path):
     """Such runs used the literal init: a sweep must not take them for today's default ('ranked')."""
-    from oloraplus.experiments.sweep import config_differences, recorded_config
+    from oloraplus.rundir import config_differences, recorded_config
 
     for method in ("ohora", "lora"):
         (tmp_path / method).mkdir()

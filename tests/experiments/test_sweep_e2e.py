@@ -10,7 +10,7 @@ import yaml
 
 from oloraplus.cli.main import build_parser
 from oloraplus.train import recipe
-from oloraplus.train.recipe import TIMING_KEYS
+from tests.helpers import TIMING_KEYS
 
 
 def _sweep_file(tmp_path: Path, model: Path, data: Path) -> Path:

@@ -8,6 +8,7 @@ import math
 import pytest
 from experiment_helpers import FakeTrain, objective
 
+from oloraplus import rundir
 from oloraplus.cli.main import build_parser
 from oloraplus.config import TrainConfig
 from oloraplus.errors import ConfigError
@@ -101,7 +102,7 @@ def test_tune_ratio_command_takes_train_flags(tmp_path, monkeypatch, capsys):
                               "--min-steps", "4", "--output", str(tmp_path / "tune")])
     assert args.func(args) == 0
     assert "best λ = 2" in capsys.readouterr().out
-    cfg = sweep.recorded_config(tmp_path / "tune" / "rung-0" / "runs" / "ratio-0.5")
+    cfg = rundir.recorded_config(tmp_path / "tune" / "rung-0" / "runs" / "ratio-0.5")
     assert (cfg["rank"], cfg["seed"], cfg["lr"], cfg["max_steps"]) == (8, 5, 1e-3, 4)
 
 

@@ -1,9 +1,15 @@
+"""The λ optimizer as training builds it: `build_optimizer`, which `RatioTrainer.create_optimizer` calls."""
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from transformers import TrainingArguments
+
 from oloraplus.errors import ConfigError
-from oloraplus.optim.ratio import build_optimizer, classify, group_lrs, ratio_param_groups
+from oloraplus.optim.ratio import build_optimizer, classify, group_lrs
+from oloraplus.train.trainer import RatioTrainer
 from tests.conftest import tiny_llama
+from tests.helpers import group_names
 
 
 def tiny_peft(use_dora=False):
@@ -17,13 +23,14 @@ def tiny_peft(use_dora=False):
 @pytest.mark.parametrize("use_dora", [False, True])
 def test_every_A_at_eta_every_B_at_lambda_eta(ratio, use_dora):
     model = tiny_peft(use_dora)
-    groups, names = ratio_param_groups(model, lr=1e-3, ratio=ratio)
+    optimizer = build_optimizer(model, lr=1e-3, ratio=ratio)
+    groups, names = optimizer.param_groups, group_names(model, optimizer)
     by_name = {g["name"]: g for g in groups}
     params = dict(model.named_parameters())
     expected_A = {n for n in params if ".lora_A." in n}
     expected_B = {n for n in params if ".lora_B." in n}
-    assert set(names.A) == expected_A and len(expected_A) == 2 * 3
-    assert set(names.B) == expected_B and len(expected_B) == 2 * 3
+    assert set(names["A"]) == expected_A and len(expected_A) == 2 * 3
+    assert set(names["B"]) == expected_B and len(expected_B) == 2 * 3
     assert by_name["A"]["lr"] == pytest.approx(1e-3)
     assert by_name["B"]["lr"] == pytest.approx(ratio * 1e-3)
     # nothing trainable left out, nothing frozen included
@@ -31,8 +38,26 @@ def test_every_A_at_eta_every_B_at_lambda_eta(ratio, use_dora):
     assert len(grouped) == len({id(p) for p in grouped})
     assert {id(p) for p in grouped} == {id(p) for p in model.parameters() if p.requires_grad}
     if use_dora:
-        assert names.no_decay and all("lora_magnitude_vector" in n for n in names.no_decay)
+        assert names["no_decay"] and all("lora_magnitude_vector" in n for n in names["no_decay"])
         assert by_name["no_decay"]["weight_decay"] == 0.0
+
+
+def test_the_trainer_trains_with_this_optimizer(tmp_path):
+    """RatioTrainer.create_optimizer builds exactly this optimizer, with the TrainingArguments' lr, weight decay
+    and Adam settings (and no decay on the DoRA magnitude): what every `train` run steps with."""
+    model = tiny_peft(use_dora=True)
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=2e-3, weight_decay=0.1, adam_beta1=0.8,
+                             adam_beta2=0.99, adam_epsilon=1e-6, report_to=[], use_cpu=True, save_strategy="no")
+    trainer = RatioTrainer(model=model, args=args, ratio=4.0)
+    optimizer = trainer.create_optimizer()
+    assert type(optimizer) is torch.optim.AdamW and trainer.optimizer is optimizer
+    reference = build_optimizer(model, 2e-3, 4.0, 0.1, betas=(0.8, 0.99), eps=1e-6)
+    assert group_names(model, optimizer) == group_names(model, reference)
+    settings = ("name", "lr", "weight_decay", "betas", "eps")
+    assert ([{k: g[k] for k in settings} for g in optimizer.param_groups]
+            == [{k: g[k] for k in settings} for g in reference.param_groups])
+    assert group_lrs(optimizer) == pytest.approx({"A": 2e-3, "B": 8e-3, "no_decay": 2e-3})
+    assert {g["name"]: g["weight_decay"] for g in optimizer.param_groups} == {"A": 0.1, "B": 0.1, "no_decay": 0.0}
 
 
 def test_classify_markers():
@@ -57,7 +82,7 @@ def test_scheduler_keeps_the_ratio():
 
 def test_invalid_ratio_rejected():
     with pytest.raises(ConfigError):
-        ratio_param_groups(tiny_peft(), lr=1e-3, ratio=float("nan"))
+        build_optimizer(tiny_peft(), lr=1e-3, ratio=float("nan"))
 
 
 @pytest.mark.parametrize("ratio", [0.25, 4.0])

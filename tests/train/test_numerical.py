@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from oloraplus import rundir
 from oloraplus.cli.main import main
 from oloraplus.train import checkpoint
 from oloraplus.train.trainer import RatioTrainer
@@ -29,7 +30,7 @@ def test_huge_learning_rate_stops_before_a_poisoned_checkpoint(tiny_llama_dir, a
     out = tmp_path / "run"
     assert main(flags(tiny_llama_dir, alpaca_file, out, "--lr", "1e6", "--save-steps", "1")) == 2
     err = one_line_error(capsys)
-    failure = json.loads((tmp_path / "run.partial" / checkpoint.FAILURE_FILE).read_text())
+    failure = json.loads((tmp_path / "run.partial" / rundir.FAILURE_FILE).read_text())
     step = failure["step"]
     assert f"training stopped at step {step}" in err and "--lr" in err and "non-finite" in err
     assert not out.exists()
@@ -55,7 +56,7 @@ def test_nan_loss_keeps_last_checkpoint_records_step_and_resume_finishes(
     err = one_line_error(capsys)
     last = work / "checkpoints" / "checkpoint-4"
     assert "training stopped at step 5: the loss is not finite (loss nan)" in err and str(last) in err
-    failure = json.loads((work / checkpoint.FAILURE_FILE).read_text())
+    failure = json.loads((work / rundir.FAILURE_FILE).read_text())
     assert failure["step"] == 5 and failure["loss"] == "nan" and failure["last_checkpoint"] == str(last)
     assert checkpoint.last_checkpoint(work / "checkpoints") == last
     logged = [json.loads(line)["step"] for line in (work / "log.jsonl").read_text().splitlines()]
@@ -64,7 +65,7 @@ def test_nan_loss_keeps_last_checkpoint_records_step_and_resume_finishes(
     monkeypatch.setattr(RatioTrainer, "compute_loss", compute_loss)  # the fault was transient
     assert main(flags(tiny_llama_dir, alpaca_file, out, "--save-steps", "2", "--resume")) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 10
-    assert not (out / checkpoint.FAILURE_FILE).exists() and not work.exists()
+    assert not (out / rundir.FAILURE_FILE).exists() and not work.exists()
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

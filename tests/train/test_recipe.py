@@ -12,8 +12,10 @@ from transformers import AutoModelForCausalLM
 
 from oloraplus.config import TrainConfig
 from oloraplus.data.collate import CausalLMCollator
+from oloraplus.data.prepare import prepare
 from oloraplus.eval.loss import evaluate_loss
-from oloraplus.train.recipe import TIMING_KEYS, prepare, train
+from oloraplus.train.recipe import train
+from tests.helpers import TIMING_KEYS
 
 
 def tiny_cfg(model_dir, data, out, **kw) -> TrainConfig:

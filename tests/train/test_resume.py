@@ -21,7 +21,7 @@ from transformers import Trainer
 from oloraplus.cli.main import main
 from oloraplus.config import TrainConfig, to_dict
 from oloraplus.train import checkpoint
-from oloraplus.train.recipe import SESSION_KEYS
+from tests.helpers import SESSION_KEYS
 
 SAVE_STEPS, MAX_STEPS = 2, 20
 KILL_SEED = 20240607  # the kill step is drawn at random, from a fixed seed so that a failure reproduces

@@ -15,10 +15,10 @@ import torch
 import oloraplus
 from oloraplus.config import TrainConfig
 from oloraplus.errors import NonFiniteLossError
+from oloraplus.eval.fast_loss import response_only_loss
 from oloraplus.train import recipe
 from oloraplus.train.callbacks import DiagnosticsCallback
 from oloraplus.train import trainer as trainer_module
-from oloraplus.train.fast_loss import response_only_loss
 from oloraplus.train.trainer import RatioTrainer
 
 SRC = str(Path(oloraplus.__file__).parent)

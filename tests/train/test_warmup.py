@@ -9,7 +9,7 @@ import torch
 from transformers import get_scheduler
 
 from oloraplus.config import TrainConfig
-from oloraplus.train import rundir
+from oloraplus import rundir
 from oloraplus.train.recipe import _training_arguments, train
 
 LR = 1e-3

@@ -23,6 +23,7 @@ from oloraplus.adapters import registry
 from oloraplus.adapters.olora import LoraFactors, apply_olora_
 from oloraplus.adapters.pissa import apply_pissa_
 from oloraplus.adapters.targets import out_in_shape, resolve_target_modules, targeted_layers
+from oloraplus.config import check_dropout, check_rank
 from oloraplus.errors import AdapterError
 
 
@@ -45,12 +46,10 @@ Calibration = Iterable[dict[str, Any]]
 
 def _validate(spec: AdapterSpec) -> None:
     registry.get(spec.method)  # unknown: one line listing the registered methods
-    if isinstance(spec.rank, bool) or not isinstance(spec.rank, int) or spec.rank <= 0:
-        raise AdapterError(f"--rank {spec.rank}: must be a positive integer")
+    check_rank(spec.rank, AdapterError)
     if not spec.alpha > 0:
         raise AdapterError(f"--alpha {spec.alpha}: must be positive")
-    if not 0.0 <= spec.dropout < 1.0:
-        raise AdapterError(f"--dropout {spec.dropout}: must be in [0, 1)")
+    check_dropout(spec.dropout, AdapterError)
 
 
 def _check_ranks(layers: dict[str, torch.nn.Module], rank: int) -> None:

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from oloraplus.adapters.files import CONFIG_FILE, WEIGHTS_FILE
 from oloraplus.compose.io import read_config, resolve_adapter_dir
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py: MaxLoRARanks
@@ -89,9 +90,8 @@ def vllm_verdicts(adapter_dir: str | Path) -> list[Verdict]:
                      "releases scale every layer by lora_alpha/r" if patterns else "one rank and alpha for all layers"))
     scale = "lora_alpha/sqrt(r) (rsLoRA, read by vLLM)" if config.get("use_rslora") else "lora_alpha/r"
     verdicts.append(("scaling", True, scale))
-    weights = (path / "adapter_model.safetensors").is_file()
-    verdicts.append(("weights", weights, "adapter_model.safetensors" if weights
-                     else "no adapter_model.safetensors next to adapter_config.json"))
+    weights = (path / WEIGHTS_FILE).is_file()
+    verdicts.append(("weights", weights, WEIGHTS_FILE if weights else f"no {WEIGHTS_FILE} next to {CONFIG_FILE}"))
     return verdicts
 
 

@@ -20,19 +20,11 @@ from peft import PeftConfig, PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from oloraplus.adapters import registry
+from oloraplus.adapters.files import CONFIG_FILE, META_FILE, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE
 from oloraplus.adapters.olora import LoraFactors
 from oloraplus.errors import AdapterError
 from oloraplus.io import atomic_write_json, atomic_write_text, follow_umask
 from oloraplus.models import base_provenance, portable_name
-
-METADATA_FILE = "oloraplus_adapter.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-
-
-def _modifies_base(init_lora_weights: object) -> bool:
-    """The shifting methods name their init after themselves (`apply_shifted_init_`); PEFT adds 'pissa_niter_k'."""
-    init = str(init_lora_weights).lower().split("_niter_")[0]
-    return any(m.shifts_base and m.name == init for m in registry.methods())
 
 
 def _base_relative_state(
@@ -67,7 +59,7 @@ def save_adapter(
     adapter_name = peft_model.active_adapter
     config = peft_model.peft_config[adapter_name]
     path.mkdir(parents=True, exist_ok=True)
-    if not _modifies_base(getattr(config, "init_lora_weights", True)):  # HiRA, OHoRA: already base-relative
+    if not registry.init_shifts_base(getattr(config, "init_lora_weights", True)):  # HiRA, OHoRA: already base-relative
         if initial_factors:
             raise AdapterError(
                 f"save adapter {path}: initial factors given, but adapter '{adapter_name}' did not modify the base"
@@ -98,7 +90,7 @@ def save_adapter(
         extra_metadata = {**extra_metadata, **base_provenance(source, local)}
         _name_base(path, local, portable_name(source))
     if extra_metadata is not None:
-        atomic_write_json(path / METADATA_FILE, extra_metadata)
+        atomic_write_json(path / META_FILE, extra_metadata)
     follow_umask(path / WEIGHTS_FILE)  # safetensors writes it 0600; `path` may hold the caller's own files
     return path
 
@@ -108,7 +100,7 @@ def _name_base(path: Path, local: str | None, name: str) -> None:
 
     Done after PEFT's save, which reads the base's config from that name and would go to the Hub for it.
     """
-    config_file = path / "adapter_config.json"
+    config_file = path / CONFIG_FILE
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = name
     atomic_write_json(config_file, config)
@@ -119,7 +111,7 @@ def _name_base(path: Path, local: str | None, name: str) -> None:
 
 def load_metadata(path: str | os.PathLike) -> dict | None:
     """The `extra_metadata` saved with an adapter, or None when there is none."""
-    file = Path(path) / METADATA_FILE
+    file = Path(path) / META_FILE
     if not file.is_file():
         return None
     try:
@@ -137,7 +129,7 @@ def check_adapter_weights(path: Path) -> None:
     if not weights.is_file():
         found = ", ".join(sorted(p.name for p in path.glob("adapter_model*"))) or "nothing"
         raise AdapterError(f"{weights}: missing (found {found}); only safetensors adapter weights are loaded, "
-                           "never pickle files like adapter_model.bin")
+                           f"never pickle files like {PICKLE_WEIGHTS_FILE}")
     try:
         tensors = load_file(weights)
     except (SafetensorError, OSError, ValueError) as exc:
@@ -150,8 +142,8 @@ def check_adapter_weights(path: Path) -> None:
 def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftModel:
     """Load a saved adapter onto `base_model` (modified in place) for inference."""
     path = Path(path)
-    if not (path / "adapter_config.json").is_file():
-        raise AdapterError(f"--adapter {path}: not an adapter directory (no adapter_config.json)")
+    if not (path / CONFIG_FILE).is_file():
+        raise AdapterError(f"--adapter {path}: not an adapter directory (no {CONFIG_FILE})")
     from oloraplus.adapters.ohora_peft import OHoRAConfig, load_ohora  # also registers OHORA with PEFT
 
     check_adapter_weights(path)

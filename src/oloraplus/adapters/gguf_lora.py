@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oloraplus.compose.io import (LoraFactors, check_config, load_adapter, module_scale, read_config,
+from oloraplus.compose.io import (ScaledFactors, check_config, module_scale, read_adapter, read_config,
                                   resolve_adapter_dir)
 from oloraplus.errors import AdapterError, ConfigError, ModelError
 from oloraplus.io import atomic_file
@@ -39,7 +39,7 @@ def llama_permute(rows: torch.Tensor, n_head: int) -> torch.Tensor:
     return rows.reshape(n_head, 2, rows.shape[0] // n_head // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-def gguf_lora_tensors(modules: dict[str, LoraFactors], n_head: int, n_kv_head: int) -> dict[str, np.ndarray]:
+def gguf_lora_tensors(modules: dict[str, ScaledFactors], n_head: int, n_kv_head: int) -> dict[str, np.ndarray]:
     """Llama LoRA factors per saved module -> {llama.cpp tensor name: float32 array}, B of q/k permuted."""
     out: dict[str, np.ndarray] = {}
     for key, factors in modules.items():
@@ -83,7 +83,7 @@ def export_gguf_lora(run_dir: str | Path, output: str | Path, *, overwrite: bool
     """RUN_DIR/adapter -> a llama.cpp LoRA GGUF at `output`, written to a temp name and renamed."""
     import gguf
 
-    from oloraplus.train.rundir import load_run_config
+    from oloraplus.rundir import load_run_config
 
     output = Path(output)
     if output.suffix != ".gguf":
@@ -99,7 +99,7 @@ def export_gguf_lora(run_dir: str | Path, output: str | Path, *, overwrite: bool
         raise AdapterError(f"--model {cfg.model}: architecture {architecture} is not mapped to llama.cpp names "
                            f"(supported: {', '.join(ARCHITECTURES)})")
     n_head = base["num_attention_heads"]
-    tensors = gguf_lora_tensors(load_adapter(path).modules, n_head, base.get("num_key_value_heads") or n_head)
+    tensors = gguf_lora_tensors(read_adapter(path).modules, n_head, base.get("num_key_value_heads") or n_head)
     with atomic_file(output) as tmp:
         writer = gguf.GGUFWriter(tmp, arch=ARCHITECTURES[architecture])
         writer.add_type(gguf.GGUFType.ADAPTER)

@@ -12,6 +12,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from oloraplus.adapters.targets import resolve_target_modules, targeted_layers
+from oloraplus.config import check_dropout, check_rank
 from oloraplus.errors import AdapterError
 
 
@@ -19,12 +20,10 @@ def hira_config(
     rank: int, target_modules: list[str], dropout: float = 0.0, fan_in_fan_out: bool = False
 ) -> HiraConfig:
     """A causal-LM HiraConfig; `fan_in_fan_out=True` when the targets are Conv1D (weights stored in×out)."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise AdapterError(f"--rank {rank}: must be a positive integer")
+    check_rank(rank, AdapterError)
     if not target_modules or not all(isinstance(t, str) and t for t in target_modules):
         raise AdapterError(f"--target-modules {target_modules!r}: give at least one module name")
-    if not 0.0 <= dropout < 1.0:
-        raise AdapterError(f"--dropout {dropout}: must be in [0, 1)")
+    check_dropout(dropout, AdapterError)
     return HiraConfig(task_type="CAUSAL_LM", r=rank, target_modules=list(target_modules), hira_dropout=dropout,
                       fan_in_fan_out=fan_in_fan_out)
 

@@ -6,8 +6,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from oloraplus import rundir
 from oloraplus.io import follow_umask
-from oloraplus.train import rundir
 
 
 def merge_run(run_dir: str | Path, output: str | Path) -> Path:

@@ -28,8 +28,10 @@ from peft.utils.peft_types import PeftType
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
+from oloraplus.adapters.files import CONFIG_FILE
 from oloraplus.adapters.ohora import OHORA_INITS, kron_materialised, kron_matvec, ohora_factors, r_high_for
 from oloraplus.adapters.targets import resolve_target_modules
+from oloraplus.config import check_dropout
 from oloraplus.errors import AdapterError
 
 
@@ -92,8 +94,7 @@ class OHoRAConfig(PeftConfig):
         number = isinstance(self.scale, (int, float)) and not isinstance(self.scale, bool)
         if not (number and math.isfinite(self.scale) and self.scale != 0):
             raise AdapterError(f"OHoRA scale {self.scale!r}: must be a finite non-zero number")
-        if not 0.0 <= self.ohora_dropout < 1.0:
-            raise AdapterError(f"OHoRA dropout {self.ohora_dropout!r}: must be in [0, 1)")
+        check_dropout(self.ohora_dropout, AdapterError)
         if self.ohora_init not in OHORA_INITS:
             raise AdapterError(f"OHoRA init {self.ohora_init!r}: choose one of {', '.join(OHORA_INITS)}")
 
@@ -282,11 +283,11 @@ def load_ohora(model: nn.Module, path: str | Path, is_trainable: bool = False) -
     (one full QR per layer, whose result the saved A0, B0 then overwrite).
     """
     path = Path(path)
-    if not (path / "adapter_config.json").is_file():
-        raise AdapterError(f"{path}: no adapter_config.json (not a saved PEFT adapter)")
+    if not (path / CONFIG_FILE).is_file():
+        raise AdapterError(f"{path}: no {CONFIG_FILE} (not a saved PEFT adapter)")
     config = PeftConfig.from_pretrained(str(path))
     if not isinstance(config, OHoRAConfig):
         peft_type = getattr(config.peft_type, "value", config.peft_type)
-        raise AdapterError(f"{path}/adapter_config.json: peft_type is {peft_type}, not OHORA")
+        raise AdapterError(f"{path}/{CONFIG_FILE}: peft_type is {peft_type}, not OHORA")
     config.init_weights = False
     return PeftModel.from_pretrained(model, str(path), config=config, is_trainable=is_trainable)

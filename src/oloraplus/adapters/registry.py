@@ -16,6 +16,9 @@ from typing import Callable
 
 from oloraplus.errors import AdapterError
 
+# PEFT `init_lora_weights` values that only choose the starting A, B and leave the base weight W untouched, so the
+# saved factors are the whole ΔW = s·B·A. Any other init (ours that shift the base, PEFT's LoftQ, CorDA, ...) moved W.
+PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal", "mica")
 # The first methods in CLI order; every other module in oloraplus.adapters.methods follows, by name. Each module
 # registers itself when imported, so a new method is one new file there (README: Add a method).
 BUILTIN = ("lora", "olora", "pissa", "dora", "ohora", "hira")
@@ -85,3 +88,18 @@ def a_markers() -> tuple[str, ...]:
 
 def b_markers() -> tuple[str, ...]:
     return tuple(dict.fromkeys(marker for m in methods() for marker in m.b_markers))
+
+
+def init_shifts_base(init_lora_weights: object) -> bool:
+    """Whether one of the registered methods trained this PEFT LoRA on a shifted base W − s·B0·A0, so `save_adapter`
+    must write it base-relative. Such a method names its init after itself (`apply_shifted_init_`); PEFT spells
+    PiSSA's fast SVD 'pissa_niter_k'."""
+    init = str(init_lora_weights).lower().split("_niter_")[0]
+    return any(m.shifts_base and m.name == init for m in methods())
+
+
+def init_is_base_relative(init_lora_weights: object) -> bool:
+    """Whether a saved PEFT LoRA with this init holds the whole ΔW relative to the untouched base (a plain init):
+    what summing adapters and converting them to llama.cpp need. `save_adapter` saves a shifting method's adapter
+    with init True, so it is; the raw factors of a shifted base never are."""
+    return isinstance(init_lora_weights, (bool, str)) and init_lora_weights in PLAIN_INITS

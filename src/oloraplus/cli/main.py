@@ -55,7 +55,7 @@ def _eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from oloraplus.console import eval_summary
     from oloraplus.eval.run_eval import evaluate_run
-    from oloraplus.train.rundir import load_run_config
+    from oloraplus.rundir import load_run_config
 
     if args.harness is not None:
         return _harness(args)

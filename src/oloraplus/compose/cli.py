@@ -15,13 +15,12 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from oloraplus import __version__
+from oloraplus import __version__, rundir
 from oloraplus.compose import INTERFERENCE_FILE
 from oloraplus.compose.study import run_study
 from oloraplus.errors import AdapterError, ConfigError
 from oloraplus.io import atomic_write_text
 from oloraplus.paths import portable_command
-from oloraplus.train import rundir
 
 if TYPE_CHECKING:  # torch: imported once the flags and --output have been checked
     from oloraplus.compose.io import Adapter
@@ -75,10 +74,10 @@ def compose_command(inputs: list[str], output: str, weights: str | None, dry_run
     out = Path(output)
     _check_output(out, dry_run)
     from oloraplus.compose.interference import format_table, interference, write_interference
-    from oloraplus.compose.io import load_adapter
+    from oloraplus.compose.io import read_adapter
     from oloraplus.compose.sum import sum_adapters, write_adapter
 
-    adapters = [load_adapter(source) for source in inputs]
+    adapters = [read_adapter(source) for source in inputs]
     config, tensors = sum_adapters(adapters, values)  # also refuses incompatible adapters
     values = values or [1.0] * len(adapters)
     result = interference(adapters)

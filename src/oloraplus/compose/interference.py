@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from oloraplus.compose import HEATMAP_FILE, INTERFERENCE_FILE
-from oloraplus.compose.io import Adapter, LoraFactors, target_name
+from oloraplus.compose.io import Adapter, ScaledFactors, target_name
 from oloraplus.compose.sum import check_compatible
 from oloraplus.io import atomic_write_text
 
@@ -39,14 +39,14 @@ class Interference:
         }
 
 
-def delta_inner(a: LoraFactors, b: LoraFactors) -> float:
+def delta_inner(a: ScaledFactors, b: ScaledFactors) -> float:
     """⟨s_a B_a A_a, s_b B_b A_b⟩_F = s_a s_b tr((B_aᵀB_b)(A_bA_aᵀ)), in float64."""
     BtB = a.B.double().T @ b.B.double()  # (r_a, r_b)
     AAt = a.A.double() @ b.A.double().T  # (r_a, r_b); tr(X Y) = Σ X ⊙ Yᵀ
     return a.s * b.s * float((BtB * AAt).sum())
 
 
-def delta_cosine(a: LoraFactors, b: LoraFactors) -> float:
+def delta_cosine(a: ScaledFactors, b: ScaledFactors) -> float:
     """cos(ΔW_a, ΔW_b) of the flattened deltas; 0 when either delta is zero."""
     norm = math.sqrt(max(delta_inner(a, a), 0.0) * max(delta_inner(b, b), 0.0))
     if norm == 0.0:

@@ -17,18 +17,14 @@ from pathlib import Path
 import torch
 from peft.utils.other import get_pattern_key
 
+from oloraplus.adapters import registry
+from oloraplus.adapters.files import CONFIG_FILE, META_FILE, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE
 from oloraplus.errors import AdapterError
-from oloraplus.train.rundir import ADAPTER_DIR
+from oloraplus.rundir import ADAPTER_DIR
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-PICKLE_WEIGHTS_FILE = "adapter_model.bin"
-META_FILE = "oloraplus_adapter.json"  # {"base_fingerprint", "base_model", "method"}
 KEY_PREFIX = "base_model.model."  # PeftModel's prefix on every saved key
 
 _FACTOR_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<factor>[AB])\.weight$")
-# init_lora_weights values whose A, B are relative to the untouched base weight W.
-_BASE_RELATIVE_INITS = {True, False, "gaussian", "eva", "orthogonal", "mica"}
 # Config fields that switch on something other than ΔW = s·B·A on a Linear/Conv1D weight.
 _UNSUPPORTED_FIELDS = {
     "use_dora": "DoRA (use_dora) rescales W by a learned magnitude, so its deltas do not add",
@@ -48,8 +44,10 @@ _UNSUPPORTED_FIELDS = {
 
 
 @dataclass(frozen=True)
-class LoraFactors:
-    """One adapted weight: ΔW = s·B·A (transposed onto a Conv1D weight when fan_in_fan_out)."""
+class ScaledFactors:
+    """One adapted weight as saved: ΔW = s·B·A (transposed onto a Conv1D weight when fan_in_fan_out).
+
+    Unlike `adapters.olora.LoraFactors` (a layer's initial A, B), it carries the layer's scale s."""
 
     A: torch.Tensor  # (r, n) — n = in_features
     B: torch.Tensor  # (m, r) — m = out_features
@@ -70,7 +68,7 @@ class Adapter:
     source: str  # what the user passed (run or adapter directory)
     path: Path  # the adapter directory itself
     config: dict  # adapter_config.json as read
-    modules: dict[str, LoraFactors]  # saved key prefix (e.g. base_model.model.model.layers.0.self_attn.q_proj)
+    modules: dict[str, ScaledFactors]  # saved key prefix (e.g. base_model.model.model.layers.0.self_attn.q_proj)
     fingerprint: str | None  # base_fingerprint from oloraplus_adapter.json, when recorded
     base_model: str | None
     method: str | None
@@ -129,7 +127,7 @@ def check_config(config: dict, path: Path) -> None:
     if config.get("bias", "none") != "none":
         raise AdapterError(f"{where}: bias={config['bias']!r} trains base biases, which are not part of ΔW = s·B·A (need 'none')")
     init = config.get("init_lora_weights", True)
-    if not isinstance(init, (bool, str)) or init not in _BASE_RELATIVE_INITS:
+    if not registry.init_is_base_relative(init):
         raise AdapterError(
             f"{where}: init_lora_weights={init!r} changed the base weight, so ΔW = s·B·A is not base-relative; "
             "export the adapter base-relative first"
@@ -189,7 +187,7 @@ def _unsupported_reason(keys: list[str]) -> tuple[str, str]:
     return keys[0], "not a lora_A/lora_B weight (modules_to_save, trainable tokens or another adapter type)"
 
 
-def factors_from_tensors(tensors: dict[str, torch.Tensor], config: dict, path: Path) -> dict[str, LoraFactors]:
+def factors_from_tensors(tensors: dict[str, torch.Tensor], config: dict, path: Path) -> dict[str, ScaledFactors]:
     """Pair lora_A/lora_B tensors per module and check their shapes against the config's ranks."""
     where = path / WEIGHTS_FILE
     others = [key for key in tensors if not _FACTOR_KEY.match(key)]
@@ -219,11 +217,11 @@ def factors_from_tensors(tensors: dict[str, torch.Tensor], config: dict, path: P
             raise AdapterError(f"{where}: {name}: tensors have rank {A.shape[0]} but {CONFIG_FILE} says r={r_config}")
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise AdapterError(f"{where}: {name}: non-finite values (corrupt file?)")
-        modules[module] = LoraFactors(A=A, B=B, s=module_scale(config, name, A.shape[0]))
+        modules[module] = ScaledFactors(A=A, B=B, s=module_scale(config, name, A.shape[0]))
     return modules
 
 
-def load_adapter(source: str | Path) -> Adapter:
+def read_adapter(source: str | Path) -> Adapter:
     """Read and validate one adapter (or run) directory; raises AdapterError naming the bad file."""
     path = resolve_adapter_dir(source)
     config = read_config(path)

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from oloraplus import rundir
 from oloraplus.compose.study_fit import compare, fit_line, plot_scatter
 from oloraplus.compose.study_plan import Training, check_merged_file, is_finished, merged_split, plan_trainings
 from oloraplus.compose.study_report import report_markdown
@@ -33,17 +34,15 @@ from oloraplus.config import TrainConfig, build_config
 from oloraplus.data.formats import load_examples
 from oloraplus.data.split import split_examples
 from oloraplus.errors import DataError
-from oloraplus.experiments.sweep import read_metrics
 from oloraplus.io import atomic_write_text
 from oloraplus.paths import portable_path
-from oloraplus.train import rundir
 
 
 def _write_sum(output: Path, subset: tuple[str, ...]) -> Path:
-    from oloraplus.compose.io import load_adapter
+    from oloraplus.compose.io import read_adapter
     from oloraplus.compose.sum import sum_adapters, write_adapter
 
-    adapters = [load_adapter(output / "runs" / name) for name in subset]
+    adapters = [read_adapter(output / "runs" / name) for name in subset]
     config, tensors = sum_adapters(adapters)  # ΔW = Σ_i ΔW_i (Cao et al.'s naive sum)
     target = output / "sums" / label(subset)
     shutil.rmtree(target, ignore_errors=True)  # derived from the runs: rebuilt on every study
@@ -96,7 +95,7 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
 
     from oloraplus import models
     from oloraplus.compose.interference import interference, write_interference
-    from oloraplus.compose.io import load_adapter
+    from oloraplus.compose.io import read_adapter
     from oloraplus.data.tokenize import encode_examples
 
     base = build_config(TrainConfig, spec.base, spec.source)
@@ -114,12 +113,12 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
 
     heldout = {d: encode_examples(splits[d][1], loaded.tokenizer, base.max_length)[0] for d in spec.names}
     variants: dict[str, Path | None] = {"base": None}  # label -> adapter directory
-    variants.update({name: output / "runs" / name / "adapter" for name in spec.names})
+    variants.update({name: output / "runs" / name / rundir.ADAPTER_DIR for name in spec.names})
     variants.update({label(s): _write_sum(output, s) for s in sums(spec.names)})
-    variants.update({run.name: Path(run.config.output) / "adapter" for run in trainings[len(spec.domains):]})
+    variants.update({run.name: Path(run.config.output) / rundir.ADAPTER_DIR for run in trainings[len(spec.domains):]})
     ppl = _evaluate_variants(loaded, variants, heldout, base.batch_size)
 
-    diagnostic = interference([load_adapter(output / "runs" / name) for name in spec.names])
+    diagnostic = interference([read_adapter(output / "runs" / name) for name in spec.names])
     write_interference(diagnostic, output)
     comparisons = compare(spec, ppl, diagnostic.overall.tolist())
     pairs = [row for row in comparisons if row["rms_cosine"] is not None]
@@ -129,7 +128,7 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
                                      "baseline": spec.baseline},
         "domains": {d.name: {"data": portable_path(d.data), "train_examples": len(splits[d.name][0]),
                              "heldout_examples": len(splits[d.name][1])} for d in spec.domains},
-        "runs": {run.name: {"domains": list(run.domains), "metrics": read_metrics(Path(run.config.output))}
+        "runs": {run.name: {"domains": list(run.domains), "metrics": rundir.read_metrics(Path(run.config.output))}
                  for run in trainings},
         "perplexity": ppl, "rms_cosine": {"adapters": diagnostic.names, "matrix": diagnostic.overall.tolist()},
         "sums": comparisons, "fit": fit,

@@ -15,7 +15,7 @@ from oloraplus.config import TrainConfig, build_config
 from oloraplus.data.formats import Example, load_examples
 from oloraplus.data.split import split_examples
 from oloraplus.errors import ConfigError, DataError
-from oloraplus.experiments.sweep import config_differences, recorded_config
+from oloraplus import rundir
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,12 @@ def plan_trainings(spec: StudySpec, splits: dict[str, tuple[list, list]], output
 def is_finished(run: Training) -> bool:
     """True when the run directory holds this exact run; ConfigError when it holds a different one."""
     final = Path(run.config.output)
-    if not (final / "metrics.json").is_file():
+    if not rundir.has_metrics(final):
         return False
-    recorded = recorded_config(final)
+    recorded = rundir.recorded_config(final)
     if recorded and run.name.startswith(MERGED):  # named by its digest: a moved or copied study still resumes
         recorded = {**recorded, "data": str(Path(run.config.data).with_name(Path(str(recorded.get("data"))).name))}
-    differences = config_differences(run.config, recorded)
+    differences = rundir.config_differences(run.config, recorded)
     if differences:
         raise ConfigError(f"compose-study: {final} holds a finished run with a different config "
                           f"({'; '.join(differences[:3])}); use another --output or delete that run")

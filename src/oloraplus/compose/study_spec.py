@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from oloraplus import rundir
 from oloraplus.adapters import registry
 from oloraplus.config import TrainConfig, build_config, read_yaml
 from oloraplus.errors import ConfigError
 
 SPEC_KEYS = ("base", "domains", "merged", "baseline")
 DOMAIN_KEYS = ("data", "train_size", "eval_size")
-SET_BY_STUDY = ("data", "output", "overwrite", "resume")  # per run; train_size/eval_size in base are defaults
+SET_BY_STUDY = ("data", *rundir.PER_RUN)  # per run; train_size/eval_size in base are defaults
 MERGED_KEYS = ("max_steps", "epochs", "lr", "batch_size", "grad_accum", "warmup_ratio")
 BASELINES = ("all", "per_sum")
 COMPOSABLE = tuple(m.name for m in registry.methods() if m.composable)  # plain base-relative LoRA: deltas add

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from oloraplus.compose.io import CONFIG_FILE, META_FILE, WEIGHTS_FILE, Adapter, load_adapter, target_name
+from oloraplus.adapters.files import CONFIG_FILE, META_FILE, WEIGHTS_FILE
+from oloraplus.compose.io import Adapter, read_adapter, target_name
 from oloraplus.errors import AdapterError
 from oloraplus.io import follow_umask
 
@@ -58,7 +59,7 @@ def check_compatible(adapters: Sequence[Adapter]) -> None:
 
 
 def _as_adapters(adapters: Sequence[Adapter | str | Path]) -> list[Adapter]:
-    return [a if isinstance(a, Adapter) else load_adapter(a) for a in adapters]
+    return [a if isinstance(a, Adapter) else read_adapter(a) for a in adapters]
 
 
 def _output_config(first: Adapter, ranks: dict[str, int]) -> dict:

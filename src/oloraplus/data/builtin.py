@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from oloraplus.data import stdlib_docs
-from oloraplus.data.formats import Example
+from oloraplus.data.example import Example
 from oloraplus.errors import DataError
 
 

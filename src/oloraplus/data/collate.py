@@ -12,7 +12,7 @@ sees the positions it would see alone: the same loss and gradients as the padded
 Every batch also carries, computed here on the CPU, what the training step would otherwise ask
 the GPU for (each a host sync there):
 - `scored`: for every row, the positions whose next token is trained and those tokens
-  (`train.fast_loss`), padded to one width with target -100;
+  (`eval.fast_loss`), padded to one width with target -100;
 - `real_tokens`: the number of non-padding tokens, for throughput.
 """
 
@@ -26,7 +26,6 @@ from typing import Any, Sequence
 import torch
 
 from oloraplus.data.tokenize import IGNORE_INDEX
-from oloraplus.errors import ModelError
 
 SCORED = "scored"  # batch key: {"index": (rows, K) long, "targets": (rows, K) long, "count": int}
 REAL_TOKENS = "real_tokens"  # batch key: int
@@ -161,12 +160,3 @@ def model_inputs(batch: dict[str, Any], device: torch.device | str | None = None
     """The batch without oloraplus's host-side extras, as a model's forward accepts it; its tensors on `device`."""
     return {k: v.to(device) if device is not None and torch.is_tensor(v) else v
             for k, v in batch.items() if k not in EXTRA_KEYS}
-
-
-def ensure_pad_token(tokenizer) -> None:
-    """Batching needs a pad id; causal LMs often ship without one, and eos is the usual stand-in."""
-    if tokenizer.pad_token_id is not None:
-        return
-    if tokenizer.eos_token is None:
-        raise ModelError("the tokenizer has neither a pad nor an eos token, so batches cannot be padded")
-    tokenizer.pad_token = tokenizer.eos_token

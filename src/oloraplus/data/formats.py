@@ -10,40 +10,16 @@ counted from 0 ("record 0 (0-based)"), lines of a file from 1, as editors do.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from oloraplus.data.example import ROLES, Example
 from oloraplus.errors import DataError
 from oloraplus.models import HUB_ID
 
-ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "function_call": "assistant", "observation": "tool", "tool": "tool", "system": "system"}
 BUILTIN = "builtin:stdlib"
-
-
-@dataclass(frozen=True)
-class Example:
-    """(role, content) turns; the last one is the assistant response the loss covers.
-
-    `input` keeps Alpaca's optional input apart (it is also appended to the user turn) so the
-    Alpaca template can show it as its own section.
-    """
-
-    messages: tuple[tuple[str, str], ...]
-    input: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.messages or self.messages[-1][0] != "assistant":
-            raise ValueError("an Example must end with the assistant response")
-        bad = [role for role, _ in self.messages if role not in ROLES]
-        if bad:
-            raise ValueError(f"unknown role {bad[0]!r}; expected one of {ROLES}")
-
-    @property
-    def response(self) -> str:
-        return self.messages[-1][1]
 
 
 def _type_name(value: Any) -> str:

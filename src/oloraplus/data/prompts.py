@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jinja2
 
-from oloraplus.data.formats import Example
+from oloraplus.data.example import Example
 from oloraplus.errors import DataError
 
 ALPACA_HEADER = ("Below is an instruction that describes a task. "

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import datasets
 
-from oloraplus.data.formats import Example
+from oloraplus.data.example import Example
 from oloraplus.data.prompts import has_chat_template, render_prompt, render_response
 from oloraplus.errors import DataError
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oloraplus.data.formats import Example
+from oloraplus.data.example import Example
 from oloraplus.data.prompts import render_prompt
 from oloraplus.errors import ConfigError, DataError
 
@@ -77,7 +77,7 @@ def load_for_generation(run_dir: str | Path, *, base_only: bool = False, device:
     from oloraplus import models
     from oloraplus.adapters.export import load_adapter
     from oloraplus.eval.run_eval import check_base
-    from oloraplus.train.rundir import ADAPTER_DIR, load_run_config
+    from oloraplus.rundir import ADAPTER_DIR, load_run_config
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)

@@ -55,7 +55,7 @@ def delta_rank(delta: Tensor) -> float:
 def run_delta_ranks(run_dir: str | Path) -> dict[str, float]:
     """{layer name: effective rank of its ΔW} for a finished run, on its recorded base model (CPU)."""
     from oloraplus import models
-    from oloraplus.train.rundir import ADAPTER_DIR, load_run_config
+    from oloraplus.rundir import ADAPTER_DIR, load_run_config
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)

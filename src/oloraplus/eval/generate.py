@@ -4,16 +4,22 @@
 continues from the last position, so every prompt must end there), prompts sorted by length so
 that a batch carries little padding, KV cache on. `generate_one_by_one` runs the same decoding
 one prompt at a time with no padding at all; it is the reference the batched path must match.
+`generation_eval` scores the generations against the references (BLEU/ROUGE) for `train --eval-generate`
+and `oloraplus eval --generate`.
 """
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from oloraplus.console import track
+from oloraplus.data.prompts import render_prompt
+from oloraplus.io import atomic_write_text
 
 
 def needs_special_tokens(tokenizer) -> bool:
@@ -140,3 +146,23 @@ def generate_one_by_one(
     finally:
         model.train(was_training)
     return outputs
+
+
+def generation_eval(model, tokenizer, examples: Sequence, n: int, max_new_tokens: int, batch_size: int,
+                    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Greedy-generate for the first n eval examples; corpus BLEU, ROUGE-1/2/L and per-example rows."""
+    from oloraplus.eval.textmetrics import generation_metrics, per_example_scores  # sacrebleu: only when asked
+
+    chosen = list(examples)[:n]
+    prompts = [render_prompt(tokenizer, ex) for ex in chosen]
+    references = [ex.response for ex in chosen]
+    generations = generate_batched(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    metrics = generation_metrics(generations, references)
+    scores = per_example_scores(generations, references)
+    rows = [{"index": i, "prompt": p, "reference": r, "generation": g, **s}
+            for i, (p, r, g, s) in enumerate(zip(prompts, references, generations, scores))]
+    return {**metrics, "generated_examples": len(chosen)}, rows
+
+
+def write_generations(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

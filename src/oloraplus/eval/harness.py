@@ -164,8 +164,9 @@ def harness_eval(run_dir: str | Path, tasks: list[str], *, data: str | None = No
                  ) -> dict[str, dict[str, Any]]:
     """Run the harness on RUN_DIR's base + adapter; merge the results into metrics.json["harness"] and write
     each example (prompt, generation, extracted answer, target, score) to harness_samples.jsonl."""
+    from oloraplus import rundir
     from oloraplus.eval.chat import load_for_generation
-    from oloraplus.io import atomic_write_json, atomic_write_text
+    from oloraplus.io import atomic_write_text
     from oloraplus.paths import portable_path
 
     task_specs(tasks, data)  # bad flags or data fail before the model loads
@@ -176,10 +177,7 @@ def harness_eval(run_dir: str | Path, tasks: list[str], *, data: str | None = No
     for task, row in results.items():
         if task in local_tasks() and data is not None:
             row["data"] = portable_path(data)
-    atomic_write_text(Path(run_dir) / "harness_samples.jsonl",
+    atomic_write_text(Path(run_dir) / rundir.HARNESS_SAMPLES_FILE,
                       "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
-    metrics_path = Path(run_dir) / "metrics.json"
-    stored = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    stored.setdefault("harness", {}).update(results)
-    atomic_write_json(metrics_path, stored)
+    rundir.update_metrics(Path(run_dir), results, under="harness")
     return results

@@ -3,7 +3,7 @@
 The mean of per-batch means would weight a token in a short batch more than one in a long batch,
 so the result would change with batch size and with the number of processes. We sum the NLL of
 every label token and divide once by the number of label tokens. Where the model supports it the
-output head runs only at the scored positions (`train.fast_loss`): the V-wide logits of the prompt
+output head runs only at the scored positions (`eval.fast_loss`): the V-wide logits of the prompt
 and padding positions were the largest allocation of an evaluation.
 """
 
@@ -20,7 +20,7 @@ from oloraplus.console import track
 from oloraplus.data.collate import SCORED, model_inputs, next_token_targets
 from oloraplus.data.tokenize import IGNORE_INDEX
 from oloraplus.errors import DataError
-from oloraplus.train.fast_loss import scored_nll, supports_response_only_loss
+from oloraplus.eval.fast_loss import scored_nll, supports_response_only_loss
 
 _COLUMNS = ("input_ids", "labels", "lengths")
 

@@ -16,7 +16,8 @@ from oloraplus.errors import ConfigError
 from oloraplus.experiments import tune
 from oloraplus.experiments.report import format_table, write_report
 from oloraplus.experiments.runs import find_runs
-from oloraplus.experiments.sweep import format_value, run_sweep
+from oloraplus.experiments.sweep import run_sweep
+from oloraplus.experiments.sweepdir import format_value
 from oloraplus.paths import portable_command
 
 DEFAULT_TUNE_OUTPUT = "runs/tune-ratio"

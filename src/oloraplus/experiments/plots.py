@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from oloraplus.experiments.runs import Arm, Run  # noqa: E402
-from oloraplus.experiments.sweep import format_value  # noqa: E402
+from oloraplus.experiments.sweepdir import format_value  # noqa: E402
 from oloraplus.io import atomic_write_bytes  # noqa: E402
 
 METRIC_TITLES = {

@@ -13,11 +13,13 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
+from oloraplus.adapters.files import WEIGHTS_FILE
 from oloraplus.experiments.runs import Arm, Run
 from oloraplus.io import atomic_write_json
+from oloraplus.rundir import ADAPTER_DIR
 
 CACHE_FILE = "delta_rank.json"
-WEIGHTS = "adapter/adapter_model.safetensors"
+WEIGHTS = f"{ADAPTER_DIR}/{WEIGHTS_FILE}"
 
 
 def _stamp(run: Run) -> str:

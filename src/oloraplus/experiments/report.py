@@ -17,7 +17,7 @@ from oloraplus.experiments import rank_report, stats
 from oloraplus.experiments.runs import (
     Arm, Run, baseline_selector, find_baseline, find_runs, group_arms, read_plan,
 )
-from oloraplus.experiments.sweep import format_value, safe_component
+from oloraplus.experiments.sweepdir import format_value, safe_component
 from oloraplus.io import atomic_write_text
 from oloraplus.markdown import markdown_table
 from oloraplus.paths import portable_command, portable_path

@@ -12,13 +12,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
+from oloraplus import rundir
 from oloraplus.config import METHODS
-from oloraplus.experiments.sweep import DEFAULT_BASELINE, PLAN_FILE, RUNS_DIR, format_value, recorded_config
+from oloraplus.experiments.sweepdir import DEFAULT_BASELINE, PLAN_FILE, RUNS_DIR, format_value
 
 # Seeds are pooled, models split; the rest change how a run executes, not what it learns (the
 # response-only loss is the same loss, packing the same batches; a generation batch only pads differently), so they never
 # split an arm, also when runs recorded before the option existed lack it.
-NOT_ARM_KEYS = ("output", "overwrite", "resume", "seed", "model", "response_only_loss", "packing",
+NOT_ARM_KEYS = (*rundir.PER_RUN, "seed", "model", "response_only_loss", "packing",
                 "diagnostics_steps", "generate_batch_size", "logging_steps", "trust_remote_code")
 
 
@@ -40,11 +41,11 @@ class Run:
 
     @cached_property
     def log(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.path / "log.jsonl")
+        return _read_jsonl(self.path / rundir.LOG_FILE)
 
     @cached_property
     def generations(self) -> list[dict[str, Any]]:
-        return _read_jsonl(self.path / "generations.jsonl")
+        return _read_jsonl(self.path / rundir.GENERATIONS_FILE)
 
     def eval_curve(self) -> list[tuple[int, float]]:
         return sorted((int(r["step"]), float(r["eval_loss"])) for r in self.log
@@ -115,12 +116,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def load_run(path: Path) -> Run | None:
     """A finished run (metrics.json and config.yaml present), or None."""
-    config = recorded_config(path)
-    metrics_path = path / "metrics.json"
-    if config is None or not metrics_path.is_file():
+    config = rundir.recorded_config(path)
+    if config is None or not rundir.has_metrics(path):
         return None
     try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        metrics = rundir.read_metrics(path)
     except (OSError, json.JSONDecodeError):
         return None
     return Run(name=path.name, path=path, config=config, metrics=metrics)

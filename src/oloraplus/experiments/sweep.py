@@ -17,28 +17,23 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gc
-import hashlib
 import io
 import itertools
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
-from oloraplus.config import TrainConfig, build_config, read_yaml, to_dict
+from oloraplus import rundir
+from oloraplus.config import TrainConfig, build_config, read_yaml
 from oloraplus.errors import ConfigError, NonFiniteLossError
-from oloraplus.io import atomic_write_json, atomic_write_text, atomic_write_yaml
-from oloraplus.train import rundir
+from oloraplus.experiments.sweepdir import (
+    DEFAULT_BASELINE, PLAN_FILE, RESULTS_FILE, RUNS_DIR, format_value, safe_component,
+)
+from oloraplus.io import atomic_write_json, atomic_write_text
 
 SWEEP_KEYS = ("base", "grid", "seeds", "baseline")
-MANAGED = ("output", "overwrite", "resume")  # decided by the sweep for each run, never by the file
-DEFAULT_BASELINE: dict[str, Any] = {"method": "olora", "ratio": 1.0}
-RUNS_DIR, RESULTS_FILE, PLAN_FILE = "runs", "results.csv", "sweep.json"
-_MAX_VALUE_CHARS = 40
 
 TrainFn = Callable[[TrainConfig], Any]
 
@@ -59,32 +54,6 @@ class SweepPlan:
     baseline: dict[str, Any]
 
 
-def format_value(value: Any) -> str:
-    """Readable value for names and progress lines: 4.0 -> '4', 0.25 -> '0.25', lists joined by '+'."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        short = format(value, "g")
-        return short if float(short) == value else repr(value)
-    if isinstance(value, list):
-        return "+".join(format_value(v) for v in value)
-    return str(value)
-
-
-def safe_component(text: str) -> str:
-    """A name part that cannot leave its directory: only [A-Za-z0-9.+=-], no '..', bounded length.
-
-    Whenever the text had to change (a path like '../../x', a long hub id) a short hash of the
-    original is appended, so two different values never share a name.
-    """
-    safe = re.sub(r"[^A-Za-z0-9.+=-]+", "_", text)
-    safe = re.sub(r"\.{2,}", "_", safe).strip("._") or "_"
-    if safe != text or len(safe) > _MAX_VALUE_CHARS:
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
-        safe = f"{safe[:_MAX_VALUE_CHARS].rstrip('._')}-{digest}"
-    return safe
-
-
 def run_name(params: dict[str, Any]) -> str:
     """`method-olora_ratio-0.25_seed-1`; 'run' for a sweep of one."""
     parts = [f"{safe_component(key)}-{safe_component(format_value(value))}" for key, value in params.items()]
@@ -103,7 +72,7 @@ def _check_mapping(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping of option: value, got {type(value).__name__}")
     normalised = {_normalise_key(k): v for k, v in value.items()}
-    for key in MANAGED:
+    for key in rundir.PER_RUN:  # decided by the sweep for each run, never by the file
         if key in normalised:
             raise ConfigError(f"{where}: key '{key}' is set by the sweep for each run; remove it")
     build_config(TrainConfig, normalised, where)  # unknown keys and wrong types, named
@@ -142,10 +111,6 @@ def _seeds(value: Any, source: str) -> list[int] | None:
     return list(value)
 
 
-def _comparable(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in to_dict(cfg).items() if k not in MANAGED}
-
-
 def plan_from_spec(spec: dict[str, Any], source: str) -> SweepPlan:
     """Validate a sweep mapping and expand it into named, fully resolved runs (creates nothing)."""
     unknown = [k for k in spec if k not in SWEEP_KEYS]
@@ -166,7 +131,7 @@ def plan_from_spec(spec: dict[str, Any], source: str) -> SweepPlan:
     configs: list[TrainConfig] = []
     for point in points:
         cfg = build_config(TrainConfig, {**base, **point}, f"{source}: grid")
-        if all(_comparable(cfg) != _comparable(seen) for seen in configs):  # sub-grids may overlap
+        if all(rundir.comparable(cfg) != rundir.comparable(seen) for seen in configs):  # sub-grids may overlap
             configs.append(cfg)
     auto = [c.eval_examples() for c in configs if not c.eval_size]
     if auto:  # an auto eval size grows with --max-steps: one size for the sweep, so every run scores the same split
@@ -209,46 +174,6 @@ def run_config(output: str | Path, run: PlannedRun) -> TrainConfig:
     return dataclasses.replace(run.config, output=str(run_path(output, run)), overwrite=True, resume=False)
 
 
-def recorded_config(run_dir: Path) -> dict[str, Any] | None:
-    """The `config` mapping a run wrote to config.yaml, or None if unreadable."""
-    try:
-        data = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return None
-    config = data.get("config") if isinstance(data, dict) else None
-    if not isinstance(config, dict):
-        return None
-    # Recorded before --ohora-init existed: OHoRA used the literal init; other methods ignore it (default).
-    config.setdefault("ohora_init", "paper" if config.get("method") == "ohora" else "ranked")
-    return config
-
-
-def config_differences(planned: TrainConfig, recorded: dict[str, Any] | None) -> list[str]:
-    """'key: recorded != planned' for every option that differs (output/overwrite/resume ignored)."""
-    want = _comparable(planned)
-    if recorded is None:
-        return ["config.yaml: missing or unreadable"]
-    try:
-        got = _comparable(build_config(TrainConfig, recorded, "config.yaml"))
-    except ConfigError as exc:
-        return [str(exc)]
-    return [f"{k}: {got[k]!r} != {want[k]!r}" for k in want if got[k] != want[k]]
-
-
-def is_finished(output: str | Path, run: PlannedRun) -> bool:
-    """True when DIR/runs/<name> holds this exact run; ConfigError when it holds a different one."""
-    final = run_path(output, run)
-    if not (final / "metrics.json").is_file():
-        return False
-    differences = config_differences(run.config, recorded_config(final))
-    if differences:
-        raise ConfigError(
-            f"sweep: {final} holds a finished run with a different config ({'; '.join(differences[:3])}); "
-            "use another --output or delete that run"
-        )
-    return True
-
-
 def adopt_renamed_runs(plan: SweepPlan, output: str | Path) -> list[tuple[str, str]]:
     """Give finished runs whose name the plan no longer uses the planned name of the same config.
 
@@ -258,24 +183,20 @@ def adopt_renamed_runs(plan: SweepPlan, output: str | Path) -> list[tuple[str, s
     runs_dir = Path(output) / RUNS_DIR
     planned = {run.name for run in plan.runs}
     candidates = sorted(runs_dir.glob("*")) if runs_dir.is_dir() else []
-    orphans = {d: recorded_config(d) for d in candidates if d.is_dir() and d.name not in planned
-               and not d.name.endswith(".partial") and (d / "metrics.json").is_file()}  # each config read once
+    orphans = {d: rundir.recorded_config(d) for d in candidates if d.is_dir() and d.name not in planned
+               and not d.name.endswith(".partial") and rundir.has_metrics(d)}  # each config read once
     moved = []
     for run in plan.runs:
         target = run_path(output, run)
         if target.exists() or target.with_name(target.name + ".partial").exists():
             continue
-        match = next((d for d, config in orphans.items() if not config_differences(run.config, config)), None)
+        match = next((d for d, config in orphans.items() if not rundir.config_differences(run.config, config)), None)
         if match is not None:
             match.rename(target)
             del orphans[match]
             moved.append((match.name, run.name))
             print(f"  {match.name} -> {run.name} (same config, finished earlier)", file=sys.stderr, flush=True)
     return moved
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
 
 
 def _cell(value: Any) -> Any:
@@ -288,11 +209,11 @@ def _cell(value: Any) -> Any:
 
 def write_results(plan: SweepPlan, output: str | Path) -> Path:
     """DIR/results.csv: one row per finished run, every varying and base parameter and every metric."""
-    finished = [r for r in plan.runs if (run_path(output, r) / "metrics.json").is_file()]
+    finished = [r for r in plan.runs if rundir.has_metrics(run_path(output, r))]
     params = [*plan.varying, *(k for k in plan.base if k not in plan.varying)]
     rows, metric_keys = [], []
     for run in finished:
-        metrics = read_metrics(run_path(output, run))
+        metrics = rundir.read_metrics(run_path(output, run))
         metric_keys += [k for k in metrics if k not in metric_keys and k not in params]
         rows.append({"run": run.name, **{k: getattr(run.config, k) for k in params}, **metrics})
     buffer = io.StringIO()
@@ -325,7 +246,8 @@ def execute(
     """Train every unfinished run of `plan` under `output`, refreshing results.csv after each one."""
     output = rundir.check_output_dir(output, what="sweep", own=(PLAN_FILE, RESULTS_FILE))
     adopt_renamed_runs(plan, output)
-    done = [is_finished(output, run) for run in plan.runs]  # refuse a mixed directory before training
+    # refuse a directory holding other runs before training
+    done = [rundir.is_finished(run_path(output, run), run.config, what="sweep") for run in plan.runs]
     output.mkdir(parents=True, exist_ok=True)
     _write_plan(plan, output, command)
     train_fn = train_fn or _default_train
@@ -363,12 +285,11 @@ def record_divergence(output: str | Path, run: PlannedRun, exc: NonFiniteLossErr
     cfg = run_config(output, run)
     paths = rundir.paths(cfg.output)
     paths.work.mkdir(parents=True, exist_ok=True)
-    if not (paths.work / rundir.RUN_MARKER).is_file():  # the run stopped before writing its config
-        atomic_write_yaml(paths.work / rundir.RUN_MARKER, {"config": to_dict(cfg)})
+    if not rundir.is_run(paths.work):  # the run stopped before writing its config
+        rundir.write_config(paths.work, cfg)
     record = {**exc.record(), "last_checkpoint": None}  # the sweep removes its checkpoints below
-    atomic_write_json(paths.work / "failure.json", record)
-    atomic_write_json(paths.work / "metrics.json", {"diverged": True, "diverged_step": exc.step,
-                                                     "diverged_reason": exc.what})
+    atomic_write_json(paths.work / rundir.FAILURE_FILE, record)
+    rundir.write_metrics(paths.work, {"diverged": True, "diverged_step": exc.step, "diverged_reason": exc.what})
     rundir.finish(paths)
     return paths.final
 

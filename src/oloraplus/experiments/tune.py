@@ -14,13 +14,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
+from oloraplus import rundir
 from oloraplus.config import TrainConfig, check_ratio, to_dict
 from oloraplus.errors import ConfigError
 from oloraplus.experiments.report import plural
-from oloraplus.experiments.sweep import MANAGED, TrainFn, execute, format_value, plan_from_spec, read_metrics, run_path
+from oloraplus.experiments.sweep import TrainFn, execute, plan_from_spec, run_path
+from oloraplus.experiments.sweepdir import format_value
 from oloraplus.io import atomic_write_json, atomic_write_text
 from oloraplus.markdown import markdown_table
-from oloraplus.train import rundir
 from oloraplus.paths import portable_command
 
 DEFAULT_GRID = tuple(2.0**k for k in range(-4, 5))  # 1/16 … 16, factor 2
@@ -80,7 +81,7 @@ def _rung(base: dict, ratios: list[float], index: int, max_steps: int, output: P
     execute(plan, directory, train_fn=train_fn, report=False)
     losses = {}
     for run in plan.runs:
-        loss = read_metrics(run_path(directory, run)).get("eval_loss")
+        loss = rundir.read_metrics(run_path(directory, run)).get("eval_loss")
         losses[run.config.ratio] = float(loss) if isinstance(loss, (int, float)) else math.nan
     return Rung(index=index, max_steps=max_steps, losses=losses)
 
@@ -97,7 +98,7 @@ def tune_ratio(
     if rounds < 1:
         raise ConfigError(f"--rounds: must be >= 1, got {rounds}")
     output = rundir.check_output_dir(output, what="λ search", own=(TUNE_JSON, "rung-0"))
-    base = {k: v for k, v in to_dict(cfg).items() if k not in (*MANAGED, "ratio", "max_steps")}
+    base = {k: v for k, v in to_dict(cfg).items() if k not in (*rundir.PER_RUN, "ratio", "max_steps")}
     # An auto eval size grows with the steps: fix it at the longest round's, so every round has the same split.
     base["eval_size"] = replace(cfg, max_steps=min_steps * 2 ** (rounds - 1)).eval_examples()
     rungs: list[Rung] = []

@@ -12,24 +12,12 @@ and the biases' rates, so λ would no longer be the only thing that differs. At 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from oloraplus.adapters import registry
 from oloraplus.config import check_ratio
 
 NO_DECAY_MARKERS = ("bias", "norm", "lora_magnitude_vector")
-
-
-@dataclass(frozen=True)
-class GroupNames:
-    """Which trainable parameter went where, for tests and the run log."""
-
-    A: list[str]
-    B: list[str]
-    other: list[str]
-    no_decay: list[str]
 
 
 def classify(name: str) -> str:
@@ -43,10 +31,9 @@ def classify(name: str) -> str:
     return "other"
 
 
-def ratio_param_groups(
-    model: torch.nn.Module, lr: float, ratio: float, weight_decay: float = 0.0
-) -> tuple[list[dict], GroupNames]:
-    """AdamW parameter groups: A at η, B at λη, other trainables at η; no decay on biases/norms."""
+def ratio_param_groups(model: torch.nn.Module, lr: float, ratio: float, weight_decay: float = 0.0) -> list[dict]:
+    """AdamW parameter groups named 'A', 'B', 'other', 'no_decay': A at η, B at λη, other trainables at η; no decay
+    on biases/norms."""
     ratio = check_ratio(ratio)
     buckets: dict[str, list[tuple[str, torch.nn.Parameter]]] = {"A": [], "B": [], "other": [], "no_decay": []}
     for name, param in model.named_parameters():
@@ -58,20 +45,18 @@ def ratio_param_groups(
         "other": (lr, weight_decay),
         "no_decay": (lr, 0.0),
     }
-    groups = [
+    return [
         {"name": key, "params": [p for _, p in items], "lr": settings[key][0], "weight_decay": settings[key][1]}
         for key, items in buckets.items()
         if items
     ]
-    names = GroupNames(**{key: [n for n, _ in items] for key, items in buckets.items()})
-    return groups, names
 
 
 def build_optimizer(
     model: torch.nn.Module, lr: float, ratio: float, weight_decay: float = 0.0, **adamw_kwargs
 ) -> torch.optim.AdamW:
     """The AdamW that training runs (`RatioTrainer.create_optimizer`); fused into one kernel per step on CUDA."""
-    groups, _ = ratio_param_groups(model, lr, ratio, weight_decay)
+    groups = ratio_param_groups(model, lr, ratio, weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if "fused" not in adamw_kwargs and all(p.is_cuda for g in groups for p in g["params"]):

@@ -18,11 +18,11 @@ from typing import Any
 
 from oloraplus.errors import OloraError
 from oloraplus.io import atomic_write_json, atomic_write_text, follow_umask
+from oloraplus.rundir import FAILURE_FILE
 
 PREFIX = "checkpoint"  # transformers' PREFIX_CHECKPOINT_DIR: its resume code looks for checkpoint-N
 STAGING = ".staging-"
 COMPLETE_MARKER = "trainer_state.json"  # the last file Trainer writes into a checkpoint
-FAILURE_FILE = "failure.json"
 _CHECKPOINT = re.compile(rf"^{PREFIX}-(\d+)$")
 
 

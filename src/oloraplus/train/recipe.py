@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 
-from oloraplus import models
+from oloraplus import rundir
 from oloraplus.adapters.build import AdapterSpec, attach_adapter
 from oloraplus.adapters.compat import vllm_summary, vllm_verdicts
 from oloraplus.adapters.export import save_adapter
@@ -26,56 +26,17 @@ from oloraplus.config import TrainConfig, report_targets, to_dict
 from oloraplus.console import data_lines, is_main, say
 from oloraplus.data.budget import token_budget_dataset
 from oloraplus.data.collate import model_inputs
-from oloraplus.data.formats import load_examples
-from oloraplus.data.split import split_examples
-from oloraplus.data.tokenize import encode_examples
+from oloraplus.data.packing import batch_collator
+from oloraplus.data.prepare import prepare
 from oloraplus.errors import ConfigError
+from oloraplus.eval.generate import generation_eval, write_generations
 from oloraplus.eval.loss import evaluate_loss
-from oloraplus.eval.run_eval import generation_eval, write_generations
-from oloraplus.io import append_jsonl, atomic_write_json, atomic_write_yaml
-from oloraplus.train import checkpoint, rundir
+from oloraplus.io import append_jsonl
+from oloraplus.train import checkpoint
 from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
 from oloraplus.train.environment import hardware, package_versions
-from oloraplus.train.packing import batch_collator
 from oloraplus.train.plots import plot_losses
 from oloraplus.train.trainer import NonFiniteLossError, RatioTrainer
-
-TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s")
-SESSION_KEYS = (*TIMING_KEYS, "resumed_from_step")  # differ between a resumed run and an uninterrupted one
-
-
-@dataclass
-class Prepared:
-    """Model, tokenizer and encoded data, ready for an adapter: shared by train, eval and sweeps."""
-
-    loaded: models.LoadedModel
-    train_examples: list
-    eval_examples: list
-    train_dataset: Any
-    eval_dataset: Any
-    data_stats: dict
-    fingerprint: str
-
-
-def prepare(cfg: TrainConfig, device: str | torch.device | None = None) -> Prepared:
-    """Everything before the adapter; bad model or data fails here, before any file is written."""
-    examples = load_examples(cfg.data)  # cheap: a bad file fails before the model loads
-    say(f"loading {cfg.model} ...")
-    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=device)
-    train_ex, eval_ex = split_examples(examples, cfg.train_size, cfg.eval_examples(), cfg.seed)
-    train_ds, train_stats = encode_examples(train_ex, loaded.tokenizer, cfg.max_length)
-    eval_ds, eval_stats = encode_examples(eval_ex, loaded.tokenizer, cfg.max_length)
-    stats = {
-        "examples_available": len(examples),
-        "train_examples": len(train_ds),
-        "eval_examples": len(eval_ds),
-        "train_truncated": train_stats.truncated,
-        "train_dropped": train_stats.dropped,
-        "eval_truncated": eval_stats.truncated,
-        "eval_dropped": eval_stats.dropped,
-        "train_tokens_per_epoch": int(sum(train_ds["length"])),
-    }
-    return Prepared(loaded, train_ex, eval_ex, train_ds, eval_ds, stats, models.base_fingerprint(loaded.model))
 
 
 def warmup_steps_arg(warmup_ratio: float) -> float:
@@ -135,10 +96,6 @@ def calibration_batches(train_dataset: Any, collator: Any, batch_size: int, seed
                       collate_fn=lambda items: model_inputs(collator(items)))
 
 
-def write_run_config(cfg: TrainConfig, path: Path, extra: dict[str, Any]) -> None:
-    atomic_write_yaml(path, {"config": to_dict(cfg), **extra, "versions": package_versions(), "hardware": hardware()})
-
-
 @dataclass
 class TrainResult:
     metrics: dict[str, Any]
@@ -180,10 +137,11 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     if main:
         rundir.start(run, resume=cfg.resume)
-        write_run_config(cfg, run.work / "config.yaml", {
+        rundir.write_config(run.work, cfg, {
             "model_path": prep.loaded.path, "base_fingerprint": prep.fingerprint, "data_stats": prep.data_stats,
+            "versions": package_versions(), "hardware": hardware(),
         })
-    log_path = run.work / "log.jsonl"
+    log_path = run.work / rundir.LOG_FILE
     resume_from = None
     if cfg.resume:  # rank 0 also drops what the interrupted run wrote after its last checkpoint
         resume_from = (checkpoint.prepare_resume(run.checkpoints, log_path, run.work) if main
@@ -247,14 +205,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     if main:
         append_jsonl(log_path, {"step": state.global_step, "epoch": state.epoch,
                                 "eval_loss": final_eval["eval_loss"], "perplexity": final_eval["perplexity"]})
-        save_adapter(model, run.work / "adapter", initial, extra_metadata={
+        save_adapter(model, run.work / rundir.ADAPTER_DIR, initial, extra_metadata={
             "base_fingerprint": prep.fingerprint, "base_model": cfg.model, "method": cfg.method,
             "rank": cfg.rank, "alpha": cfg.alpha,
         })
         if generations:
-            write_generations(run.work / "generations.jsonl", generations)
-        atomic_write_json(run.work / "metrics.json", metrics)
-        plot_losses(log_path, run.work / "loss.png", title=f"{cfg.method} λ={cfg.ratio:g} r={cfg.rank}")
+            write_generations(run.work / rundir.GENERATIONS_FILE, generations)
+        rundir.write_metrics(run.work, metrics)
+        plot_losses(log_path, run.work / rundir.LOSS_PLOT, title=f"{cfg.method} λ={cfg.ratio:g} r={cfg.rank}")
         rundir.finish(run)
         say(vllm_summary(vllm_verdicts(run.final / rundir.ADAPTER_DIR)))  # informs, never fails
     return TrainResult(metrics=metrics, model=model, tokenizer=prep.loaded.tokenizer, output=run.final)

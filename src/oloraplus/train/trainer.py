@@ -24,7 +24,7 @@ from oloraplus.data.collate import REAL_TOKENS, model_inputs
 from oloraplus.errors import NonFiniteLossError
 from oloraplus.optim.ratio import build_optimizer
 from oloraplus.train import checkpoint
-from oloraplus.train.fast_loss import response_only_loss, supports_response_only_loss
+from oloraplus.eval.fast_loss import response_only_loss, supports_response_only_loss
 
 LOSS_STATE = "oloraplus_loss_state-{rank}.json"  # per process: each one accumulates its own pending loss
 # What a failed checkpoint write raises: OSError from Python and fsync, RuntimeError from torch.save

@@ -1,4 +1,7 @@
-"""Run directories that never mix runs and never expose half-written results.
+"""A run directory: its files, its recorded config and metrics, and whether it finished.
+
+One module owns the layout every command reads and writes (`train` writes it; `eval`, `merge`, `export`, `sweep`,
+`report`, `compose` and `compose-study` read it), so no caller re-parses `config.yaml` or spells a file name.
 
 A run writes into `<output>.partial/` and is renamed to `<output>` only when it finished, so a
 crash, a bad record or Ctrl-C leaves `<output>` as it was. `--resume` continues a `.partial` run;
@@ -7,6 +10,7 @@ crash, a bad record or Ctrl-C leaves `<output>` as it was. `--resume` continues 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,11 +20,20 @@ from typing import Any, Sequence
 
 import yaml
 
+from oloraplus.config import TrainConfig, build_config, to_dict
 from oloraplus.errors import ConfigError
+from oloraplus.io import atomic_write_json, atomic_write_yaml
 
-RUN_MARKER = "config.yaml"
+CONFIG_FILE = "config.yaml"  # the resolved options, written first: it marks a directory as a run
+METRICS_FILE = "metrics.json"  # written last: a run with metrics finished (trained, or diverged and kept)
 ADAPTER_DIR = "adapter"  # a finished run keeps its PEFT adapter here
-PER_INVOCATION = ("output", "overwrite", "resume")  # may differ between a run and its resumption
+LOG_FILE = "log.jsonl"
+GENERATIONS_FILE = "generations.jsonl"
+HARNESS_SAMPLES_FILE = "harness_samples.jsonl"
+FAILURE_FILE = "failure.json"
+LOSS_PLOT = "loss.png"
+CHECKPOINTS_DIR = "checkpoints"
+PER_RUN = ("output", "overwrite", "resume")  # set for each run (by the user, a sweep, a study): never compared
 
 
 @dataclass(frozen=True)
@@ -30,16 +43,21 @@ class RunDir:
 
     @property
     def checkpoints(self) -> Path:
-        return self.work / "checkpoints"
+        return self.work / CHECKPOINTS_DIR
 
 
 def is_run(path: Path) -> bool:
-    return (path / RUN_MARKER).is_file()
+    return (path / CONFIG_FILE).is_file()
 
 
 def is_training_run(path: Path) -> bool:
     """config.yaml plus a result (metrics.json or adapter/): what `train` leaves; a stray config.yaml is not one."""
-    return is_run(path) and ((path / "metrics.json").is_file() or (path / ADAPTER_DIR).is_dir())
+    return is_run(path) and (has_metrics(path) or (path / ADAPTER_DIR).is_dir())
+
+
+def has_metrics(path: Path) -> bool:
+    """metrics.json is written last, so a run that has it finished (trained, or diverged and kept by a sweep)."""
+    return (path / METRICS_FILE).is_file()
 
 
 def check_output_dir(output: str | Path, *, what: str, own: Sequence[str] = (), flag_name: str = "--output") -> Path:
@@ -73,20 +91,93 @@ def _why_not_a_run(run_dir: Path) -> str:
         return "run directory does not exist"
     if not run_dir.is_dir():
         return "not a directory"
-    return "not an oloraplus run (no config.yaml)"
+    return f"not an oloraplus run (no {CONFIG_FILE})"
 
 
-def load_run_config(run_dir: Path) -> Any:
+def write_config(run_dir: Path, cfg: TrainConfig, extra: dict[str, Any] | None = None) -> None:
+    """config.yaml: the resolved options under `config`, then what else the run records (base, data, versions)."""
+    atomic_write_yaml(run_dir / CONFIG_FILE, {"config": to_dict(cfg), **(extra or {})})
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The `config` mapping a run recorded, with options added since filled in as those runs ran.
+
+    The one reader of config.yaml; a ConfigError names the file when it cannot be read or has no such mapping.
+    """
+    path = run_dir / CONFIG_FILE
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})".splitlines()[0]) from None
+    config = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: no 'config' section")
+    # Recorded before --ohora-init existed: OHoRA used the literal init; other methods ignore it (default).
+    config.setdefault("ohora_init", "paper" if config.get("method") == "ohora" else "ranked")
+    return config
+
+
+def recorded_config(run_dir: Path) -> dict[str, Any] | None:
+    """`read_config`, or None when the run has no readable config (a sweep then treats it as another run)."""
+    try:
+        return read_config(run_dir)
+    except ConfigError:
+        return None
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
     """The TrainConfig a finished run recorded (eval and merge rebuild its model and data from it)."""
-    from oloraplus.config import TrainConfig, build_config
-
-    path = run_dir / RUN_MARKER
+    path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir}: {_why_not_a_run(run_dir)}")
-    values = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("config")
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: no 'config' section")
-    return build_config(TrainConfig, values, str(path))
+    return build_config(TrainConfig, read_config(run_dir), str(path))
+
+
+def comparable(cfg: TrainConfig, ignore: Sequence[str] = PER_RUN) -> dict[str, Any]:
+    """The options that make two runs the same run."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ignore}
+
+
+def config_differences(planned: TrainConfig, recorded: dict[str, Any] | None,
+                       ignore: Sequence[str] = PER_RUN) -> list[str]:
+    """'key: recorded != planned' for every option that differs (those in `ignore` aside)."""
+    want = comparable(planned, ignore)
+    if recorded is None:
+        return [f"{CONFIG_FILE}: missing or unreadable"]
+    try:
+        got = comparable(build_config(TrainConfig, recorded, CONFIG_FILE), ignore)
+    except ConfigError as exc:
+        return [str(exc)]
+    return [f"{k}: {got[k]!r} != {want[k]!r}" for k in want if got[k] != want[k]]
+
+
+def is_finished(run_dir: Path, planned: TrainConfig, *, what: str, ignore: Sequence[str] = PER_RUN) -> bool:
+    """True when `run_dir` holds a finished run of `planned`; ConfigError when it holds a finished run of another
+    config, so a `what` (sweep, study) that reuses its directory never mixes runs."""
+    if not has_metrics(run_dir):
+        return False
+    differences = config_differences(planned, recorded_config(run_dir), ignore)
+    if differences:
+        raise ConfigError(f"{what}: {run_dir} holds a finished run with a different config "
+                          f"({'; '.join(differences[:3])}); use another --output or delete that run")
+    return True
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json of a finished run."""
+    return json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+
+
+def update_metrics(run_dir: Path, values: dict[str, Any], *, under: str | None = None) -> None:
+    """Merge `values` into metrics.json (top level, or into the mapping at key `under`), keeping what training and
+    earlier evaluations recorded there."""
+    stored = read_metrics(run_dir) if has_metrics(run_dir) else {}
+    (stored.setdefault(under, {}) if under else stored).update(values)
+    write_metrics(run_dir, stored)
 
 
 def _check_writable(output: Path, flag_name: str) -> None:
@@ -132,16 +223,12 @@ def plan_run_dir(output: str | Path, *, overwrite: bool, resume: bool, flag_name
 
 
 def check_resume_config(run: RunDir, config: dict[str, Any]) -> None:
-    """`--resume` continues the same run: every option but output/overwrite/resume must match the recorded one."""
-    marker = run.work / RUN_MARKER
+    """`--resume` continues the same run: every option but those in PER_RUN must match the recorded one."""
     try:
-        recorded = yaml.safe_load(marker.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"--resume: cannot read {marker} ({exc})".splitlines()[0]) from None
-    recorded = recorded.get("config") if isinstance(recorded, dict) else None
-    if not isinstance(recorded, dict):
-        raise ConfigError(f"--resume: {marker} has no 'config' section; pass --overwrite to start over")
-    changed = [key for key in config if key not in PER_INVOCATION and recorded.get(key) != config[key]]
+        recorded = read_config(run.work)
+    except ConfigError as exc:
+        raise ConfigError(f"--resume: {exc}; pass --overwrite to start over") from None
+    changed = [key for key in config if key not in PER_RUN and recorded.get(key) != config[key]]
     if changed:
         key = changed[0]
         raise ConfigError(

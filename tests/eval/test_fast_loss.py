@@ -7,11 +7,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 
-from oloraplus.data.collate import CausalLMCollator
+from oloraplus.data.collate import CausalLMCollator, next_token_targets
+from oloraplus.data.tokenize import IGNORE_INDEX
 from oloraplus.errors import ModelError
+from oloraplus.eval.fast_loss import response_only_loss, supports_response_only_loss
 from oloraplus.train.trainer import RatioTrainer
-from oloraplus.train.fast_loss import (IGNORE_INDEX, next_token_targets, response_only_loss,
-                                       supports_response_only_loss)
 from tests.conftest import tiny_llama
 
 VOCAB = 128

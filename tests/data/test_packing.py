@@ -8,9 +8,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from oloraplus.data.collate import CausalLMCollator, model_inputs
+from oloraplus.data.packing import supports_packing
 from oloraplus.data.tokenize import IGNORE_INDEX
-from oloraplus.train.fast_loss import response_only_loss
-from oloraplus.train.packing import supports_packing
+from oloraplus.eval.fast_loss import response_only_loss
 from tests.conftest import tiny_llama
 
 VOCAB = 96

@@ -1,0 +1,17 @@
+"""Small helpers that tests in several folders share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+
+TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s")  # metrics.json: this session's speed
+SESSION_KEYS = (*TIMING_KEYS, "resumed_from_step")  # also differ between a resumed run and an uninterrupted one
+
+
+def group_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, list[str]]:
+    """The parameter names in each named group of a λ optimizer: 'A', 'B', 'other', 'no_decay' ([] when empty)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups: dict[str, list[str]] = {"A": [], "B": [], "other": [], "no_decay": []}
+    for group in optimizer.param_groups:
+        groups[group["name"]] = [names[id(p)] for p in group["params"]]
+    return groups
