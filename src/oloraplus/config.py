@@ -35,6 +35,14 @@ def opt(default: Any, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"help": help, **extra})
 
 
+def applies_to(option: str, method: str) -> bool:
+    """Whether `method` reads `option`: a field whose metadata lists `methods` is ignored by every other method,
+    so a report need not label a LoRA run with an OHoRA-only value."""
+    field_ = next((f for f in dataclasses.fields(TrainConfig) if f.name == option), None)
+    only = field_.metadata.get("methods") if field_ is not None else None
+    return only is None or method in only
+
+
 @dataclass
 class TrainConfig:
     """Everything `oloraplus train` needs. Defaults follow the OLoRA+ paper (r=32, α=16, lr=3e-4, 1 epoch)."""
@@ -46,7 +54,8 @@ class TrainConfig:
     rank: int = opt(32, "adapter rank r")
     alpha: float = opt(16.0, "adapter scale numerator α (s = α/r); OHoRA too (its paper's scale α is --rank 1)")
     ohora_init: str = opt("ranked", "OHoRA init: 'ranked' keeps every |R_kk|-ranked direction; 'paper' is the "
-                                    "literal eqs. 8-9, which can start a layer with a zero factor", choices=OHORA_INITS)
+                                    "literal eqs. 8-9, which can start a layer with a zero factor", choices=OHORA_INITS,
+                          methods=("ohora",))
     dropout: float = opt(0.0, "adapter dropout")
     lr: float = opt(3e-4, "learning rate η of the A factors")
     weight_decay: float = opt(0.0, "AdamW weight decay (never applied to biases and norms)")

@@ -186,3 +186,14 @@ def test_execution_only_options_do_not_split_an_arm(tmp_path):
     write_run(tmp_path / "runs" / "c", {"seed": 1, "method": "olora", "lr": 1e-3}, {"eval_loss": 2.0})
     arms = group_arms(find_runs(tmp_path))["smollm2-135m"]
     assert [(arm.label, len(arm.runs)) for arm in arms] == [("olora λ=1 lr=0.0003", 2), ("olora λ=1 lr=0.001", 1)]
+
+
+def test_an_option_only_one_method_reads_labels_only_that_methods_arms():
+    from oloraplus.config import applies_to
+    from oloraplus.experiments.runs import Arm
+
+    params = {"method": "lora", "ratio": 1.0, "ohora_init": "ranked", "lr": 1e-3}
+    assert Arm("m", params).label == "lora λ=1 lr=0.001"
+    assert Arm("m", {**params, "method": "ohora", "ohora_init": "paper"}).label == "ohora λ=1 ohora_init=paper lr=0.001"
+    assert applies_to("ohora_init", "ohora") and not applies_to("ohora_init", "olora")
+    assert applies_to("lr", "lora") and applies_to("not_an_option", "lora")

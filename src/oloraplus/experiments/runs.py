@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from oloraplus import rundir
-from oloraplus.config import METHODS
+from oloraplus.config import METHODS, applies_to
 from oloraplus.experiments.sweepdir import DEFAULT_BASELINE, PLAN_FILE, RUNS_DIR, format_value
 
 # Seeds are pooled, models split; the rest change how a run executes, not what it learns (the
@@ -80,7 +80,8 @@ class Arm:
         return " ".join([self.method, *self._extras()])
 
     def _extras(self) -> list[str]:
-        return [f"{k}={format_value(v)}" for k, v in self.params.items() if k not in ("method", "ratio")]
+        return [f"{k}={format_value(v)}" for k, v in self.params.items()
+                if k not in ("method", "ratio") and applies_to(k, self.method)]
 
     @property
     def method(self) -> str:
