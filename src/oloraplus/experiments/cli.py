@@ -103,7 +103,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the runs to compare against (default: the sweep's baseline, else method=olora,ratio=1)")
     parser.add_argument("--delta-rank", action="store_true",
                         help="add the effective rank of each layer's learned ΔW per arm (merges every run's adapter "
-                             "into its base in float64: ~10 s a run on a CPU for SmolLM2-135M; cached in "
+                             "into its base in float64: ~15 s a SmolLM2-135M run on a CPU; cached in "
                              "DIR/delta_rank.json)")
 
 

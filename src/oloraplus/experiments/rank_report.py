@@ -1,7 +1,7 @@
 """The report's optional section: effective rank of each layer's learned ΔW per arm (OHoRA paper, Figure 3).
 
 Opt-in (`oloraplus report DIR --delta-rank`) because it reloads the base model for every run and merges
-the run's adapter in float64 (`eval/delta_rank.py`): about 10 s per SmolLM2-135M run on a CPU. The ranks
+the run's adapter in float64 (`eval/delta_rank.py`): about 15 s per SmolLM2-135M run on 2 CPU cores. The ranks
 are cached in DIR/delta_rank.json, keyed by run name and stamped with the adapter file's size and mtime,
 so a second report computes only new or retrained runs.
 """
