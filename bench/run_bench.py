@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     t0 = time.perf_counter()
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # before the first measurement, not after the last
     results: dict[str, dict] = {}
     commands = [command.strip()]
     if args.update:
