@@ -115,3 +115,16 @@ def test_a_finished_run_is_this_run_or_refused(tmp_path):
                                           r"\(lr: 0.001 != 0.002\); use another --output or delete that run$"):
         rundir.is_finished(tmp_path, other, what="compose-study")
     assert rundir.is_finished(tmp_path, other, what="sweep", ignore=(*rundir.PER_RUN, "lr"))
+
+
+def test_a_relocated_file_option_compares_by_file_name(tmp_path):
+    """A moved study still resumes: its merged data file is named by its content, not by where it lives."""
+    rundir.write_config(tmp_path, TrainConfig(data="/old/study/data/merged-abc.jsonl"))
+    rundir.write_metrics(tmp_path, {"eval_loss": 1.0})
+    moved = TrainConfig(data="/new/study/data/merged-abc.jsonl")
+    assert rundir.is_finished(tmp_path, moved, what="compose-study", relocated=("data",))
+    with pytest.raises(ConfigError, match="different config"):
+        rundir.is_finished(tmp_path, moved, what="compose-study")  # without it the path differs
+    with pytest.raises(ConfigError, match=r"merged-abc\.jsonl' != '.*merged-def\.jsonl'"):
+        rundir.is_finished(tmp_path, TrainConfig(data="/new/study/data/merged-def.jsonl"), what="compose-study",
+                           relocated=("data",))

@@ -151,12 +151,21 @@ def config_differences(planned: TrainConfig, recorded: dict[str, Any] | None,
     return [f"{k}: {got[k]!r} != {want[k]!r}" for k in want if got[k] != want[k]]
 
 
-def is_finished(run_dir: Path, planned: TrainConfig, *, what: str, ignore: Sequence[str] = PER_RUN) -> bool:
+def is_finished(run_dir: Path, planned: TrainConfig, *, what: str, ignore: Sequence[str] = PER_RUN,
+                relocated: Sequence[str] = ()) -> bool:
     """True when `run_dir` holds a finished run of `planned`; ConfigError when it holds a finished run of another
-    config, so a `what` (sweep, study) that reuses its directory never mixes runs."""
+    config, so a `what` (sweep, study) that reuses its directory never mixes runs.
+
+    `relocated`: path options compared by file name only, for files that live inside the moved directory and are
+    named by their content (the compose study's merged data): a moved or copied directory still resumes.
+    """
     if not has_metrics(run_dir):
         return False
-    differences = config_differences(planned, recorded_config(run_dir), ignore)
+    recorded = recorded_config(run_dir)
+    if recorded:
+        recorded = {**recorded, **{key: str(Path(getattr(planned, key)).with_name(Path(str(recorded.get(key))).name))
+                                   for key in relocated}}
+    differences = config_differences(planned, recorded, ignore)
     if differences:
         raise ConfigError(f"{what}: {run_dir} holds a finished run with a different config "
                           f"({'; '.join(differences[:3])}); use another --output or delete that run")

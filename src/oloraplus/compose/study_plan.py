@@ -99,14 +99,5 @@ def plan_trainings(spec: StudySpec, splits: dict[str, tuple[list, list]], output
 
 def is_finished(run: Training) -> bool:
     """True when the run directory holds this exact run; ConfigError when it holds a different one."""
-    final = Path(run.config.output)
-    if not rundir.has_metrics(final):
-        return False
-    recorded = rundir.recorded_config(final)
-    if recorded and run.name.startswith(MERGED):  # named by its digest: a moved or copied study still resumes
-        recorded = {**recorded, "data": str(Path(run.config.data).with_name(Path(str(recorded.get("data"))).name))}
-    differences = rundir.config_differences(run.config, recorded)
-    if differences:
-        raise ConfigError(f"compose-study: {final} holds a finished run with a different config "
-                          f"({'; '.join(differences[:3])}); use another --output or delete that run")
-    return True
+    relocated = ("data",) if run.name.startswith(MERGED) else ()  # named by its digest (see rundir.is_finished)
+    return rundir.is_finished(Path(run.config.output), run.config, what="compose-study", relocated=relocated)
