@@ -9,7 +9,6 @@ method needs no code here. Float64 keeps W_merged − W0 free of the cancellatio
 
 from __future__ import annotations
 
-import re
 import statistics
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -17,9 +16,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from oloraplus.eval.diagnostics import _entropy_rank
-
-_BLOCK = re.compile(r"\.(\d+)\.")
+from oloraplus.eval.diagnostics import entropy_rank
 
 
 def delta_weights(base: torch.nn.Module, adapter: str | Path) -> dict[str, Tensor]:
@@ -54,7 +51,7 @@ def delta_rank(delta: Tensor) -> float:
         M = M.T
     sigma = torch.linalg.eigvalsh(M @ M.T).clamp(min=0).sqrt()
     floor = torch.finfo(torch.float32).eps * max(delta.shape) * sigma.max()
-    return _entropy_rank(sigma[sigma > floor])
+    return entropy_rank(sigma[sigma > floor])
 
 
 def run_delta_ranks(run_dir: str | Path) -> dict[str, float]:
@@ -70,17 +67,21 @@ def run_delta_ranks(run_dir: str | Path) -> dict[str, float]:
     return {name: delta_rank(delta) for name, delta in deltas.items()}
 
 
+def _split(layer: str) -> tuple[int | None, str]:
+    """(block index, role) of a layer name: `model.layers.12.self_attn.q_proj` → (12, `self_attn.q_proj`)."""
+    parts = layer.split(".")
+    index = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+    return (None, layer) if index is None else (int(parts[index]), ".".join(parts[index + 1:]))
+
+
 def block_of(layer: str) -> int | None:
-    """The transformer block index in a layer name (`model.layers.12.self_attn.q_proj` → 12)."""
-    found = _BLOCK.search(f".{layer}.")
-    return int(found.group(1)) if found else None
+    """The transformer block index in a layer name, None outside the blocks."""
+    return _split(layer)[0]
 
 
 def kind_of(layer: str) -> str:
-    """The layer's role with the block index removed (`self_attn.q_proj`), to pool the same layer across blocks."""
-    parts = layer.split(".")
-    numbers = [i for i, part in enumerate(parts) if part.isdigit()]
-    return ".".join(parts[numbers[0] + 1:]) if numbers else layer
+    """The layer's role with the block index removed, to pool the same layer across blocks."""
+    return _split(layer)[1]
 
 
 def per_block(ranks: Mapping[str, float]) -> dict[int, float]:

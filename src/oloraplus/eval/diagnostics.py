@@ -75,7 +75,7 @@ def relative_change(X_t: Tensor, X_0: Tensor) -> float:
     return float(torch.linalg.norm(X_t - X_0) / norm_0)
 
 
-def _entropy_rank(sigma: Tensor) -> float:
+def entropy_rank(sigma: Tensor) -> float:
     """exp(H(p)) with p_i = σ_i / Σσ (Roy & Vetterli 2007, eq. 2-3); 0 when there is no σ > 0."""
     sigma = sigma[sigma > 0]
     if sigma.numel() == 0:
@@ -89,7 +89,7 @@ def effective_rank(M: Tensor) -> float:
 
     Between 1 and rank(M); equals k exactly for k equal non-zero singular values. 0 for M = 0.
     """
-    return _entropy_rank(torch.linalg.svdvals(M.detach().double()))
+    return entropy_rank(torch.linalg.svdvals(M.detach().double()))
 
 
 def delta_effective_rank(B_t: Tensor, A_t: Tensor, B_0: Tensor, A_0: Tensor, s: float) -> float:
@@ -114,7 +114,7 @@ def delta_effective_rank(B_t: Tensor, A_t: Tensor, B_0: Tensor, A_0: Tensor, s: 
     norm = torch.linalg.norm
     scale = abs(s) * (norm(B_t) * norm(A_t) + norm(B_0) * norm(A_0))  # bounds ‖s B_t A_t‖ + ‖s B_0 A_0‖
     floor = torch.finfo(torch.float64).eps * max(m, n) * scale
-    return _entropy_rank(sigma[sigma > floor])
+    return entropy_rank(sigma[sigma > floor])
 
 
 def _canonical(name: str) -> str:

@@ -37,10 +37,10 @@ def collect(directory: Path, runs: Sequence[Run]) -> dict[str, dict[str, float]]
     for run in runs:
         if run.diverged or not (run.path / WEIGHTS).is_file():
             continue
-        entry = cache.get(run.name)
-        if not isinstance(entry, dict) or entry.get("stamp") != _stamp(run):
+        entry, stamp = cache.get(run.name), _stamp(run)
+        if not isinstance(entry, dict) or entry.get("stamp") != stamp:
             # [layer, rank] pairs, not a mapping: the JSON writer sorts keys, and the model's layer order is kept
-            entry = {"stamp": _stamp(run), "ranks": list(run_delta_ranks(run.path).items())}
+            entry = {"stamp": stamp, "ranks": list(run_delta_ranks(run.path).items())}
             cache[run.name] = entry
             atomic_write_json(path, cache)  # after each run: an interrupted report keeps what it computed
         ranks[run.name] = dict(entry["ranks"])
