@@ -25,6 +25,7 @@ from oloraplus.errors import ConfigError, OloraError
 METHODS = registry.names()  # each registered by its module in oloraplus.adapters.methods
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 OHORA_INITS = ("ranked", "paper")  # how OHoRA cuts R1, R2 from R (adapters/ohora.py)
+QUANTIZE = ("none", "nf4", "fp4", "int8")  # bitsandbytes formats of the frozen base (--quantize)
 DEFAULT_EVAL_SIZE, MIN_AUTO_EVAL = 500, 32  # --eval-size 0 (auto): the paper's 500, or less for a short run
 
 
@@ -84,6 +85,14 @@ class TrainConfig:
                               "tokens); off: each row padded to the batch's longest")
     tokens_per_batch: int = opt(0, "fill each batch up to N real tokens instead of --batch-size examples "
                                    "(0: off); fills a GPU evenly")
+    # Models that don't fit (docs/big-models.md) and the launch-bound GPU step (docs/performance.md).
+    quantize: str = opt("none", "load the frozen base quantized with bitsandbytes (nf4/fp4: 4-bit, int8: 8-bit; "
+                                "pip install 'oloraplus[quantize]'); adapters and optimizer state stay fp32",
+                        choices=QUANTIZE)
+    gradient_checkpointing: bool = opt(False, "recompute each decoder layer's activations in the backward pass "
+                                              "(transformers' non-reentrant checkpointing): less memory, more compute")
+    fsdp: bool = opt(False, "under torchrun: shard the base over the processes (FSDP2 fully_shard per decoder layer)")
+    compile: bool = opt(False, "torch.compile each decoder layer (regional: compile time is about one layer's)")
     diagnostics_steps: int = opt(0, "refinement/exploration diagnostics every N steps (0: about 10 points per "
                                     "run and the last step, at most once per log; -1: off)")
     logging_steps: int = opt(5, "log every N optimizer steps")
@@ -105,6 +114,8 @@ class TrainConfig:
             raise ConfigError(f"--method: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler: unknown {self.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
+        if self.quantize not in QUANTIZE:
+            raise ConfigError(f"--quantize: unknown {self.quantize!r}; choose from {', '.join(QUANTIZE)}")
         if self.ohora_init not in OHORA_INITS:
             raise ConfigError(f"--ohora-init: unknown {self.ohora_init!r}; choose from {', '.join(OHORA_INITS)}")
         check_ratio(self.ratio)
