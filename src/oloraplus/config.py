@@ -49,7 +49,8 @@ class TrainConfig:
     """Everything `oloraplus train` needs. Defaults follow the OLoRA+ paper (r=32, α=16, lr=3e-4, 1 epoch)."""
 
     model: str = opt("smollm2-135m", "HF hub id, local HF model dir, .gguf file, or alias 'smollm2-135m'")
-    data: str = opt("builtin:stdlib", "Alpaca/ShareGPT/question-answer JSON(L) file, HF dataset id, or 'builtin:stdlib'")
+    data: str = opt("builtin:stdlib", "Alpaca, ShareGPT, chat (`messages`) or question/answer (GSM8K) JSON or JSONL "
+                                      "file, HF dataset id (train split; needs the hub), or 'builtin:stdlib'")
     method: str = opt("olora", "adapter type", choices=METHODS)
     ratio: float = opt(1.0, "λ: learning rate of B = λ × learning rate of A (LoRA+/OLoRA+); 1 = plain AdamW")
     rank: int = opt(32, "adapter rank r")
@@ -58,31 +59,37 @@ class TrainConfig:
                                     "literal eqs. 8-9, which can start a layer with a zero factor", choices=OHORA_INITS,
                           methods=("ohora",))
     dropout: float = opt(0.0, "adapter dropout")
-    lr: float = opt(3e-4, "learning rate η of the A factors")
+    lr: float = opt(3e-4, "learning rate η of the A factors (B gets λη; DoRA's magnitude, biases and any other "
+                              "trained parameter stay at η: optim/ratio.py)")
     weight_decay: float = opt(0.0, "AdamW weight decay (never applied to biases and norms)")
-    warmup_ratio: float = opt(0.0, "fraction of steps with linear warm-up")
+    warmup_ratio: float = opt(0.0, "fraction of the run's optimizer steps (from --epochs or --max-steps) with linear "
+                                     "warm-up; 1 = all of them")
     scheduler: str = opt("linear", "learning-rate schedule", choices=SCHEDULERS)
     epochs: float = opt(1.0, "training epochs")
     max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run the epochs)")
     batch_size: int = opt(4, "examples per device per step")
     grad_accum: int = opt(1, "gradient accumulation steps")
-    max_length: int = opt(512, "maximum tokens per example (longer ones are truncated)")
+    max_length: int = opt(512, "maximum tokens per example (longer ones are truncated from the right and counted)")
     train_size: int = opt(1000, "training examples (capped by the data)")
     eval_size: int = opt(0, "evaluation examples, capped by the data; 0 (auto): 500, or for a short --max-steps run "
                             "max(32, 2 × the examples it trains on) (default: 0)")
     seed: int = opt(42, "seed for data split, adapter init and training")
-    target_modules: list[str] = opt([], "layer names to adapt (default: every linear layer in the blocks)")
+    target_modules: list[str] = opt([], "layer names to adapt, comma-separated; names that match no linear layer are "
+                                        "rejected (default: every linear layer in the transformer blocks, never lm_head or "
+                                        "the embeddings)")
     # Off by default: measured on SmolLM2 (bench/results.md), grouping by length moved the eval loss
     # ten times further than changing the random batch order does (+0.19 vs a 0.018 spread).
     group_by_length: bool = opt(False, "batch examples of similar length: less padding, about a quarter faster, but it "
                                        "changes the optimisation (homogeneous batches); off: random order")
     response_only_loss: bool = opt(True, "run the output head only where the loss is scored (same loss, "
-                                         "less compute); off: the model's standard loss")
+                                         "less compute); off: the model's standard loss. A model that ignores "
+                                         "logits_to_keep falls back to its own loss")
     # On by default: the same batches, loss and gradients as padding (tests/data/test_packing.py), and
     # faster on both devices (bench/results.md, bench/gpu_results.md).
     packing: bool = opt(True, "padding-free batches: each batch's examples concatenated into rows of at most "
                               "--max-length tokens, no attention across examples (same loss as padding, no pad "
-                              "tokens); off: each row padded to the batch's longest")
+                              "tokens); off: each row padded to the batch's longest. A model whose attention "
+                              "does not keep packed examples apart (probed once at start) falls back to padding")
     tokens_per_batch: int = opt(0, "fill each batch up to N real tokens instead of --batch-size examples "
                                    "(0: off); fills a GPU evenly")
     # Models that don't fit (docs/big-models.md) and the launch-bound GPU step (docs/performance.md).
@@ -95,18 +102,20 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile each decoder layer (regional: compile time is about one layer's)")
     diagnostics_steps: int = opt(0, "refinement/exploration diagnostics every N steps (0: about 10 points per "
                                     "run and the last step, at most once per log; -1: off)")
-    logging_steps: int = opt(5, "log every N optimizer steps")
-    eval_steps: int = opt(0, "also evaluate every N steps for the eval curve (0: only at the end)")
+    logging_steps: int = opt(5, "log (and print) the train loss every N optimizer steps; the first and the last "
+                                     "step are always logged")
+    eval_steps: int = opt(0, "also evaluate every N steps for the eval curve in loss.png (0: only at the end)")
     eval_generate: int = opt(0, "at the end, generate for N eval examples and report BLEU/ROUGE")
     max_new_tokens: int = opt(128, "tokens generated per example by --eval-generate")
     generate_batch_size: int = opt(32, "prompts decoded together by --eval-generate (left-padded, KV cache)")
     save_steps: int = opt(0, "write a resumable checkpoint every N steps (0: none)")
     resume: bool = opt(False, "continue from the last checkpoint in --output")
     report_to: str = opt("none", "also log to these trackers, comma-separated (tensorboard, wandb, mlflow, ...: "
-                                 "the names transformers' Trainer accepts); 'none': only log.jsonl")
+                                 "the names transformers' Trainer accepts), checked before the model loads; 'none': only "
+                                 "log.jsonl")
     trust_remote_code: bool = opt(False, "allow model code from the hub to run (off by default)")
     overwrite: bool = opt(False, "replace an existing run in --output")
-    output: str = opt("runs/oloraplus", "run directory to write")
+    output: str = opt("runs/oloraplus", "run directory to write; an existing run is replaced only with --overwrite")
 
     def validate(self) -> "TrainConfig":
         """Reject values that would fail later, naming the flag."""

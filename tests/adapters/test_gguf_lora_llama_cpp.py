@@ -4,7 +4,7 @@ Skipped unless `llama_cpp` is importable (`pip install "oloraplus[llama-cpp]"` b
 does not). The base is SmolLM2's Q4_1 GGUF, which is also what oloraplus dequantises for training, so both
 sides hold the same weights; they still differ in arithmetic: llama.cpp quantises activations to 8 bits for
 its Q4_1 matmuls and keeps the KV cache in f16. The tolerance is therefore set by that base-model
-disagreement, measured here on the same tokens (README, "llama.cpp", has the numbers).
+disagreement, measured here on the same tokens (docs/serving.md, "llama.cpp", has the numbers).
 """
 
 import numpy as np

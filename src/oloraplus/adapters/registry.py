@@ -20,7 +20,7 @@ from oloraplus.errors import AdapterError
 # saved factors are the whole ΔW = s·B·A. Any other init (ours that shift the base, PEFT's LoftQ, CorDA, ...) moved W.
 PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal", "mica")
 # The first methods in CLI order; every other module in oloraplus.adapters.methods follows, by name. Each module
-# registers itself when imported, so a new method is one new file there (README: Add a method).
+# registers itself when imported, so a new method is one new file there (docs/methods.md, "Add a method").
 BUILTIN = ("lora", "olora", "pissa", "dora", "ohora", "hira")
 
 
