@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if not data or not Path(data).is_file():
         parser.error(f"--data: no Alpaca file at {data or '.gpu/ or ../shared/data'}")
     sizes = QUICK if args.quick else FULL
-    workdir = Path(tempfile.mkdtemp(prefix="oloraplus-gpu-bench-"))
+    workdir = Path(tempfile.gettempdir()) / "oloraplus-gpu-bench" if args.plan else \
+        Path(tempfile.mkdtemp(prefix="oloraplus-gpu-bench-"))
     jobs = plan(sizes, data, str(workdir / "models"), train_examples(data, sizes.eval_size))
     if args.only:
         wanted = set(args.only.split(","))

@@ -152,7 +152,8 @@ def big_section(results: Results) -> list[str]:
             continue
         f = run.get("fast_paths", {})
         peak = run.get("peak_gpu_mib")
-        rows = [["parameters (base)", f"{run['params'] / 1e9:.2f} B"],
+        params = run["params"]
+        rows = [["parameters (base)", f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.2f} M"],
                 ["4-bit linear layers in the trained model", f.get("linear_4bit", "n/a")],
                 ["gradient checkpointing on", f.get("gradient_checkpointing", "n/a")],
                 ["peak GPU memory (max_memory_allocated)", f"{peak / 1024:.2f} GiB" if peak else "n/a"],
@@ -161,7 +162,7 @@ def big_section(results: Results) -> list[str]:
                 ["real tokens/s, whole loop", f"{run['tokens_per_s']:,.0f}"],
                 [f"real tokens/s, steady state (steps > {WARMUP_STEPS})",
                  _num(run.get("steady_tokens_per_s"), "{:,.0f}")],
-                [f"seconds per step, steady state", _num(run.get("steady_seconds_per_step"))],
+                ["seconds per step, steady state", _num(run.get("steady_seconds_per_step"))],
                 ["optimizer steps", run["steps"]], ["final eval loss", f"{run['eval_loss']:.4f}"],
                 ["build on the device / save / load + train + eval (s)",
                  f"{run['build_s']:.1f} / {run['save_s']:.1f} / {run['run_s']:.1f}"],

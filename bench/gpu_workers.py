@@ -77,7 +77,7 @@ def random_model(shape: str, tokenizer, dtype):
 
 
 def save_model(model, tokenizer, path: Path) -> None:
-    model.save_pretrained(path, safe_serialization=True, max_shard_size="20GB")
+    model.save_pretrained(path, safe_serialization=True, max_shard_size="5GB")
     tokenizer.save_pretrained(path)
 
 

@@ -217,3 +217,16 @@ def test_cost_probe_is_the_largest_unit_of_a_call():
     part, units = cost_probe(initial, batched=True)  # batched: a shape group (q, q2: 2 × 32 elements) is the unit
     assert sorted(part) == ["q", "q2"] and units == 3
     assert cost_probe({}, batched=True) == ({}, 0)
+
+
+def test_batched_diagnostics_in_chunks_equal_the_whole_groups(monkeypatch):
+    """A shape group split into stacks of one layer (a large model's memory bound) gives the same measures."""
+    import oloraplus.eval.diagnostics as diagnostics
+
+    model = tiny_peft_model("olora")
+    initial = capture_initial_factors(model)
+    perturb(model, seed=3)
+    whole = adapter_diagnostics(model, initial, batched=True)
+    monkeypatch.setattr(diagnostics, "CHUNK_BYTES", 1)
+    assert len(diagnostics._chunks([("x", torch.zeros(4, 2), torch.zeros(2, 4))] * 3)) == 3
+    assert adapter_diagnostics(model, initial, batched=True) == whole

@@ -230,6 +230,17 @@ def _per_layer(B_t: Tensor, A_t: Tensor, B_0: Tensor, A_0: Tensor, s: float) -> 
     }
 
 
+CHUNK_BYTES = 2**25  # float64 bytes of the factors stacked at once: bounds the call's transient device memory
+
+
+def _chunks(group: list) -> list[list]:
+    """A shape group split so that each stack of its factors holds at most CHUNK_BYTES in float64 (an 8B
+    model's 64 gate/up layers at once would need ~2 GB of intermediates on the GPU; ~14 at a time, ~0.3 GB)."""
+    per_layer = 8 * (group[0][1].numel() + group[0][2].numel())
+    size = max(1, CHUNK_BYTES // per_layer)
+    return [group[i:i + size] for i in range(0, len(group), size)]
+
+
 MEASURES = ("subspace_distance", "subspace_distance_A", "rel_change_A", "rel_change_B", "delta_effective_rank")
 
 
@@ -278,7 +289,7 @@ def adapter_diagnostics(
         by_shape: dict[tuple, list] = {}
         for row in found:
             by_shape.setdefault((tuple(row[1].shape), tuple(row[2].shape)), []).append(row)
-        groups = list(by_shape.values())
+        groups = [chunk for group in by_shape.values() for chunk in _chunks(group)]
         values = torch.cat([_batched(group, device) for group in groups], dim=1).tolist()  # the one host read
         names = [row[0] for group in groups for row in group]
         for i, name in enumerate(names):
