@@ -213,7 +213,8 @@ def fast_paths(trainer, model, metrics: dict) -> dict[str, Any]:
         "fused_adamw": fused,
         "optimizer": type(optimizer).__name__ if optimizer is not None else None,
         "bf16_autocast": bool(trainer.args.bf16),
-        "gradient_checkpointing": bool(getattr(base, "is_gradient_checkpointing", False)),
+        "gradient_checkpointing": bool(getattr(base, "is_activation_checkpointing",  # transformers ≥ 5.23
+                                               getattr(base, "is_gradient_checkpointing", False))),
         "linear_4bit": sum(1 for m in modules if "Linear4bit" in type(m).__name__),
         "linear_8bit": sum(1 for m in modules if "Linear8bit" in type(m).__name__),
         "cuda": torch.cuda.is_available(),
