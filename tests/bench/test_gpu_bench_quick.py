@@ -32,6 +32,7 @@ def test_quick_bench_runs_the_pair_and_the_big_model_job(alpaca_file, tmp_path, 
     assert ours["fast_paths"]["packing"] is True and ours["fast_paths"]["response_only_loss"] is True
     assert ours["fast_paths"]["fused_adamw"] is False  # torch's fused AdamW is CUDA-only here
     assert "fast_paths" not in base and 0 <= ours["diagnostics_loop_share"] < 1
+    assert 0 < ours["process_s"] <= ours["wall_s"] and 0 < base["process_s"] <= base["wall_s"]
     assert abs(ours["eval_loss"] - base["eval_loss"]) < 1e-4  # same batches, fp32
     assert big["steps"] == 7 and big["steady_steps"] == 2 and big["params"] > 0
     assert isinstance(big["fast_paths"]["linear_4bit"], int)
