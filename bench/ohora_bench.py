@@ -1,7 +1,7 @@
 """OHoRA benchmark: the Kronecker path as `kron_matvec` vs materialising A ⊗ Bᵀ every step vs LoRA r = 32,
 and OHoRA's init (full QR) vs PiSSA's (SVD), on the layer shapes of SmolLM2-135M and Llama-2-7B.
 
-    /work/venv/bin/python bench/ohora_bench.py            # writes bench/ohora_results.md
+    python bench/ohora_bench.py                       # writes bench/ohora_results.md
 
 Time: median wall time of `--runs` forward+backward steps after one warm-up, the methods taking turns so
 that load from other processes hits them alike. Memory: the peak of live CPU tensor bytes during one step
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     header = [
         "# OHoRA: Kronecker product as vec(A X B) vs materialised, vs LoRA r = 32",
         "",
-        f"Command: `/work/venv/bin/python bench/ohora_bench.py --threads {args.threads} --runs {args.runs} "
+        f"Command: `python bench/ohora_bench.py --threads {args.threads} --runs {args.runs} "
         f"--init-runs {args.init_runs}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared; load average "
         f"{load:.2f} at start), torch {torch.__version__}, {args.threads} thread(s), float32, CPU. "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s")  # metrics.json: this session's speed
+TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s",  # metrics.json: this session's speed
+               "diagnostics_calls", "diagnostics_s", "diagnostics_loop_share", "diagnostics_after_loop_s")
 SESSION_KEYS = (*TIMING_KEYS, "resumed_from_step")  # also differ between a resumed run and an uninterrupted one
 
 

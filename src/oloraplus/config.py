@@ -100,8 +100,9 @@ class TrainConfig:
                                               "(transformers' non-reentrant checkpointing): less memory, more compute")
     fsdp: bool = opt(False, "under torchrun: shard the base over the processes (FSDP2 fully_shard per decoder layer)")
     compile: bool = opt(False, "torch.compile each decoder layer (regional: compile time is about one layer's)")
-    diagnostics_steps: int = opt(0, "refinement/exploration diagnostics every N steps (0: about 10 points per "
-                                    "run and the last step, at most once per log; -1: off)")
+    diagnostics_steps: int = opt(0, "refinement/exploration diagnostics every N steps, step 1 and the last step "
+                                    "(0: at logging steps while their measured cost stays within 2 percent of the loop, "
+                                    "and the final state after it; -1: off)")
     logging_steps: int = opt(5, "log (and print) the train loss every N optimizer steps; the first and the last "
                                      "step are always logged")
     eval_steps: int = opt(0, "also evaluate every N steps for the eval curve in loss.png (0: only at the end)")

@@ -8,6 +8,7 @@ from oloraplus.errors import AdapterError
 from oloraplus.eval.diagnostics import (
     adapter_diagnostics,
     capture_initial_factors,
+    cost_probe,
     delta_effective_rank,
     effective_rank,
     max_principal_angle,
@@ -206,3 +207,26 @@ def test_batched_diagnostics_equal_the_per_layer_ones():
     lora_initial = capture_initial_factors(zero_B)
     assert math.isnan(adapter_diagnostics(zero_B, lora_initial, batched=True)["mean"]["subspace_distance"])
     assert adapter_diagnostics(zero_B, lora_initial, batched=True)["mean"]["delta_effective_rank"] == 0.0
+
+
+def test_cost_probe_is_the_largest_unit_of_a_call():
+    initial = {"q": (torch.zeros(8, 2), torch.zeros(2, 8)), "k": (torch.zeros(4, 2), torch.zeros(2, 8)),
+               "q2": (torch.zeros(8, 2), torch.zeros(2, 8)), "up": (torch.zeros(16, 2), torch.zeros(2, 8))}
+    part, units = cost_probe(initial, batched=False)  # the loop: a layer is the unit
+    assert list(part) == ["up"] and units == 4
+    part, units = cost_probe(initial, batched=True)  # batched: a shape group (q, q2: 2 × 32 elements) is the unit
+    assert sorted(part) == ["q", "q2"] and units == 3
+    assert cost_probe({}, batched=True) == ({}, 0)
+
+
+def test_batched_diagnostics_in_chunks_equal_the_whole_groups(monkeypatch):
+    """A shape group split into stacks of one layer (a large model's memory bound) gives the same measures."""
+    import oloraplus.eval.diagnostics as diagnostics
+
+    model = tiny_peft_model("olora")
+    initial = capture_initial_factors(model)
+    perturb(model, seed=3)
+    whole = adapter_diagnostics(model, initial, batched=True)
+    monkeypatch.setattr(diagnostics, "CHUNK_BYTES", 1)
+    assert len(diagnostics._chunks([("x", torch.zeros(4, 2), torch.zeros(2, 4))] * 3)) == 3
+    assert adapter_diagnostics(model, initial, batched=True) == whole

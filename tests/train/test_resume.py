@@ -31,7 +31,9 @@ def flags(model_dir, data, out, *extra: str) -> list[str]:
     return ["train", "--model", str(model_dir), "--data", str(data), "--method", "olora", "--ratio", "4",
             "--rank", "4", "--alpha", "8", "--lr", "3e-3", "--max-steps", str(MAX_STEPS), "--batch-size", "4",
             "--max-length", "64", "--train-size", "48", "--eval-size", "12", "--logging-steps", "3",
-            "--eval-steps", "10", "--save-steps", str(SAVE_STEPS), "--seed", "3", *extra, "--output", str(out)]
+            "--eval-steps", "10", "--save-steps", str(SAVE_STEPS), "--seed", "3",
+            "--diagnostics-steps", "5",  # a fixed schedule: the automatic one follows measured time, so its steps vary
+            *extra, "--output", str(out)]
 
 
 @pytest.fixture(autouse=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from transformers import TrainerCallback
 
 from oloraplus.console import progress_enabled, say, use_bar
@@ -118,34 +118,137 @@ class PeriodicEvalCallback(TrainerCallback):
                 append_jsonl(self.path, {"step": state.global_step, "epoch": state.epoch, **metrics})
 
 
+BUDGET = 0.02  # the largest share of the training loop the automatic diagnostics schedule may take
+
+
+def _synchronize(device: torch.device | None) -> None:
+    """Wait for the device's queued work, so a timing covers exactly the calls between two waits."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class DiagnosticsCallback(TrainerCallback):
-    """Refinement vs exploration, logged as `diag_*` (mean over adapted layers) on a sparse schedule.
+    """Refinement vs exploration, logged as `diag_*` (mean over adapted layers) on a schedule that costs
+    at most `budget` (2 %) of the training loop.
 
     Subspace distance of span(B_t) from span(B_0) = span(Q_r), relative change of A and B, and the
-    effective rank of ΔW_t = s(B_tA_t − B_0A_0); see `oloraplus.eval.diagnostics`. A call costs
-    about a second on a CPU (hundreds of float64 QRs; batched per layer shape on a GPU), so they run at
-    step 1, every `every` steps and at the last step, not at every log. `every` 0 (auto): about ten
-    points per run, and never more often than the loss is logged (`logging_steps`).
+    effective rank of ΔW_t = s(B_tA_t − B_0A_0); see `oloraplus.eval.diagnostics`. A call costs from
+    milliseconds (a GPU, batched per layer shape) to about a second (SmolLM2 on a CPU), so the schedule
+    is derived from the measured cost rather than fixed:
+
+    - `every` 0 (auto): at the first step a probe times the largest part of a call (one layer, or one shape group
+      when batched) and predicts the whole call's cost; each call is timed (the device synchronised around
+      it) and replaces the prediction. A call runs at a logging step (`logging_steps`) only if the time spent
+      on diagnostics, this call included, stays ≤ `budget` × the loop time so far. The adapter's final state
+      is measured after the loop (`on_train_end`: outside `train_runtime`), so the curve always ends there.
+    - `every` N > 0: step 1, every N steps and the last step, whatever they cost (the user asked for them).
+
+    The initial factors move to the model's device once, at the start. At the end the calls, their seconds
+    and their share of the loop go to the console and, through `summary`, to metrics.json.
     """
 
-    POINTS = 10  # diagnostics per run when `every` is 0
-
-    def __init__(self, initial: dict, path: str | Path, every: int = 0, logging_steps: int = 1):
+    def __init__(self, initial: dict, path: str | Path, every: int = 0, logging_steps: int = 1, *,
+                 budget: float = BUDGET, clock: Callable[[], float] = time.perf_counter,
+                 measure: Callable[[Any, dict], dict] | None = None):
         self.initial = initial
         self.path = Path(path)
         self.every = every
-        self.logging_steps = logging_steps
+        self.logging_steps = max(logging_steps, 1)
+        self.budget = budget
+        self.clock = clock
+        self.measure = measure  # (model, initial) -> {"mean": {...}}; default adapter_diagnostics
+        self.device = None
+        self.start = 0.0  # clock at the start of the loop
+        self.spent = 0.0  # seconds of diagnostics (and probe) inside the loop
+        self.after_loop_s = 0.0
+        self.loop_s = 0.0  # the loop's length, read at its end
+        self.calls = 0
+        self.cost: float | None = None  # predicted (then measured) seconds of one call
+        self.last_step = -1  # the last step whose adapter was measured
+        self.decided: tuple[int, str | None] = (-1, None)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            from oloraplus.eval.diagnostics import factors_on
+
+            self.device = next((p.device for p in model.parameters() if p.requires_grad), None)
+            if self.device is not None:
+                self.initial = factors_on(self.initial, self.device)
+        self.start = self.clock()
+
+    def decision(self, state) -> str | None:
+        """'full', 'probe' or None at this step; decided once per step (the watch asks first, then this)."""
+        step = state.global_step
+        if self.decided[0] != step:
+            self.decided = (step, self._decide(state))
+        return self.decided[1]
+
+    def _decide(self, state) -> str | None:
+        step = state.global_step
+        if not state.is_world_process_zero:  # only rank 0 measures (its clock decides nothing elsewhere)
+            return None
+        if self.every:
+            return "full" if step == 1 or step % self.every == 0 or step >= state.max_steps else None
+        if self.cost is None:
+            return "probe" if self.initial else None
+        if step % self.logging_steps or step >= state.max_steps:  # the last state is measured after the loop
+            return None
+        elapsed = self.clock() - self.start
+        return "full" if self.spent + self.cost <= self.budget * (elapsed + self.cost) else None
 
     def reads_weights_at(self, state) -> bool:
-        """Whether the diagnostics run at this step (`_NonFiniteWatch` checks the weights first)."""
-        every = self.every or max(self.logging_steps, math.ceil(state.max_steps / self.POINTS))
-        step = state.global_step
-        return step == 1 or step % every == 0 or step >= state.max_steps
+        """Whether the diagnostics read the weights at this step (`_NonFiniteWatch` checks them first)."""
+        return self.decision(state) is not None
+
+    def _measure(self, model, initial: dict) -> tuple[dict, float]:
+        if self.measure is None:
+            from oloraplus.eval.diagnostics import adapter_diagnostics
+
+            measure = adapter_diagnostics
+        else:
+            measure = self.measure
+        _synchronize(self.device)
+        t0 = self.clock()
+        mean = measure(model, initial)["mean"]
+        _synchronize(self.device)
+        return mean, self.clock() - t0
+
+    def _log(self, state, mean: dict, **extra) -> None:
+        append_jsonl(self.path, {"step": state.global_step, **{f"diag_{k}": v for k, v in mean.items()}, **extra})
+        self.last_step = state.global_step
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if not self.reads_weights_at(state) or not state.is_world_process_zero:
+        what = self.decision(state)
+        if what is None:
             return
-        from oloraplus.eval.diagnostics import adapter_diagnostics
+        if what == "probe":
+            from oloraplus.eval.diagnostics import cost_probe, default_batched
 
-        mean = adapter_diagnostics(model, self.initial)["mean"]
-        append_jsonl(self.path, {"step": state.global_step, **{f"diag_{k}": v for k, v in mean.items()}})
+            part, units = cost_probe(self.initial, default_batched(self.device or torch.device("cpu")))
+            _, seconds = self._measure(model, part)
+            self.spent += seconds
+            self.cost = seconds * units
+            return
+        mean, seconds = self._measure(model, self.initial)
+        self.spent += seconds
+        self.cost = seconds
+        self.calls += 1
+        self._log(state, mean)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.loop_s = self.clock() - self.start
+        if self.last_step != state.global_step and model is not None and self.initial:
+            mean, self.after_loop_s = self._measure(model, self.initial)
+            self._log(state, mean)
+        say(f"diagnostics: {self.calls} call(s) in the loop, {self.spent:.2f} s "
+            f"({100 * self.spent / max(self.loop_s, 1e-9):.1f} % of it)"
+            + (f", the final state after it ({self.after_loop_s:.2f} s)" if self.after_loop_s else ""))
+
+    def summary(self) -> dict[str, float | int]:
+        """What the diagnostics cost this session (metrics.json): calls and seconds in the loop (probe
+        included), their share of the loop, and the seconds of the final state measured after it."""
+        return {"diagnostics_calls": self.calls, "diagnostics_s": self.spent,
+                "diagnostics_loop_share": self.spent / max(self.loop_s, 1e-9),
+                "diagnostics_after_loop_s": self.after_loop_s}

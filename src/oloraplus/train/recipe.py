@@ -154,9 +154,11 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     log = JsonlLogCallback(log_path)
     callbacks = [log]
+    diagnostics = None
     if initial and cfg.diagnostics_steps >= 0:  # OLoRA/PiSSA: B_0, A_0 are meaningful, so refinement vs exploration
-        callbacks.append(DiagnosticsCallback({name: (f.B, f.A) for name, f in initial.items()}, log_path,
-                                             every=cfg.diagnostics_steps, logging_steps=cfg.logging_steps))
+        diagnostics = DiagnosticsCallback({name: (f.B, f.A) for name, f in initial.items()}, log_path,
+                                          every=cfg.diagnostics_steps, logging_steps=cfg.logging_steps)
+        callbacks.append(diagnostics)
     if cfg.eval_steps:
         callbacks.append(PeriodicEvalCallback(cfg.eval_steps, evaluate, log_path))
     trainer = RatioTrainer(
@@ -201,6 +203,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         "load_s": load_s,
         "packing": collator.packing,
         **prep.data_stats,
+        **(diagnostics.summary() if diagnostics else {}),  # their cost: calls, seconds, share of the loop
     }
     if main:
         append_jsonl(log_path, {"step": state.global_step, "epoch": state.epoch,
