@@ -130,8 +130,10 @@ class DiagnosticsCallback(TrainerCallback):
 
     POINTS = 10  # diagnostics per run when `every` is 0
 
-    def __init__(self, initial: dict, path: str | Path, every: int = 0, logging_steps: int = 1):
+    def __init__(self, initial: dict, path: str | Path, every: int = 0, logging_steps: int = 1,
+                 sharded: bool = False):
         self.initial = initial
+        self.sharded = sharded
         self.path = Path(path)
         self.every = every
         self.logging_steps = logging_steps
@@ -143,9 +145,11 @@ class DiagnosticsCallback(TrainerCallback):
         return step == 1 or step % every == 0 or step >= state.max_steps
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if not self.reads_weights_at(state) or not state.is_world_process_zero:
+        # --fsdp: the factors are gathered from every rank's shard, so every rank computes them
+        if not self.reads_weights_at(state) or not (state.is_world_process_zero or self.sharded):
             return
         from oloraplus.eval.diagnostics import adapter_diagnostics
 
         mean = adapter_diagnostics(model, self.initial)["mean"]
-        append_jsonl(self.path, {"step": state.global_step, **{f"diag_{k}": v for k, v in mean.items()}})
+        if state.is_world_process_zero:
+            append_jsonl(self.path, {"step": state.global_step, **{f"diag_{k}": v for k, v in mean.items()}})
