@@ -171,3 +171,55 @@ def test_killed_sharded_run_resumes_to_the_uninterrupted_one(sharded, tmp_path):
     for key in b:
         assert torch.equal(a[key], b[key]), (key, (a[key] - b[key]).abs().max())
     assert (out / "log.jsonl").read_text() == (reference / "log.jsonl").read_text()
+
+
+# --- bad input: one line, exit code 2, nothing written (docs/reliability.md, "Sharded runs") ---
+
+def refused(argv: list[str], out: Path, capsys) -> str:
+    from oloraplus.cli.main import main
+
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("oloraplus: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert not out.exists() and not Path(f"{out}.partial").exists()
+    return err
+
+
+def tiny_flags(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", str(model_dir), "--data", str(data), "--rank", "4", "--alpha", "8",
+            "--max-steps", "2", "--batch-size", "2", "--max-length", "64", "--train-size", "8", "--eval-size", "4",
+            "--fsdp", *extra, "--output", str(out)]
+
+
+def test_fsdp_without_torchrun_is_refused(tiny_llama_dir, alpaca_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    err = refused(tiny_flags(tiny_llama_dir, alpaca_file, tmp_path / "out"), tmp_path / "out", capsys)
+    assert "--fsdp: shards the base over processes started by torchrun" in err, err
+
+
+def test_fsdp_with_one_process_is_refused(tiny_llama_dir, alpaca_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    err = refused(tiny_flags(tiny_llama_dir, alpaca_file, tmp_path / "out"), tmp_path / "out", capsys)
+    assert "--fsdp: needs 2 or more processes to shard over, torchrun started 1" in err, err
+
+
+def test_fsdp_with_quantize_is_refused(tiny_llama_dir, alpaca_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "out"
+    err = refused(tiny_flags(tiny_llama_dir, alpaca_file, out, "--quantize", "nf4"), out, capsys)
+    assert "--fsdp with --quantize nf4: not supported" in err, err
+
+
+def test_model_without_decoder_layer_class_is_refused(tiny_llama_dir, alpaca_file, tmp_path, capsys, monkeypatch):
+    """Checked after the model loads (the class lives on it), before the run directory is created."""
+    from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(LlamaPreTrainedModel, "_no_split_modules", None)
+    out = tmp_path / "out"
+    err = refused(tiny_flags(tiny_llama_dir, alpaca_file, out), out, capsys)
+    assert "declares no decoder layer class" in err and "FSDP cannot shard it layer by layer" in err, err
