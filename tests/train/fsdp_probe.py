@@ -1,6 +1,6 @@
 """A `train()` run that also records what the Trainer holds once the model is wrapped (test_fsdp.py's worker).
 
-    python -m tests.train.fsdp_probe CONFIG.json PROBE_DIR            # one process
+    python -m tests.train.fsdp_probe CONFIG.json PROBE_DIR            # one process (or run() in-process)
     torchrun --standalone --nproc_per_node 2 -m tests.train.fsdp_probe CONFIG.json PROBE_DIR   # --fsdp
 
 At `on_train_begin` (after `accelerator.prepare` has sharded the model and swapped the optimizer's
@@ -58,5 +58,10 @@ def run(cfg: TrainConfig, out: Path) -> dict:
         recipe.RatioTrainer.__init__ = original
 
 
-if __name__ == "__main__":
-    run(TrainConfig(**json.loads(Path(sys.argv[1]).read_text())), Path(sys.argv[2]))
+if __name__ == "__main__":  # one config, or a list of them run one after another (PROBE_DIR/0, PROBE_DIR/1, ...)
+    configs = json.loads(Path(sys.argv[1]).read_text())
+    if isinstance(configs, dict):
+        run(TrainConfig(**configs), Path(sys.argv[2]))
+    else:
+        for i, fields in enumerate(configs):
+            run(TrainConfig(**fields), Path(sys.argv[2]) / str(i))

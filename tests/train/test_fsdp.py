@@ -97,6 +97,34 @@ def single(tiny_llama_dir, alpaca_file, tmp_path_factory, one_thread_module) -> 
     return root / "run", root / "probe", fsdp_probe.run(cfg, root / "probe")
 
 
+OTHER_INITS = ("pissa", "ohora", "eva")  # the other inits that read W (EVA: activations of calibration batches)
+
+
+@pytest.fixture(scope="module")
+def other_inits(tiny_llama_dir, alpaca_file, tmp_path_factory, one_thread_module) -> dict[str, tuple[Path, Path]]:
+    """One step of each other W-dependent init, sharded (one torchrun for all) and in one process: probe dirs."""
+    root = tmp_path_factory.mktemp("inits")
+    short = dict(max_steps=1, save_steps=0, eval_size=4, train_size=8)
+    configs = [asdict(config(tiny_llama_dir, alpaca_file, root / f"fsdp-{m}", method=m, fsdp=True, **short))
+               for m in OTHER_INITS]
+    (root / "cfgs.json").write_text(json.dumps(configs))
+    proc = subprocess.run(torchrun("-m", "tests.train.fsdp_probe", str(root / "cfgs.json"), str(root / "fsdp")),
+                          env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for m in OTHER_INITS:  # EVA calibrates on --batch-size rows per process (not gathered): keep it the same
+        fsdp_probe.run(config(tiny_llama_dir, alpaca_file, root / f"single-{m}", method=m, **short),
+                       root / "single" / m)
+    return {m: (root / "fsdp" / str(i), root / "single" / m) for i, m in enumerate(OTHER_INITS)}
+
+
+@pytest.mark.parametrize("method", OTHER_INITS)
+def test_every_weight_dependent_init_is_the_single_process_one(other_inits, method):
+    got, want = (load_file(d / "initial.safetensors") for d in other_inits[method])
+    assert got.keys() == want.keys() and got
+    for key in want:
+        assert torch.equal(got[key], want[key]), (method, key, (got[key] - want[key]).abs().max())
+
+
 def test_sharded_run_starts_from_the_single_process_init(sharded, single):
     got = load_file(sharded[1] / "initial.safetensors")
     want = load_file(single[1] / "initial.safetensors")
