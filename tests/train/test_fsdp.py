@@ -97,6 +97,19 @@ def single(tiny_llama_dir, alpaca_file, tmp_path_factory, one_thread_module) -> 
     return root / "run", root / "probe", fsdp_probe.run(cfg, root / "probe")
 
 
+def test_decoder_layers_are_the_units_fsdp_wraps(tiny_llama_dir, tiny_gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    from oloraplus.train import fsdp
+
+    llama = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert fsdp.decoder_layer_classes(llama) == ["LlamaDecoderLayer"]
+    assert fsdp.decoder_layer_classes(AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)) == ["GPT2Block"]
+    config = fsdp.training_arguments(llama)["fsdp_config"]
+    assert config["version"] == 2 and config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert config["state_dict_type"] == "SHARDED_STATE_DICT"
+
+
 OTHER_INITS = ("pissa", "ohora", "eva")  # the other inits that read W (EVA: activations of calibration batches)
 
 
