@@ -3,7 +3,8 @@
 The sharding itself is accelerate's FSDP2 plugin, driven by `TrainingArguments(fsdp=..., fsdp_config=...)`:
 the Trainer hands the model and our λ optimizer to `accelerator.prepare`, which calls `fully_shard` on each
 decoder layer, on the embedding and on the root, and swaps the optimizer's parameters for their sharded
-DTensors in place, so its named A/B groups (B at λη) carry over unchanged.
+DTensors in place, so its named A/B groups (B at λη) carry over unchanged. accelerate switches FSDP on
+only for GPU process groups; `enable` sets the same state on the CPU, so gloo runs (CI) take the GPU path.
 
 The adapter is attached *before* that, on every process from the full weights: the OLoRA/PiSSA/OHoRA/EVA
 inits are the single-process ones exactly. Checkpoints hold the adapter and the optimizer state sharded
