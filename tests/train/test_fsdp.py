@@ -77,16 +77,23 @@ def cli_flags(cfg: TrainConfig, *extra: str) -> list[str]:
             str(cfg.logging_steps), "--fsdp", *extra, "--output", cfg.output]
 
 
+OTHER_INITS = ("pissa", "ohora", "eva")  # the other inits that read W (EVA: activations of calibration batches)
+SHORT = dict(max_steps=1, save_steps=0, eval_size=4, train_size=8)  # one step: only their init is compared
+
+
 @pytest.fixture(scope="module")
 def sharded(tiny_llama_dir, alpaca_file, tmp_path_factory) -> tuple[Path, Path, TrainConfig]:
-    """The probed 2-process --fsdp run: (run directory, probe directory, config)."""
+    """The probed 2-process --fsdp run: (run directory, probe directory, config). The same torchrun then runs
+    one step of each of OTHER_INITS (probe directories 1, 2, 3): one launch instead of four."""
     root = tmp_path_factory.mktemp("fsdp")
     cfg = config(tiny_llama_dir, alpaca_file, root / "run", fsdp=True)
-    (root / "cfg.json").write_text(json.dumps(asdict(cfg)))
-    proc = subprocess.run(torchrun("-m", "tests.train.fsdp_probe", str(root / "cfg.json"), str(root / "probe")),
-                          env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    others = [config(tiny_llama_dir, alpaca_file, root / f"run-{m}", method=m, fsdp=True, **SHORT)
+              for m in OTHER_INITS]
+    (root / "cfgs.json").write_text(json.dumps([asdict(c) for c in (cfg, *others)]))
+    proc = subprocess.run(torchrun("-m", "tests.train.fsdp_probe", str(root / "cfgs.json"), str(root / "probe")),
+                          env=env(), cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "run", root / "probe", cfg
+    return root / "run", root / "probe" / "0", cfg
 
 
 @pytest.fixture(scope="module")
@@ -110,24 +117,13 @@ def test_decoder_layers_are_the_units_fsdp_wraps(tiny_llama_dir, tiny_gpt2_dir):
     assert config["state_dict_type"] == "SHARDED_STATE_DICT"
 
 
-OTHER_INITS = ("pissa", "ohora", "eva")  # the other inits that read W (EVA: activations of calibration batches)
-
-
 @pytest.fixture(scope="module")
-def other_inits(tiny_llama_dir, alpaca_file, tmp_path_factory, one_thread_module) -> dict[str, tuple[Path, Path]]:
-    """One step of each other W-dependent init, sharded (one torchrun for all) and in one process: probe dirs."""
+def other_inits(sharded, tiny_llama_dir, alpaca_file, tmp_path_factory, one_thread_module) -> dict:
+    """method -> (sharded probe directory, single-process probe directory) for one step of each of OTHER_INITS."""
     root = tmp_path_factory.mktemp("inits")
-    short = dict(max_steps=1, save_steps=0, eval_size=4, train_size=8)
-    configs = [asdict(config(tiny_llama_dir, alpaca_file, root / f"fsdp-{m}", method=m, fsdp=True, **short))
-               for m in OTHER_INITS]
-    (root / "cfgs.json").write_text(json.dumps(configs))
-    proc = subprocess.run(torchrun("-m", "tests.train.fsdp_probe", str(root / "cfgs.json"), str(root / "fsdp")),
-                          env=env(), cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     for m in OTHER_INITS:  # EVA calibrates on --batch-size rows per process (not gathered): keep it the same
-        fsdp_probe.run(config(tiny_llama_dir, alpaca_file, root / f"single-{m}", method=m, **short),
-                       root / "single" / m)
-    return {m: (root / "fsdp" / str(i), root / "single" / m) for i, m in enumerate(OTHER_INITS)}
+        fsdp_probe.run(config(tiny_llama_dir, alpaca_file, root / f"run-{m}", method=m, **SHORT), root / m)
+    return {m: (sharded[1].parent / str(i + 1), root / m) for i, m in enumerate(OTHER_INITS)}
 
 
 @pytest.mark.parametrize("method", OTHER_INITS)
