@@ -260,3 +260,19 @@ def test_model_without_decoder_layer_class_is_refused(tiny_llama_dir, alpaca_fil
     out = tmp_path / "out"
     err = refused(tiny_flags(tiny_llama_dir, alpaca_file, out), out, capsys)
     assert "declares no decoder layer class" in err and "FSDP cannot shard it layer by layer" in err, err
+
+
+def test_non_finite_step_stops_every_rank_at_the_same_step(tiny_llama_dir, alpaca_file, tmp_path):
+    """Each rank sees only its shards and its batch; the NaN watch ANDs its verdict over the ranks, so both stop
+    at the same step (no rank left waiting in a collective) and the last good checkpoint is named."""
+    out = tmp_path / "run"
+    flags = tiny_flags(tiny_llama_dir, alpaca_file, out, "--lr", "1e6", "--save-steps", "1", "--max-steps", "4")
+    proc = subprocess.run(torchrun("-m", "oloraplus", *flags), env=env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    stops = [line for line in proc.stderr.splitlines() if line.startswith("oloraplus: error: training stopped")]
+    assert len(stops) == 2, proc.stderr[-3000:]  # one line per rank
+    steps = {line.split("training stopped at step ")[1].split(":")[0] for line in stops}
+    failure = json.loads((tmp_path / "run.partial" / "failure.json").read_text())
+    assert steps == {str(failure["step"])} and failure["step"] >= 2
+    assert failure["last_checkpoint"].endswith(f"checkpoint-{failure['step'] - 1}")
