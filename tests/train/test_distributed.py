@@ -16,7 +16,8 @@ def test_two_processes_match_one_process(tiny_llama_dir, alpaca_file, tmp_path):
               "--lr", "3e-3", "--max-steps", "6", "--max-length", "64", "--train-size", "48", "--eval-size", "12",
               "--no-group-by-length", "--seed", "5", "--ratio", "4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OLORAPLUS_PROGRESS": "0"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    # --standalone: a free rendezvous port (a fixed one collides with any other run on the machine)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "oloraplus", "train", *common, "--batch-size", "2", "--output", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -49,8 +49,11 @@ def save_adapter(
     path: str | os.PathLike,
     initial_factors: dict[str, LoraFactors],
     extra_metadata: dict | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a safetensors PEFT adapter directory that reproduces `peft_model` on the untouched base.
+
+    `state_dict`: the adapter's tensors when the model's own are sharded (`--fsdp` gathers them first).
 
     With `extra_metadata["base_model"]` (the `--model` given), adapter_config.json names the base by its
     portable name, and oloraplus_adapter.json keeps the local path and how those weights were made.
@@ -64,14 +67,14 @@ def save_adapter(
             raise AdapterError(
                 f"save adapter {path}: initial factors given, but adapter '{adapter_name}' did not modify the base"
             )
-        peft_model.save_pretrained(path, safe_serialization=True)
+        peft_model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     else:
         if not initial_factors:
             raise AdapterError(
                 f"save adapter {path}: a {config.init_lora_weights} adapter needs the initial factors "
                 "returned by attach_adapter"
             )
-        state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+        state = get_peft_model_state_dict(peft_model, state_dict=state_dict, adapter_name=adapter_name)
         save_file(_base_relative_state(state, initial_factors), path / WEIGHTS_FILE, metadata={"format": "pt"})
         saved = copy.deepcopy(config)
         alpha_factor = math.sqrt(2) if saved.use_rslora else 2  # keep s = α/r (α/√r with rsLoRA) at rank 2r

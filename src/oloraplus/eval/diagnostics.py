@@ -122,6 +122,13 @@ def _canonical(name: str) -> str:
     return name.removeprefix("base_model.").removeprefix("model.")
 
 
+def _full(weight: Tensor) -> Tensor:
+    """The whole matrix of a weight sharded by --fsdp (an all-gather every rank must join), else the weight."""
+    from torch.distributed.tensor import DTensor
+
+    return weight.full_tensor() if isinstance(weight, DTensor) else weight
+
+
 def _lora_layers(peft_model, adapter_name: str):
     """(name, lora_B weight, lora_A weight, s) for each linear LoRA layer carrying `adapter_name`."""
     from peft.tuners.lora import LoraLayer
@@ -129,8 +136,8 @@ def _lora_layers(peft_model, adapter_name: str):
     for name, module in peft_model.named_modules():
         if not isinstance(module, LoraLayer) or adapter_name not in module.lora_A:
             continue
-        B = module.lora_B[adapter_name].weight  # (out, r)
-        A = module.lora_A[adapter_name].weight  # (r, in)
+        B = _full(module.lora_B[adapter_name].weight)  # (out, r)
+        A = _full(module.lora_A[adapter_name].weight)  # (r, in)
         if B.dim() == 2 and A.dim() == 2:
             yield name, B, A, float(module.scaling[adapter_name])
 

@@ -37,6 +37,16 @@ def _row(dataset, index: int) -> dict:
     return {key: row[key] for key in _COLUMNS if key in row}
 
 
+def _rows_per_rank(model, n_rows: int, own_rows: int, world: int) -> int:
+    """Rows this rank walks through: its own, or under FSDP the most any rank has, since every forward of a
+    sharded model all-gathers with the other ranks (a rank that stopped early would leave them waiting)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if world > 1 and any(isinstance(m, FSDPModule) for m in model.modules()):
+        return math.ceil(n_rows / world)
+    return own_rows
+
+
 def _nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed NLL of next-token predictions from full logits, and the number of label tokens.
 
@@ -68,9 +78,13 @@ def evaluate_loss(
     model.eval()
     try:
         with torch.inference_mode():
-            starts = range(0, len(indices), batch_size)
+            starts = range(0, _rows_per_rank(model, len(dataset), len(indices), world), batch_size)
             for start in track(starts, len(starts), f"evaluating {len(dataset)} examples"):
-                batch = collator([_row(dataset, i) for i in indices[start : start + batch_size]])
+                rows = indices[start : start + batch_size]
+                if not rows:  # FSDP: this rank's rows ran out, but its forward must join the others' all-gathers
+                    model(**model_inputs(collator([_row(dataset, 0)]), device))
+                    continue
+                batch = collator([_row(dataset, i) for i in rows])
                 inputs = model_inputs(batch, device)  # padded or packed rows
                 if response_only:
                     nll, count = scored_nll(model, {**inputs, SCORED: batch.get(SCORED)})

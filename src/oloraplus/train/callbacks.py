@@ -127,6 +127,15 @@ def _synchronize(device: torch.device | None) -> None:
         torch.cuda.synchronize(device)
 
 
+def _rank0s(decision: str | None) -> str | None:
+    """Rank 0's decision on every rank (--fsdp: all ranks must take part in the same diagnostics calls)."""
+    import torch.distributed as dist
+
+    box = [decision]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 class DiagnosticsCallback(TrainerCallback):
     """Refinement vs exploration, logged as `diag_*` (mean over adapted layers) on a schedule that costs
     at most `budget` (2 %) of the training loop.
@@ -149,8 +158,9 @@ class DiagnosticsCallback(TrainerCallback):
 
     def __init__(self, initial: dict, path: str | Path, every: int = 0, logging_steps: int = 1, *,
                  budget: float = BUDGET, clock: Callable[[], float] = time.perf_counter,
-                 measure: Callable[[Any, dict], dict] | None = None):
+                 measure: Callable[[Any, dict], dict] | None = None, sharded: bool = False):
         self.initial = initial
+        self.sharded = sharded
         self.path = Path(path)
         self.every = every
         self.logging_steps = max(logging_steps, 1)
@@ -185,7 +195,9 @@ class DiagnosticsCallback(TrainerCallback):
 
     def _decide(self, state) -> str | None:
         step = state.global_step
-        if not state.is_world_process_zero:  # only rank 0 measures (its clock decides nothing elsewhere)
+        # Only rank 0 measures, except under --fsdp: there the factors are gathered from every rank's shard (a
+        # collective), so every rank takes the same decision: rank 0's, sent at a logging step (a host sync anyway).
+        if not (state.is_world_process_zero or self.sharded):
             return None
         if self.every:
             return "full" if step == 1 or step % self.every == 0 or step >= state.max_steps else None
@@ -194,7 +206,8 @@ class DiagnosticsCallback(TrainerCallback):
         if step % self.logging_steps or step >= state.max_steps:  # the last state is measured after the loop
             return None
         elapsed = self.clock() - self.start
-        return "full" if self.spent + self.cost <= self.budget * (elapsed + self.cost) else None
+        verdict = "full" if self.spent + self.cost <= self.budget * (elapsed + self.cost) else None
+        return _rank0s(verdict) if self.sharded else verdict
 
     def reads_weights_at(self, state) -> bool:
         """Whether the diagnostics read the weights at this step (`_NonFiniteWatch` checks them first)."""
@@ -214,8 +227,9 @@ class DiagnosticsCallback(TrainerCallback):
         return mean, self.clock() - t0
 
     def _log(self, state, mean: dict, **extra) -> None:
-        append_jsonl(self.path, {"step": state.global_step, **{f"diag_{k}": v for k, v in mean.items()}, **extra})
         self.last_step = state.global_step
+        if state.is_world_process_zero:
+            append_jsonl(self.path, {"step": state.global_step, **{f"diag_{k}": v for k, v in mean.items()}, **extra})
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         what = self.decision(state)
@@ -236,7 +250,7 @@ class DiagnosticsCallback(TrainerCallback):
         self._log(state, mean)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero:
+        if not (state.is_world_process_zero or self.sharded):
             return
         self.loop_s = self.clock() - self.start
         if self.last_step != state.global_step and model is not None and self.initial:

@@ -32,7 +32,7 @@ from oloraplus.errors import ConfigError
 from oloraplus.eval.generate import generation_eval, write_generations
 from oloraplus.eval.loss import evaluate_loss
 from oloraplus.io import append_jsonl
-from oloraplus.train import checkpoint
+from oloraplus.train import checkpoint, fsdp
 from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
 from oloraplus.train.environment import hardware, package_versions
 from oloraplus.train.plots import plot_losses
@@ -46,7 +46,7 @@ def warmup_steps_arg(warmup_ratio: float) -> float:
     return min(warmup_ratio, math.nextafter(1.0, 0.0))
 
 
-def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArguments:
+def _training_arguments(cfg: TrainConfig, run: rundir.RunDir, **extra: Any) -> TrainingArguments:
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(run.checkpoints),
@@ -82,6 +82,7 @@ def _training_arguments(cfg: TrainConfig, run: rundir.RunDir) -> TrainingArgumen
         logging_nan_inf_filter=False,  # its isnan() is a host sync per step; RatioTrainer stops a NaN run anyway
         dataloader_pin_memory=cuda,
         accelerator_config={"non_blocking": cuda},  # batches copy to the GPU while it computes
+        **extra,  # --fsdp: fsdp.training_arguments
     )
 
 
@@ -107,6 +108,8 @@ class TrainResult:
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune per `cfg` and write the run directory."""
     cfg.validate()
+    if cfg.fsdp:
+        fsdp.check_launch(cfg.quantize)
     main = is_main()
     # Only rank 0 owns the filesystem: other ranks must not race its checks against its writes.
     run = (rundir.plan_run_dir(cfg.output, overwrite=cfg.overwrite, resume=cfg.resume) if main
@@ -122,6 +125,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     load_s = time.perf_counter() - t0
     for line in data_lines(prep.data_stats, cfg.max_length):
         say(line)
+    sharding = fsdp.training_arguments(prep.loaded.model, f"--model {cfg.model}") if cfg.fsdp else {}
 
     # the packing probe asks the base's attention, which no adapter changes; data-driven inits need the collator
     collator = batch_collator(prep.loaded.model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing,
@@ -157,15 +161,18 @@ def train(cfg: TrainConfig) -> TrainResult:
     diagnostics = None
     if initial and cfg.diagnostics_steps >= 0:  # OLoRA/PiSSA: B_0, A_0 are meaningful, so refinement vs exploration
         diagnostics = DiagnosticsCallback({name: (f.B, f.A) for name, f in initial.items()}, log_path,
-                                          every=cfg.diagnostics_steps, logging_steps=cfg.logging_steps)
+                                          every=cfg.diagnostics_steps, logging_steps=cfg.logging_steps,
+                                          sharded=cfg.fsdp)
         callbacks.append(diagnostics)
     if cfg.eval_steps:
         callbacks.append(PeriodicEvalCallback(cfg.eval_steps, evaluate, log_path))
     trainer = RatioTrainer(
-        model=model, args=_training_arguments(cfg, run), train_dataset=train_dataset,
+        model=model, args=_training_arguments(cfg, run, **sharding), train_dataset=train_dataset,
         data_collator=collator, callbacks=callbacks, ratio=cfg.ratio,
         response_only=cfg.response_only_loss,
     )
+    if cfg.fsdp:
+        fsdp.enable(trainer)
     trainer.remove_callback(PrinterCallback)  # the Trainer's raw dicts; JsonlLogCallback prints readable lines
     say(f"training {cfg.method} λ={cfg.ratio:g} on {len(prep.train_dataset)} examples ...")
     try:
@@ -205,10 +212,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         **prep.data_stats,
         **(diagnostics.summary() if diagnostics else {}),  # their cost: calls, seconds, share of the loop
     }
+    gathered = fsdp.gathered_adapter(model) if cfg.fsdp else None  # a collective: every rank takes part
     if main:
         append_jsonl(log_path, {"step": state.global_step, "epoch": state.epoch,
                                 "eval_loss": final_eval["eval_loss"], "perplexity": final_eval["perplexity"]})
-        save_adapter(model, run.work / rundir.ADAPTER_DIR, initial, extra_metadata={
+        save_adapter(model, run.work / rundir.ADAPTER_DIR, initial, state_dict=gathered, extra_metadata={
             "base_fingerprint": prep.fingerprint, "base_model": cfg.model, "method": cfg.method,
             "rank": cfg.rank, "alpha": cfg.alpha,
         })

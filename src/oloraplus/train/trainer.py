@@ -23,7 +23,7 @@ from transformers.trainer_callback import DefaultFlowCallback
 from oloraplus.data.collate import REAL_TOKENS, model_inputs
 from oloraplus.errors import NonFiniteLossError
 from oloraplus.optim.ratio import build_optimizer
-from oloraplus.train import checkpoint
+from oloraplus.train import checkpoint, fsdp
 from oloraplus.eval.fast_loss import response_only_loss, supports_response_only_loss
 
 LOSS_STATE = "oloraplus_loss_state-{rank}.json"  # per process: each one accumulates its own pending loss
@@ -48,10 +48,12 @@ class _NonFiniteWatch(TrainerCallback):
     def __init__(self, trainer: "RatioTrainer"):
         self.trainer = trainer
         self.params: list[torch.Tensor] | None = None
+        self.sharded = False
         self.first_bad: torch.Tensor | None = None  # [step, why, loss] of the first bad step; step -1: none
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        self.sharded = fsdp.is_sharded(self.trainer.model)
         self.first_bad = None
 
     def on_optimizer_step(self, args, state, control, **kwargs):
@@ -60,8 +62,11 @@ class _NonFiniteWatch(TrainerCallback):
             return
         step = state.global_step + 1
         # max |θ| is inf or nan exactly when some parameter is: one fused launch per dtype/device group
-        params_ok = torch.stack(torch._foreach_norm(self.params, float("inf"))).to(loss.device).isfinite().all()
+        shards = fsdp.local_shards(self.params)
+        params_ok = torch.stack(torch._foreach_norm(shards, float("inf"))).to(loss.device).isfinite().all()
         loss_ok = loss.isfinite()
+        if self.sharded:  # each rank holds other shards and ran another batch: all ranks stop, or none
+            loss_ok, params_ok = fsdp.all_ranks(loss_ok, params_ok)
         why = torch.where(loss_ok, torch.where(params_ok, 0, self.PARAMS), self.LOSS).to(torch.float64)
         now = torch.stack([torch.full_like(why, step), why, loss.detach().double()])
         if self.first_bad is None:
