@@ -9,13 +9,26 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import configuration
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+
+def pytest_configure(config):
+    """Hypothesis keeps a cache of constants (written while pytest collects) and its example database in
+    .hypothesis/ of the directory pytest runs in: keep them in a directory of this session's, removed at its end
+    (a failing example is still printed, with how to reproduce it)."""
+    home = tempfile.mkdtemp(prefix="oloraplus-tests-hypothesis-")
+    configuration.set_hypothesis_home_dir(home)
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
