@@ -151,14 +151,15 @@ def test_inputs_outside_the_strategies_are_one_line_config_errors(tmp_path, text
 # The documented range of every option (its help text and docs/reliability.md), written out here rather than read
 # from config.py, so that a validate() that rejects valid values fails these tests. An option missing here keeps
 # its default (a new option added elsewhere is still covered by the default being valid).
-finite = dict(allow_nan=False, allow_infinity=False)
-positive_float = st.floats(min_value=1e-12, max_value=1e6, **finite)
+FINITE = dict(allow_nan=False, allow_infinity=False)
+positive_float = st.floats(min_value=1e-12, max_value=1e6, **FINITE)
 VALID = {
     "model": texts.filter(str.strip), "data": texts.filter(str.strip), "method": st.sampled_from(METHODS),
     "ratio": positive_float, "rank": st.integers(1, 4096), "alpha": positive_float,
     "ohora_init": st.sampled_from(OHORA_INITS), "dropout": st.floats(0, 1, exclude_max=True),
-    "lr": positive_float, "weight_decay": st.floats(0, 10, **finite), "warmup_ratio": st.floats(0, 1),
-    "scheduler": st.sampled_from(SCHEDULERS), "epochs": positive_float, "max_steps": st.just(-1) | st.integers(1, 10**6),
+    "lr": positive_float, "weight_decay": st.floats(0, 10, **FINITE), "warmup_ratio": st.floats(0, 1),
+    "scheduler": st.sampled_from(SCHEDULERS), "epochs": positive_float,
+    "max_steps": st.just(-1) | st.integers(1, 10**6),
     "batch_size": st.integers(1, 4096), "grad_accum": st.integers(1, 512), "max_length": st.integers(8, 10**6),
     "train_size": st.integers(1, 10**7), "eval_size": st.integers(0, 10**6), "seed": ints,
     "target_modules": st.lists(st.from_regex(r"[a-z_][a-z0-9_.]{0,12}", fullmatch=True), max_size=4),
@@ -173,7 +174,8 @@ VALID = {
 
 def valid_value(name: str) -> st.SearchStrategy:
     field = FIELDS[name]
-    return VALID.get(name, st.just(field.default if field.default is not dataclasses.MISSING else field.default_factory()))
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    return VALID.get(name, st.just(default))
 
 
 valid_mappings = st.fixed_dictionaries({}, optional={name: valid_value(name) for name in FIELDS})
