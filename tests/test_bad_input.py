@@ -336,7 +336,7 @@ def test_module_entry_point_reports_a_bad_jsonl_line(ws, tmp_path):
     data = ws.file("entry.jsonl", lines(record(0), "not json", record(2)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OLORAPLUS_PROGRESS": "0"}
     proc = subprocess.run([sys.executable, "-m", "oloraplus", *ws.train(tmp_path / "out", data=data)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"oloraplus: error: {data}: line 2: invalid JSON: Expecting value (column 1)"
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

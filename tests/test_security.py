@@ -121,13 +121,15 @@ def test_config_yaml_cannot_construct_python_objects(tmp_path, capsys):
     assert not marker.exists() and not (tmp_path / "out").exists()
 
 
-HOSTILE = ["../../../escaped", "/tmp/escaped-absolute", "..", ".", "a/../../b", "~/x", "runs/../../up", "x\0y",
-           "..\\..\\win", "sweep.json", "results.csv"]
+HOSTILE = ["../../../escaped", "..", ".", "a/../../b", "~/x", "runs/../../up", "x\0y", "..\\..\\win", "sweep.json",
+           "results.csv"]
 
 
 def test_sweep_values_never_write_outside_the_runs_directory(tmp_path):
-    """Every value that names a run is hostile; the stub trainer writes wherever each run's config points."""
-    spec = {"base": {"max_steps": 1}, "grid": {"data": HOSTILE, "target_modules": [["../../../q_proj"], ["q_proj"]]}}
+    """Every value that names a run is hostile; the stub trainer writes wherever each run's config points.
+    The absolute one points into this test's own directory, which must end up holding only the sweep."""
+    hostile = [*HOSTILE, str(tmp_path / "escaped-absolute")]
+    spec = {"base": {"max_steps": 1}, "grid": {"data": hostile, "target_modules": [["../../../q_proj"], ["q_proj"]]}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     output = tmp_path / "sweep"
@@ -143,10 +145,9 @@ def test_sweep_values_never_write_outside_the_runs_directory(tmp_path):
 
     run_sweep(path, output, train_fn=stub_train)
     runs_dir = (output / "runs").resolve()
-    assert len(written) == 2 * len(HOSTILE)
+    assert len(written) == 2 * len(hostile)
     assert all(p.resolve().parent == runs_dir for p in written)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep", "sweep.yaml"]  # nothing beside the sweep
-    assert not Path("/tmp/escaped-absolute").exists()
 
 
 def test_sweep_file_cannot_choose_where_runs_go(tmp_path, capsys):

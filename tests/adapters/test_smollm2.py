@@ -1,33 +1,16 @@
 """OLoRA on the real SmolLM2-135M (576-wide, 30 layers): the init must leave the logits unchanged."""
 
-import importlib.util
-
 import pytest
 import torch
 
 from oloraplus.adapters.build import AdapterSpec, attach_adapter
 
 
-def _converted_smollm2() -> str:
-    if importlib.util.find_spec("oloraplus.models") is None:
-        pytest.skip("oloraplus.models is not available")
-    from oloraplus import models
-    from oloraplus.errors import ModelError
-
-    try:
-        directory = models.converted_gguf_dir(models.alias_gguf("smollm2-135m"))
-    except ModelError as exc:
-        pytest.skip(str(exc))
-    if not (directory / "config.json").is_file():
-        pytest.skip(f"SmolLM2 not converted yet ({directory})")
-    return str(directory)
-
-
 @pytest.mark.smollm2
-def test_olora_init_keeps_smollm2_logits():
+def test_olora_init_keeps_smollm2_logits(smollm2_dir):
     from oloraplus.models import load_model
 
-    model = load_model(_converted_smollm2(), dtype=torch.float32).model.eval()
+    model = load_model(str(smollm2_dir), dtype=torch.float32).model.eval()
     tokens = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference = model(tokens).logits

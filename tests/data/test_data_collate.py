@@ -125,3 +125,40 @@ def test_token_budget_items_are_split_back_into_their_examples():
     padded = CausalLMCollator(pad_token_id=0)([group])
     assert padded["input_ids"].tolist() == [[5, 6, 7], [5, 6, 0]]
     assert padded["labels"].tolist() == [[-100, 6, 7], [-100, 6, -100]]
+
+
+# Every label trained, first token included (pretraining-style rows): nothing masks an example's start but packing.
+UNMASKED = [
+    {"input_ids": [5, 6, 7], "labels": [5, 6, 7]},
+    {"input_ids": [8, 9], "labels": [8, 9]},
+    {"input_ids": [10, 11, 12, 13], "labels": [10, 11, 12, 13]},
+]
+
+
+def test_each_packed_examples_first_label_is_masked_whatever_the_row_before_it():
+    """In a packed row the token before an example is the previous example's last one: it must not be trained to
+    predict this example's first token, which alone (or padded) nothing predicts."""
+    packed = CausalLMCollator(pad_token_id=0, packing=True, pack_length=64)(UNMASKED)
+    assert packed["input_ids"].shape[0] == 1  # all three in one row
+    row, labels, positions = packed["input_ids"][0].tolist(), packed["labels"][0].tolist(), packed["position_ids"][0]
+    starts = positions.eq(0).nonzero().flatten().tolist()
+    assert len(starts) == 3
+    for start in starts:
+        assert labels[start] == IGNORE_INDEX
+    assert sorted(t for t in labels if t != IGNORE_INDEX) == sorted(t for ex in UNMASKED for t in ex["input_ids"][1:])
+    targets = next_token_targets(packed["labels"])[0].tolist()
+    for start in starts[1:]:  # the last token of the example before predicts nothing
+        assert targets[start - 1] == IGNORE_INDEX and row[start - 1] != IGNORE_INDEX
+    # the same trained (context, token) pairs as the examples padded one per row
+    padded = CausalLMCollator(pad_token_id=0)(UNMASKED)
+    assert packed[SCORED]["count"] == padded[SCORED]["count"] == sum(len(ex["input_ids"]) - 1 for ex in UNMASKED)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.parametrize("longest, width", [(1, 4), (3, 4), (4, 4), (5, 8), (7, 8), (8, 8), (9, 12)])
+def test_pad_to_multiple_of_is_the_smallest_multiple_at_or_above_the_longest_row(packing, longest, width):
+    rows = [{"input_ids": list(range(1, longest + 1)), "labels": list(range(1, longest + 1))},
+            {"input_ids": [1], "labels": [1]}]
+    batch = CausalLMCollator(pad_token_id=0, pad_to_multiple_of=4, packing=packing)(rows)
+    assert batch["input_ids"].shape[1] == width
+    assert batch["input_ids"][0].tolist() == list(range(1, longest + 1)) + [0] * (width - longest)

@@ -8,6 +8,7 @@ from oloraplus import models
 from oloraplus.adapters.export import load_adapter
 from oloraplus.cli.main import main
 from oloraplus.config import TrainConfig
+from oloraplus.errors import DataError
 from oloraplus.eval.chat import Sampling, chat_prompt, generate_replies, read_prompts
 from oloraplus.eval.generate import generate_batched
 from oloraplus.train.recipe import train
@@ -64,16 +65,20 @@ def test_sampling_is_reproducible_with_a_seed(run_dir):
     assert len(many) > 1  # it does sample
 
 
-@pytest.mark.parametrize("content, match", [
-    ('{"prompt": "ok"}\nnot json\n', "line 2: invalid JSON"),
-    ('{"prompt": "ok"}\n{"text": "no prompt"}\n', "line 2: field 'prompt'"),
-    ("\n\n", "no prompts"),
+@pytest.mark.parametrize("content, message", [
+    ('{"prompt": "ok"}\nnot json\n', "{path}: line 2: invalid JSON: Expecting value"),
+    ('{"prompt": "ok"}\n{"text": "no prompt"}\n', "{path}: line 2: field 'prompt': expected a non-empty string"),
+    ("\n\n", "--prompts {path}: no prompts (empty file)"),
 ])
-def test_bad_prompt_files_are_one_line_errors(tmp_path, content, match):
+def test_bad_prompt_files_are_one_line_data_errors(tmp_path, capsys, content, message):
     path = tmp_path / "p.jsonl"
     path.write_text(content)
-    with pytest.raises(Exception, match=match):
+    with pytest.raises(DataError) as info:
         read_prompts(path)
+    assert str(info.value) == message.format(path=path)  # the whole message: one line, naming file and line
+    # through the CLI: exit 2, that line alone on stderr, before any model is loaded (the run dir is not one)
+    assert main(["generate", str(tmp_path), "--prompts", str(path)]) == 2
+    assert capsys.readouterr().err == f"oloraplus: error: {message.format(path=path)}\n"
 
 
 @pytest.mark.parametrize("extra, match", [

@@ -1,12 +1,15 @@
 """`train --eval-generate` and `oloraplus eval RUN_DIR` on a tiny model."""
 
 import json
+import re
 
 import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
 
 from oloraplus.cli.main import main
 from oloraplus.config import TrainConfig
-from oloraplus.eval.textmetrics import generation_metrics
+from oloraplus.eval import generate
 from oloraplus.train.recipe import train
 
 
@@ -23,10 +26,44 @@ def test_train_eval_generate_writes_generations_and_metrics(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == metrics["generated_examples"] == 6
-    recomputed = generation_metrics([r["generation"] for r in rows], [r["reference"] for r in rows])
-    for key in ("bleu", "rouge1", "rouge2", "rougeL"):
-        assert metrics[key] == pytest.approx(recomputed[key])
-    assert {"prompt", "reference", "generation", "bleu", "rougeL"} <= set(rows[0])
+    assert {"prompt", "reference", "generation", "bleu", "rouge1", "rouge2", "rougeL"} <= set(rows[0])
+    assert_library_scores(metrics, rows)
+
+
+ASKED = re.compile(r"the word (\w+)")
+
+
+def partly_right(model, tokenizer, prompts: list[str], **_) -> list[str]:
+    """Stands in for the model's greedy replies: the asked-for word three times, then a wrong one ("Repeat the word
+    gamma 2 times." -> "gamma gamma gamma beta"), so every score lies strictly between 0 and 100."""
+    return [" ".join([ASKED.search(p).group(1)] * 3 + ["beta"]) for p in prompts]
+
+
+def assert_library_scores(metrics: dict, rows: list[dict]) -> None:
+    """metrics.json and every generations.jsonl row hold what sacrebleu and rouge-score give when called directly
+    (English text: sacrebleu's default 13a tokenizer, rouge-score's default tokenizer with Porter stemming)."""
+    hyps, refs = [r["generation"] for r in rows], [r["reference"] for r in rows]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    direct = [scorer.score(ref, hyp) for hyp, ref in zip(hyps, refs)]
+    assert metrics["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-9)
+    for key in ("rouge1", "rouge2", "rougeL"):
+        assert metrics[key] == pytest.approx(100 * sum(d[key].fmeasure for d in direct) / len(rows), abs=1e-9)
+    for row, hyp, ref, rouge in zip(rows, hyps, refs, direct):
+        assert row["bleu"] == pytest.approx(sacrebleu.sentence_bleu(hyp, [ref]).score, abs=1e-9)
+        assert row["rougeL"] == pytest.approx(100 * rouge["rougeL"].fmeasure, abs=1e-9)
+
+
+def test_generation_scores_in_metrics_and_rows_are_the_libraries(tiny_llama_dir, alpaca_file, tmp_path, monkeypatch):
+    """The same path with replies that are partly right (a tiny random model's are all wrong: every score 0)."""
+    monkeypatch.setattr(generate, "generate_batched", partly_right)
+    out = tmp_path / "run"
+    train(TrainConfig(model=str(tiny_llama_dir), data=str(alpaca_file), output=str(out), rank=4, max_steps=1,
+                      batch_size=4, max_length=64, train_size=8, eval_size=6, eval_generate=6, max_new_tokens=8))
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert [r["generation"] for r in rows] == partly_right(None, None, [r["prompt"] for r in rows]) and len(rows) == 6
+    assert 0 < metrics["bleu"] < 100 and all(0 < metrics[k] < 100 for k in ("rouge1", "rouge2", "rougeL"))
+    assert_library_scores(metrics, rows)
 
 
 def test_eval_command_reloads_the_adapter_and_reproduces_eval_loss(run_dir, capsys):

@@ -63,11 +63,17 @@ def test_per_example_scores_match_sentence_level_libraries():
         assert all(0.0 <= value <= 100.0 and not math.isnan(value) for value in row.values())
 
 
-def test_generation_metrics_keys_and_values():
+def test_generation_metrics_equal_sacrebleu_and_rouge_score_called_directly():
     metrics = generation_metrics(HYPS, REFS)
     assert set(metrics) == {"bleu", "bleu_tokenize", "rouge1", "rouge2", "rougeL"}
-    assert metrics["bleu"] == pytest.approx(corpus_bleu(HYPS, REFS))
-    assert metrics["rouge2"] == pytest.approx(rouge_f1(HYPS, REFS)["rouge2"])
+    assert metrics.pop("bleu_tokenize") == "13a"
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)  # the library's defaults
+    direct = [scorer.score(ref, hyp) for hyp, ref in zip(HYPS, REFS)]
+    expected = {"bleu": sacrebleu.corpus_bleu(HYPS, [REFS]).score}
+    expected.update({key: 100 * sum(d[key].fmeasure for d in direct) / len(direct) for key in ("rouge1", "rouge2",
+                                                                                                  "rougeL")})
+    assert metrics == pytest.approx(expected, abs=1e-9)
+    assert 0 < metrics["bleu"] < 100 and 0 < metrics["rouge2"] < 100  # partly right: not a trivial 0 or 100
 
 
 @pytest.mark.parametrize("fn", [corpus_bleu, rouge_f1, per_example_scores, generation_metrics])

@@ -1,5 +1,7 @@
 """ROUGE and BLEU on Chinese, Japanese and Russian; English scores unchanged from the libraries' defaults."""
 
+import math
+
 import pytest
 from rouge_score import rouge_scorer
 import sacrebleu
@@ -78,3 +80,49 @@ def test_english_bleu_uses_13a_and_equals_sacrebleu_default():
 def test_one_cjk_reference_switches_bleu_to_zh():
     assert bleu_tokenizer(["hello"], ["你好"]) == "zh"
     assert generation_metrics(["hello", "x"], ["hello", "你好"])["bleu_tokenize"] == "zh"
+
+
+def bleu_by_hand(matches: list[int], totals: list[int], hyp_len: int, ref_len: int) -> float:
+    """BLEU as sacrebleu defines it (Papineni et al. 2002, 'exp' smoothing): geometric mean of the n-gram
+    precisions, each zero-match order k-th in line counted as 1 / (2^k · total), times the brevity penalty."""
+    precisions, zeros = [], 0
+    for match, total in zip(matches, totals):
+        if match == 0:
+            zeros += 1
+            precisions.append(1 / (2 ** zeros * total))
+        else:
+            precisions.append(match / total)
+    penalty = 1.0 if hyp_len >= ref_len else math.exp(1 - ref_len / hyp_len)
+    return 100 * penalty * math.exp(sum(math.log(p) for p in precisions) / 4)
+
+
+def test_chinese_bleu_and_rouge_by_hand():
+    ref, hyp = "我爱北京", "我爱上海"
+    # one token per character: 我 爱 北 京 / 我 爱 上 海. Unigrams 2/4 shared, bigrams 1/3 (我爱), tri- and 4-grams none
+    expected_bleu = bleu_by_hand([2, 1, 0, 0], [4, 3, 2, 1], 4, 4)  # (1/2 · 1/3 · 1/4 · 1/4)^(1/4) = 31.95
+    assert expected_bleu == pytest.approx(31.947, abs=1e-3)
+    assert corpus_bleu([hyp], [ref]) == pytest.approx(expected_bleu)
+    assert per_example_scores([hyp], [ref])[0]["bleu"] == pytest.approx(expected_bleu)
+    # ROUGE-1 F1 = 2·(2/4)·(2/4)/(2/4 + 2/4) = 1/2; ROUGE-2 = 1/3; LCS 我爱 = 2 of 4: ROUGE-L = 1/2
+    assert rouge_f1([hyp], [ref]) == pytest.approx({"rouge1": 50.0, "rouge2": 100 / 3, "rougeL": 50.0})
+
+
+def test_russian_bleu_and_rouge_by_hand():
+    ref, hyp = "кошка сидит на ковре", "Кошка сидела на ковре"
+    # BLEU (13a, case-sensitive as sacrebleu's default): Кошка ≠ кошка, so unigrams 2/4 (на, ковре), bigrams 1/3
+    # (на ковре), no tri- or 4-gram
+    expected_bleu = bleu_by_hand([2, 1, 0, 0], [4, 3, 2, 1], 4, 4)
+    assert corpus_bleu([hyp], [ref]) == pytest.approx(expected_bleu)
+    # ROUGE lowercases (no stemming outside ASCII): кошка на ковре shared, сидит ≠ сидела.
+    # ROUGE-1 = 3/4, ROUGE-2 = 1/3 (на ковре), ROUGE-L: LCS кошка на ковре = 3/4
+    assert rouge_f1([hyp], [ref]) == pytest.approx({"rouge1": 75.0, "rouge2": 100 / 3, "rougeL": 75.0})
+
+
+def test_a_shorter_cyrillic_answer_pays_the_brevity_penalty():
+    ref, hyp = "москва столица россии и большой город", "москва столица россии"
+    # every n-gram of the 3-word answer is in the reference: precisions 3/3, 2/2, 1/1, and it has no 4-gram, which
+    # sentence BLEU leaves out (effective order 3); brevity penalty exp(1 − 6/3)
+    bp = math.exp(1 - 6 / 3)
+    assert per_example_scores([hyp], [ref])[0]["bleu"] == pytest.approx(100 * bp)
+    # ROUGE: P = 1, R = 1/2: F1 = 2/3 for ROUGE-1 and -L; bigrams 2 of 2 and 2 of 5: F1 = 2·1·(2/5)/(1 + 2/5) = 4/7
+    assert rouge_f1([hyp], [ref]) == pytest.approx({"rouge1": 200 / 3, "rouge2": 400 / 7, "rougeL": 200 / 3})

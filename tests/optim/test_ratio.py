@@ -100,3 +100,34 @@ def test_the_dora_magnitude_stays_at_eta_where_peft_loraplus_puts_it_at_lambda_e
     peft = create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=ratio)
     peft_lrs = [g["lr"] for g in peft.param_groups if {id(p) for p in g["params"]} & magnitudes]
     assert peft_lrs == [pytest.approx(ratio * 1e-3)]  # the other choice, which we do not make
+
+
+@pytest.mark.parametrize("ratio", [0.25, 4.0])
+def test_biases_and_other_trainables_stay_at_eta_biases_without_decay(ratio):
+    """Only B moves to λη: trained biases (no decay) and any other trained parameter (here a fully trained lm_head,
+    with decay) keep η, whatever λ; what the public API can build, though no CLI method trains them today."""
+    model = tiny_llama(64, hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=1,
+                       tie_word_embeddings=False, attention_bias=True, mlp_bias=True)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                  bias="all", modules_to_save=["lm_head"]))
+    lr, decay = 1e-3, 0.1
+    optimizer = build_optimizer(peft_model, lr=lr, ratio=ratio, weight_decay=decay)
+    setting = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    trainable = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert set(map(id, trainable.values())) == set(setting)
+    expected = {}
+    for name in trainable:
+        if ".lora_A." in name:
+            expected[name] = (lr, decay)
+        elif ".lora_B." in name:
+            expected[name] = (ratio * lr, decay)
+        elif name.endswith(".bias"):
+            expected[name] = (lr, 0.0)  # AdamW's decay would pull a bias to 0: never applied to biases
+        else:
+            assert "lm_head" in name, name
+            expected[name] = (lr, decay)
+    biases = [n for n in trainable if n.endswith(".bias")]
+    others = [n for n in trainable if "lm_head" in n and not n.endswith(".bias")]
+    assert len(biases) >= 2 * 7 and others  # q/k/v/o and gate/up/down biases of both blocks; the head weight
+    got = {name: setting[id(p)] for name, p in trainable.items()}
+    assert got == pytest.approx(expected)

@@ -71,10 +71,9 @@ def test_run_killed_at_a_random_checkpoint_resumes_to_the_same_adapter_and_metri
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OLORAPLUS_PROGRESS": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "oloraplus", *flags(tiny_llama_dir, alpaca_file, out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
+    # no deadline (a loaded machine may take minutes): the run ends by itself after MAX_STEPS, which ends the wait
     while not target.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
+        if proc.poll() is not None:
             pytest.fail(f"checkpoint-{k * SAVE_STEPS} never appeared: {proc.communicate()[1][-2000:]!r}")
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
