@@ -111,7 +111,7 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
     loaded.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     _train_missing(spec, splits, trainings, done, files, loaded.tokenizer)
 
-    heldout = {d: encode_examples(splits[d][1], loaded.tokenizer, base.max_length)[0] for d in spec.names}
+    heldout = {d: encode_examples(splits[d][1], loaded.tokenizer, base.max_length, base.train_turns)[0] for d in spec.names}
     variants: dict[str, Path | None] = {"base": None}  # label -> adapter directory
     variants.update({name: output / "runs" / name / rundir.ADAPTER_DIR for name in spec.names})
     variants.update({label(s): _write_sum(output, s) for s in sums(spec.names)})
