@@ -40,8 +40,8 @@ def test_non_text_part_is_one_line_naming_record_and_type(tmp_path, kind):
                                                     message("assistant", "A cat.")]}])
     with pytest.raises(DataError) as info:
         load_examples(src)
-    assert str(info.value) == (f"{src}: record 1 (0-based): messages[0]: field 'content'[1]: a '{kind}' part: "
-                               "multimodal data is not supported (only text parts can be trained)")
+    assert str(info.value) == (f"{src}: record 1 (0-based): messages[0]: field 'content'[1]: part type '{kind}' is "
+                               "not text: multimodal data is not supported (only text parts can be trained)")
 
 
 def test_loss_weight_marks_context_turns_and_rejects_other_values(tmp_path):

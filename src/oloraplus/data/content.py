@@ -27,7 +27,7 @@ def part_text(part: Any, where: str) -> str:
         raise DataError(f"{where}: expected a content part object or a string, got {_type_name(part)}")
     kind = part.get("type", "text")
     if kind != "text":
-        raise DataError(f"{where}: a {str(kind)[:40]!r} part: multimodal data is not supported "
+        raise DataError(f"{where}: part type {str(kind)[:40]!r} is not text: multimodal data is not supported "
                         "(only text parts can be trained)")
     for key in TEXT_KEYS:
         if isinstance(part.get(key), str):
@@ -53,4 +53,4 @@ def loss_weight(turn: dict, where: str) -> bool:
     value = turn["loss_weight"]
     if isinstance(value, (bool, int, float)) and value in (0, 1):
         return bool(value)
-    raise DataError(f"{where}: field 'loss_weight': expected 0 or 1, got {str(value)[:20]!r}")
+    raise DataError(f"{where}: field 'loss_weight': expected 0 or 1, got {value!r:.20}")
