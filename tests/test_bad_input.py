@@ -182,7 +182,8 @@ CASES: list[tuple[str, Build, list[str]]] = [
      ["kto.jsonl", "record 0", "this is KTO data", "SFT cannot use it"]),
     ("multimodal-content-part", lambda w, t, o: w.train(o, data=w.file("mm.json", json.dumps([{"messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]},
-        {"role": "assistant", "content": "A cat."}]}]))), ["mm.json", "record 0", "part type 'image_url'", "multimodal"]),
+        {"role": "assistant", "content": "A cat."}]}]))),
+     ["mm.json", "record 0", "part type 'image_url'", "multimodal"]),
     ("loss-weight-not-0-or-1", lambda w, t, o: w.train(o, data=w.file("lw.json", json.dumps([{"messages": [
         {"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "loss_weight": 0.5}]}]))),
      ["lw.json", "record 0", "'loss_weight': expected 0 or 1"]),

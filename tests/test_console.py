@@ -71,7 +71,8 @@ def test_singular_and_plural_in_every_summary_line():
     assert "of 1 record in" in text and "data: 1 record;" in text
     counts = text.replace("tokens/s", "")  # a rate's unit, not a count
     assert not any(p in counts for p in ("1 steps", "1 examples", "1 tokens", "1 records", "1 generations"))
-    many = {**one, "steps": 2, "train_examples": 2, "eval_tokens": 1500, "examples_available": 2, "generated_examples": 3}
+    many = {**one, "steps": 2, "train_examples": 2, "eval_tokens": 1500, "examples_available": 2,
+            "generated_examples": 3}
     text = "\n".join(console.train_summary(many, "r", 96, 1.0) + console.data_lines(many, 96))
     assert "2 steps," in text and "2 examples (" in text and "over 1,500 tokens" in text and "data: 2 records;" in text
 
