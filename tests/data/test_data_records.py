@@ -124,3 +124,31 @@ def test_placeholders_counted_in_trained_replies_and_warned_above_a_handful():
     assert re.fullmatch(r"warning: 7 trained replies contain template placeholders such as '\{\{ customer_name \}\}' "
                         r"in record 0 \(0-based\); they will be trained literally: fill them in or drop those records",
                         warning)
+
+
+def test_data_help_names_every_format():
+    import dataclasses
+
+    from oloraplus.config import TrainConfig
+    from oloraplus.data.formats import FORMATS
+
+    help_text = next(f for f in dataclasses.fields(TrainConfig) if f.name == "data").metadata["help"]
+    normalized = help_text.lower().replace("-", " ")
+    assert all(name in normalized for name in FORMATS), (list(FORMATS), help_text)
+    assert ".txt" in help_text and "builtin:stdlib" in help_text and "Preference/KTO" in help_text
+
+
+def test_placeholder_warning_is_printed_before_the_model_loads(tmp_path, tiny_llama_dir, capsys):
+    from oloraplus.config import TrainConfig
+    from oloraplus.data.prepare import prepare
+
+    records = [{"instruction": f"Greet {i}.", "output": "Hello {{name}}!"} for i in range(HANDFUL + 1)]
+    cfg = TrainConfig(model=str(tiny_llama_dir), data=write(tmp_path, "slots.json", records), max_length=64,
+                      train_size=4, eval_size=2)
+    prep = prepare(cfg)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("warning: 6 trained replies contain template placeholders such as '{{name}}' in record 0 "
+                      "(0-based); they will be trained literally: fill them in or drop those records")
+    assert out[1].startswith("loading ") and prep.data_stats["placeholder_replies"] == HANDFUL + 1
+    prepare(cfg, training=False)  # `oloraplus eval` scores such data without the training warning
+    assert "warning" not in capsys.readouterr().out
