@@ -173,6 +173,25 @@ CASES: list[tuple[str, Build, list[str]]] = [
     ("non-utf8-bytes", lambda w, t, o: w.train(o, data=w.file("latin1.json", b'[{"instruction": "caf\xe9", '
                                                               b'"output": "x"}]')), ["latin1.json", "not UTF-8"]),
     ("data-not-found", lambda w, t, o: w.train(o, data=str(t / "nope.json")), ["nope.json", "not found"]),
+    # --- data as users have it (issue 21) ---
+    ("preference-data", lambda w, t, o: w.train(o, data=w.file("dpo.json", json.dumps(
+        [{"prompt": "q", "chosen": "good", "rejected": "bad"}] * 4))),
+     ["dpo.json", "record 0", "this is preference data", "SFT cannot use it"]),
+    ("kto-data", lambda w, t, o: w.train(o, data=w.file("kto.jsonl", lines(
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "label": False}))),
+     ["kto.jsonl", "record 0", "this is KTO data", "SFT cannot use it"]),
+    ("multimodal-content-part", lambda w, t, o: w.train(o, data=w.file("mm.json", json.dumps([{"messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]},
+        {"role": "assistant", "content": "A cat."}]}]))),
+     ["mm.json", "record 0", "part type 'image_url'", "multimodal"]),
+    ("loss-weight-not-0-or-1", lambda w, t, o: w.train(o, data=w.file("lw.json", json.dumps([{"messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "loss_weight": 0.5}]}]))),
+     ["lw.json", "record 0", "'loss_weight': expected 0 or 1"]),
+    ("plain-text-generate", lambda w, t, o: w.train(o, "--eval-generate", "4", data=w.file(
+        "corpus.txt", "One document.\n\nAnother one.\n")), ["--eval-generate", "corpus.txt", "is plain text"]),
+    ("max-length-above-positions", lambda w, t, o: w.train(o, "--max-length", "100000"),
+     ["--max-length 100000", "above the 256 positions", "max_position_embeddings"]),
+    ("flag-typo", lambda w, t, o: w.train(o, "--max-setps", "3"), ["--max-setps", "did you mean --max-steps?"]),
     # --- options ---
     ("unknown-method-flag", lambda w, t, o: w.train(o, "--method", "lorax"), ["--method", "lorax"]),
     ("unknown-method-yaml", lambda w, t, o: w.train(o, "--config", w.file("m.yaml", "method: lorax\n")),

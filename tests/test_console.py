@@ -59,3 +59,32 @@ def test_track_prints_periodic_lines_in_a_log_and_nothing_when_silenced(monkeypa
 ])
 def test_auto_eval_size_scales_with_a_short_run(kwargs, want):
     assert TrainConfig(**kwargs).eval_examples() == want
+
+
+def test_singular_and_plural_in_every_summary_line():
+    one = {"examples_available": 1, "train_examples": 1, "eval_examples": 1, "steps": 1, "train_loss": 1.0,
+           "eval_loss": 1.0, "perplexity": 2.7, "eval_tokens": 1, "tokens_per_s": 1.0, "seconds_per_step": 1.0,
+           "load_s": 1.0, "train_runtime_s": 1.0, "rougeL": 0.5, "bleu": 0.5, "generated_examples": 1}
+    text = "\n".join(console.train_summary(one, "r", 96, 1.0) + console.eval_summary(one, "r", None, 96, 1.0)
+                     + console.data_lines(one, 96))
+    assert "1 step," in text and "1 example (" in text and "over 1 token;" in text and "on 1 generation" in text
+    assert "of 1 record in" in text and "data: 1 record;" in text
+    counts = text.replace("tokens/s", "")  # a rate's unit, not a count
+    assert not any(p in counts for p in ("1 steps", "1 examples", "1 tokens", "1 records", "1 generations"))
+    many = {**one, "steps": 2, "train_examples": 2, "eval_tokens": 1500, "examples_available": 2,
+            "generated_examples": 3}
+    text = "\n".join(console.train_summary(many, "r", 96, 1.0) + console.data_lines(many, 96))
+    assert "2 steps," in text and "2 examples (" in text and "over 1,500 tokens" in text and "data: 2 records;" in text
+
+
+def test_multi_turn_and_plain_text_counts():
+    stats = {**STATS, "train_turns_lost": 3, "last_turn_only": 2}
+    lines = console.data_lines(stats, 96)
+    assert "train 7 examples (7 truncated, 0 dropped, 3 lost a trained turn)" in lines[0]
+    assert lines[1] == ("note: 2 records: the chat template re-renders earlier turns, so only the last reply carries "
+                        "loss there")
+    text = {"examples_available": 40, "plain_text": True, "train_examples": 12, "train_documents": 30,
+            "eval_examples": 1, "eval_documents": 10}
+    assert console.data_lines(text, 32) == [
+        "data: 40 plain-text documents (continued pretraining: loss on every token, packed into rows of 32 tokens); "
+        "train 12 rows from 30 documents; eval 1 row from 10 documents"]

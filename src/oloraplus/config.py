@@ -26,6 +26,7 @@ METHODS = registry.names()  # each registered by its module in oloraplus.adapter
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 OHORA_INITS = ("ranked", "paper")  # how OHoRA cuts R1, R2 from R (adapters/ohora.py)
 QUANTIZE = ("none", "nf4", "fp4", "int8")  # bitsandbytes formats of the frozen base (--quantize)
+TRAIN_TURNS = ("all", "last")  # which assistant turns carry loss (data/turns.py)
 DEFAULT_EVAL_SIZE, MIN_AUTO_EVAL = 500, 32  # --eval-size 0 (auto): the paper's 500, or less for a short run
 
 
@@ -49,8 +50,11 @@ class TrainConfig:
     """Everything `oloraplus train` needs. Defaults follow the OLoRA+ paper (r=32, α=16, lr=3e-4, 1 epoch)."""
 
     model: str = opt("smollm2-135m", "HF hub id, local HF model dir, .gguf file, or alias 'smollm2-135m'")
-    data: str = opt("builtin:stdlib", "Alpaca, ShareGPT, chat (`messages`) or question/answer (GSM8K) JSON or JSONL "
-                                      "file, HF dataset id (train split; needs the hub), or 'builtin:stdlib'")
+    data: str = opt("builtin:stdlib", "JSON or JSONL file of Alpaca (instruction/input/output), ShareGPT "
+                                      "(conversations; tool calls too), chat (messages; text content parts too), "
+                                      "question/answer (GSM8K) or plain-text (text) records; a .txt file (plain "
+                                      "text); an HF dataset id (train split; needs the hub); or 'builtin:stdlib'. "
+                                      "Preference/KTO files are refused (docs/data.md)")
     method: str = opt("olora", "adapter type", choices=METHODS)
     ratio: float = opt(1.0, "λ: learning rate of B = λ × learning rate of A (LoRA+/OLoRA+); 1 = plain AdamW")
     rank: int = opt(32, "adapter rank r")
@@ -69,7 +73,12 @@ class TrainConfig:
     max_steps: int = opt(-1, "stop after this many optimizer steps (-1: run the epochs)")
     batch_size: int = opt(4, "examples per device per step")
     grad_accum: int = opt(1, "gradient accumulation steps")
-    max_length: int = opt(512, "maximum tokens per example (longer ones are truncated from the right and counted)")
+    max_length: int = opt(512, "maximum tokens per example, at most the model's max_position_embeddings (longer "
+                               "examples are truncated from the right and counted; plain text is packed into rows "
+                               "of this length)")
+    train_turns: str = opt("all", "which assistant turns carry loss: 'all' (every one, tool calls included, as "
+                                  "LLaMA-Factory, axolotl and TRL do) or 'last' (only the final reply); a message's "
+                                  "loss_weight 0 excludes its turn either way", choices=TRAIN_TURNS)
     train_size: int = opt(1000, "training examples (capped by the data)")
     eval_size: int = opt(0, "evaluation examples, capped by the data; 0 (auto): 500, or for a short --max-steps run "
                             "max(32, 2 × the examples it trains on) (default: 0)")
@@ -126,6 +135,8 @@ class TrainConfig:
             raise ConfigError(f"--scheduler: unknown {self.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
         if self.quantize not in QUANTIZE:
             raise ConfigError(f"--quantize: unknown {self.quantize!r}; choose from {', '.join(QUANTIZE)}")
+        if self.train_turns not in TRAIN_TURNS:
+            raise ConfigError(f"--train-turns: unknown {self.train_turns!r}; choose from {', '.join(TRAIN_TURNS)}")
         if self.ohora_init not in OHORA_INITS:
             raise ConfigError(f"--ohora-init: unknown {self.ohora_init!r}; choose from {', '.join(OHORA_INITS)}")
         check_ratio(self.ratio)

@@ -58,6 +58,11 @@ def track(items: Iterable[T], total: int, desc: str, unit: str = "batch") -> Ite
             last = time.monotonic()
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`1 step`, `2 steps`, `1,319 records`: a count with its noun in the right number."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 def data_warning(stats: dict[str, Any], max_length: int, splits: tuple[str, ...] = ("train", "eval")) -> str | None:
     """One warning when examples were dropped or more than 10 % truncated: the loss then covers less than asked."""
     problems = []
@@ -76,22 +81,37 @@ def data_warning(stats: dict[str, Any], max_length: int, splits: tuple[str, ...]
 
 
 def split_line(stats: dict[str, Any], split: str) -> str:
-    """`7 examples (7 truncated, 0 dropped)`: what the loss of this split actually covers."""
-    return (f"{stats.get(f'{split}_examples', 0)} examples ({stats.get(f'{split}_truncated', 0)} truncated, "
-            f"{stats.get(f'{split}_dropped', 0)} dropped)")
+    """`7 examples (7 truncated, 0 dropped)`: what the loss of this split actually covers.
+
+    Multi-turn records cut before a whole trained turn add `, 2 lost a turn`; plain text counts packed rows."""
+    n = stats.get(f"{split}_examples", 0)
+    if stats.get("plain_text"):
+        return f"{plural(n, 'row')} from {plural(stats.get(f'{split}_documents', 0), 'document')}"
+    lost = stats.get(f"{split}_turns_lost", 0)
+    return (f"{plural(n, 'example')} ({stats.get(f'{split}_truncated', 0)} truncated, "
+            f"{stats.get(f'{split}_dropped', 0)} dropped{f', {lost} lost a trained turn' if lost else ''})")
 
 
 def data_lines(stats: dict[str, Any], max_length: int, splits: tuple[str, ...] = ("train", "eval")) -> list[str]:
-    lines = [f"data: {stats.get('examples_available', 0):,} records; "
-             + "; ".join(f"{split} {split_line(stats, split)}" for split in splits)]
+    records = stats.get("examples_available", 0)
+    if stats.get("plain_text"):
+        head = (f"data: {plural(records, 'plain-text document')} (continued pretraining: loss on every token, "
+                f"packed into rows of {max_length} tokens); ")
+    else:
+        head = f"data: {plural(records, 'record')}; "
+    lines = [head + "; ".join(f"{split} {split_line(stats, split)}" for split in splits)]
+    if stats.get("last_turn_only"):
+        lines.append(f"note: {plural(stats['last_turn_only'], 'record')}: the chat template re-renders earlier turns, "
+                     "so only the last reply carries loss there")
     warning = data_warning(stats, max_length, splits)
     return lines + ([warning] if warning else [])
 
 
 def _eval_line(m: dict[str, Any]) -> str:
-    line = f"eval loss {m['eval_loss']:.4f}, perplexity {m['perplexity']:.2f} over {m.get('eval_tokens', 0):,} tokens"
+    line = f"eval loss {m['eval_loss']:.4f}, perplexity {m['perplexity']:.2f} over {plural(m.get('eval_tokens', 0), 'token')}"
     if "rougeL" in m:
-        line += f"; ROUGE-L {m['rougeL']:.2f}, BLEU {m.get('bleu', 0.0):.2f} on {m.get('generated_examples', 0)}"
+        line += (f"; ROUGE-L {m['rougeL']:.2f}, BLEU {m.get('bleu', 0.0):.2f} on "
+                 f"{plural(m.get('generated_examples', 0), 'generation')}")
     return line
 
 
@@ -101,7 +121,7 @@ def train_summary(m: dict[str, Any], run_dir: str, max_length: int, wall_s: floa
                f"{m['resumed_from_step']})" if m.get("resumed_from_step") else "")
     lines = [
         "─" * 60,
-        f"train: {split_line(m, 'train')}, {m['steps']} steps, mean train loss {m['train_loss']:.4f}",
+        f"train: {split_line(m, 'train')}, {plural(m['steps'], 'step')}, mean train loss {m['train_loss']:.4f}",
         f"eval:  {split_line(m, 'eval')}, {_eval_line(m)}",
         f"speed: {m['tokens_per_s']:.0f} tokens/s, {m['seconds_per_step']:.2f} s/step{session}",
         f"time:  {wall_s:.1f} s in all (load {m['load_s']:.1f} s, train {m['train_runtime_s']:.1f} s)",
@@ -115,7 +135,7 @@ def eval_summary(m: dict[str, Any], run_dir: str, data: str | None, max_length: 
     source = data if data is not None else "the run's eval split"
     lines = [
         "─" * 60,
-        f"eval:  {split_line(m, 'eval')} of {m.get('examples_available', 0):,} records in {source}",
+        f"eval:  {split_line(m, 'eval')} of {plural(m.get('examples_available', 0), 'record')} in {source}",
         f"       {_eval_line(m)}",
         f"time:  {wall_s:.1f} s",
     ]

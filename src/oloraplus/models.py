@@ -30,6 +30,7 @@ ORIGIN = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _GGUF_TYPE = re.compile(r"[.-](I?Q\d\w*|BF16|F16|F32)\.gguf$", re.IGNORECASE)  # SmolLM2-135M-Instruct.Q4_1.gguf
 DEFAULT_MODEL = "smollm2-135m"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the hub spells ids
+HUB_PROBE_TIMEOUT_S = 5.0  # one request with this timeout decides whether the hub can be reached
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,50 @@ def resolve_model_path(source: str) -> str:
             raise ModelError(f"--model {source}: not a model directory (no config.json)")
         return str(path)
     if HUB_ID.match(source) and not source.startswith((".", "/")):
-        return source
+        return hub_model_path(source)
     raise ModelError(
         f"--model {source}: not found (expected a local model directory, a .gguf file, "
         f"a hub id like owner/name, or one of: {', '.join(ALIASES)})"
     )
+
+
+def hub_reachable(repo_id: str) -> bool:
+    """One HEAD request, no retries: huggingface_hub's own retries print about a minute of lines offline."""
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        get_session().head(hf_hub_url(repo_id, "config.json"), timeout=HUB_PROBE_TIMEOUT_S)
+    except Exception:  # connection refused, DNS, timeout, proxy: all mean "not reachable now"
+        return False
+    return True  # any answer, 404 and 401 included: transformers reports those itself, without retrying
+
+
+def hub_model_path(repo_id: str) -> str:
+    """A hub id as what loads: the id itself when the hub answers, else its local snapshot, else one line."""
+    if hub_reachable(repo_id):
+        return repo_id
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not in the cache (LocalEntryNotFoundError and friends)
+        raise ModelError(f"--model {repo_id}: the Hugging Face hub cannot be reached (offline?) and the model is "
+                         "not in the local cache: download it first (hf download "
+                         f"{repo_id}) or pass a local model directory") from None
+
+
+def model_config(source: str, trust_remote_code: bool = False):
+    """The model's config alone (a small file), so settings it limits fail before the weights load."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(source)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"--model {source}: cannot load its config: {str(exc).splitlines()[0]}") from exc
 
 
 def pick_device(name: str | None = None) -> torch.device:

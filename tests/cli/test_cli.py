@@ -16,7 +16,8 @@ COMMANDS = ["train", "eval", "generate", "export", "merge", "compose", "compose-
 VALUES = {
     "model": "org/some-model", "data": "data.jsonl", "method": "lora", "ratio": 0.25, "rank": 8, "alpha": 4.0,
     "ohora_init": "paper", "dropout": 0.1, "lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.1, "scheduler": "cosine",
-    "epochs": 2.0, "max_steps": 7, "batch_size": 2, "grad_accum": 3, "max_length": 64, "train_size": 10,
+    "epochs": 2.0, "max_steps": 7, "batch_size": 2, "grad_accum": 3, "max_length": 64, "train_turns": "last",
+    "train_size": 10,
     "eval_size": 5, "seed": 7, "target_modules": ["q_proj", "v_proj"], "group_by_length": True,
     "response_only_loss": False, "packing": False, "tokens_per_batch": 256, "diagnostics_steps": -1,
     "logging_steps": 2, "eval_steps": 3, "eval_generate": 4, "max_new_tokens": 16, "generate_batch_size": 8,

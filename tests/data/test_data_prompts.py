@@ -35,7 +35,7 @@ def test_alpaca_instruction_with_blank_line_is_not_split(plain_tok):
 
 def test_multi_turn_without_template(plain_tok):
     assert render_prompt(plain_tok.hf, MULTI) == (
-        HEADER + "### System:\nBe brief.\n\n### User:\n2+3?\n\n### Assistant:\ncall add\n\n"
+        HEADER + "### System:\nBe brief.\n\n### User:\n2+3?\n\n### Assistant:\ncall add</s>\n\n"
         "### Tool:\n5\n\n### Assistant:\n")
 
 

@@ -1,4 +1,4 @@
-"""encode_examples: prompt masked, response kept; checked with the raw tokenizer on hand-written text."""
+"""encode_examples: prompt masked, replies kept; checked with the raw tokenizer on hand-written text."""
 
 from __future__ import annotations
 
@@ -32,13 +32,15 @@ def test_without_template_prompt_masked_with_bos(plain_tok):
     assert (stats.total, stats.truncated, stats.dropped) == (1, 0, 0)
 
 
-def test_with_template_no_extra_bos_and_earlier_turns_masked(chat_tok):
+def test_with_template_no_extra_bos_and_tool_results_masked(chat_tok):
     ds, _ = encode_examples([MULTI], chat_tok.hf, max_length=512)
-    prompt_text = ("<|im_start|>user\n2+3?<|im_end|>\n<|im_start|>assistant\ncall add<|im_end|>\n"
-                   "<|im_start|>tool\n5<|im_end|>\n<|im_start|>assistant\n")
-    prompt, response = reference(chat_tok.core, prompt_text, "It is 5.<|im_end|>", bos=False)
-    assert ds[0]["input_ids"] == prompt + response
-    assert ds[0]["labels"] == [IGNORE_INDEX] * len(prompt) + response  # "call add" is context, not target
+    prompt_text = "<|im_start|>user\n2+3?<|im_end|>\n<|im_start|>assistant\n"
+    between = "\n<|im_start|>tool\n5<|im_end|>\n<|im_start|>assistant\n"
+    prompt, first = reference(chat_tok.core, prompt_text, "call add<|im_end|>", bos=False)
+    middle, last = reference(chat_tok.core, between, "It is 5.<|im_end|>", bos=False)
+    assert ds[0]["input_ids"] == prompt + first + middle + last
+    # both assistant turns are targets (see test_data_turns.py); the tool result is context
+    assert ds[0]["labels"] == [IGNORE_INDEX] * len(prompt) + first + [IGNORE_INDEX] * len(middle) + last
 
 
 def test_truncation_and_drop_counts(plain_tok):

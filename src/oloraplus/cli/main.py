@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import sys
 import time
@@ -13,7 +14,7 @@ from oloraplus import __version__
 from oloraplus.adapters import registry
 from oloraplus.cli import export
 from oloraplus.compose import cli as compose_cli, study
-from oloraplus.config import TrainConfig, add_arguments, resolve
+from oloraplus.config import KNOWN_AS, TrainConfig, add_arguments, flag, resolve
 from oloraplus.errors import ConfigError, OloraError
 from oloraplus.eval import chat
 from oloraplus.experiments import cli as experiments_cli
@@ -194,9 +195,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def suggest_flag(name: str, known: list[str]) -> str | None:
+    """The flag a mistyped `name` most likely meant: by what other trainers call it (KNOWN_AS), then by spelling."""
+    key = name.split("=", 1)[0].lstrip("-").replace("-", "_")
+    alias = flag(KNOWN_AS[key]) if key in KNOWN_AS else None
+    if alias in known:
+        return alias
+    close = difflib.get_close_matches("--" + key.replace("_", "-"), known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unrecognized(parser: argparse.ArgumentParser, command: str | None, extras: list[str]) -> None:
+    """argparse's 'unrecognized arguments' with a "did you mean" for the first unknown flag, as YAML keys get;
+    reported by the subcommand's parser, so the line points at its --help."""
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    flags = [e for e in extras if e.startswith("--")]
+    sub = next((a.choices.get(command) for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        parser.error(message)
+    known = [o for action in sub._actions for o in action.option_strings if o.startswith("--")]
+    hint = suggest_flag(flags[0], known) if flags else None
+    sub.error(message + (f" (did you mean {hint}?)" if hint else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        unrecognized(parser, getattr(args, "command", None), extras)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -31,6 +31,7 @@ from oloraplus.compose.study_plan import Training, check_merged_file, is_finishe
 from oloraplus.compose.study_report import report_markdown
 from oloraplus.compose.study_spec import MERGED, StudySpec, label, read_spec, sums
 from oloraplus.config import TrainConfig, build_config
+from oloraplus.data.example import Document
 from oloraplus.data.formats import load_examples
 from oloraplus.data.split import split_examples
 from oloraplus.errors import DataError
@@ -102,7 +103,10 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
     splits = {}
     for d in spec.domains:
         try:
-            splits[d.name] = split_examples(load_examples(d.data), d.train_size, d.eval_size, base.seed)
+            examples = load_examples(d.data)
+            if isinstance(examples[0], Document):  # the merged file is written as conversations
+                raise DataError(f"{d.data}: plain text: the compose study needs prompt/reply records")
+            splits[d.name] = split_examples(examples, d.train_size, d.eval_size, base.seed)
         except DataError as exc:
             raise DataError(f"{spec.source}: domains: {d.name}: {exc}") from None
     trainings, files = plan_trainings(spec, splits, output)
@@ -111,7 +115,7 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
     loaded.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     _train_missing(spec, splits, trainings, done, files, loaded.tokenizer)
 
-    heldout = {d: encode_examples(splits[d][1], loaded.tokenizer, base.max_length)[0] for d in spec.names}
+    heldout = {d: encode_examples(splits[d][1], loaded.tokenizer, base.max_length, base.train_turns)[0] for d in spec.names}
     variants: dict[str, Path | None] = {"base": None}  # label -> adapter directory
     variants.update({name: output / "runs" / name / rundir.ADAPTER_DIR for name in spec.names})
     variants.update({label(s): _write_sum(output, s) for s in sums(spec.names)})

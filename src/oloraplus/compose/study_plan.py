@@ -37,7 +37,8 @@ def arrange_for_split(train: list, held: list, seed: int) -> list:
 
 def _record(example: Example, alpaca: bool) -> dict[str, Any]:
     if not alpaca:
-        return {"messages": [{"role": role, "content": text} for role, text in example.messages]}
+        return {"messages": [{"role": role, "content": text, **({"loss_weight": 0} if i in example.no_loss else {})}
+                             for i, (role, text) in enumerate(example.messages)]}
     user = example.messages[0][1]
     instruction = user[: -len("\n\n" + example.input)] if example.input else user
     return {"instruction": instruction, "input": example.input, "output": example.response}

@@ -1,25 +1,32 @@
 """Read instruction data into one shape: a conversation whose last turn is the target response.
 
 Formats, detected from the first record's keys: Alpaca (`instruction`, `input`, `output`),
-ShareGPT (`conversations` of `from`/`value`), chat messages (`messages` of `role`/`content`),
-question/answer (GSM8K's `question`, `answer`); plus `builtin:stdlib` and Hugging Face dataset ids.
-Every problem is a DataError of one line naming the file, the record and the field. Records are
-counted from 0 ("record 0 (0-based)"), lines of a file from 1, as editors do.
+ShareGPT (`conversations` of `from`/`value`), chat messages (`messages` of `role`/`content`, content a
+string or a list of text parts), question/answer (GSM8K's `question`, `answer`), and plain text (`text`
+records, or a `.txt` file) read into `Document`s; plus `builtin:stdlib` and Hugging Face dataset ids.
+Preference and KTO records are refused (`data.preference`). Every problem is a DataError of one line naming
+the file, the record and the field. Records are counted from 0 ("record 0 (0-based)"), lines of a file
+from 1, as editors do.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from oloraplus.data.example import ROLES, Example
+from oloraplus.data.content import content_text, loss_weight
+from oloraplus.data.example import ROLES, Document, Example
+from oloraplus.data.preference import refuse_preference
 from oloraplus.errors import DataError
 from oloraplus.models import HUB_ID
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "function_call": "assistant", "observation": "tool", "tool": "tool", "system": "system"}
 BUILTIN = "builtin:stdlib"
+TEXT_SUFFIXES = (".txt",)
+PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")  # a blank line ends a document of a .txt file
 
 
 def _type_name(value: Any) -> str:
@@ -71,12 +78,24 @@ def _system_message(record: dict, where: str) -> list[tuple[str, str]]:
     return [("system", "\n\n".join(parts))] if parts else []
 
 
+def _tool_call_content(turn: dict, where: str) -> str:
+    """An OpenAI-style `tool_calls` list as the JSON the ShareGPT `function_call` turn holds."""
+    calls = []
+    for i, call in enumerate(turn["tool_calls"]):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise DataError(f"{where}: tool_calls[{i}]: expected an object with a 'name'")
+        calls.append({"name": function["name"], "arguments": function.get("arguments", {})})
+    return json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+
+
 def _parse_turns(record: dict, where: str, key: str, role_key: str, text_key: str, roles: dict[str, str]) -> Example:
     turns = record.get(key)
     if not isinstance(turns, list) or not turns:
         got = _type_name(turns) if not isinstance(turns, list) else "an empty list"
         raise DataError(f"{where}: field '{key}': expected a non-empty list of turns, got {got}")
     messages = _system_message(record, where)
+    no_loss, tool_calls = set(), set()
     for i, turn in enumerate(turns):
         turn_where = f"{where}: {key}[{i}]"
         if not isinstance(turn, dict):
@@ -86,12 +105,23 @@ def _parse_turns(record: dict, where: str, key: str, role_key: str, text_key: st
         if not isinstance(speaker, str) or speaker not in roles:
             raise DataError(f"{turn_where}: field '{role_key}': expected one of {', '.join(roles)}, "
                             f"got {speaker!r:.40}")
-        last = i == len(turns) - 1
-        messages.append((roles[speaker], _text(turn, text_key, turn_where, required=last)))
+        role, index = roles[speaker], len(messages)
+        if role == "assistant" and isinstance(turn.get("tool_calls"), list) and turn["tool_calls"]:
+            text = _tool_call_content(turn, turn_where)
+            tool_calls.add(index)
+        else:
+            parts = content_text(turn.get(text_key), f"{turn_where}: field '{text_key}'")
+            fields = {**turn, text_key: parts} if parts is not None else turn
+            text = _text(fields, text_key, turn_where, required=i == len(turns) - 1)
+            if speaker == "function_call":
+                tool_calls.add(index)
+        if role == "assistant" and not loss_weight(turn, turn_where):
+            no_loss.add(index)
+        messages.append((role, text))
     if messages[-1][0] != "assistant":
         raise DataError(f"{where}: field '{key}': the last turn must be the assistant's response "
                         f"(the training target), got {turns[-1][role_key]!r}")
-    return Example(tuple(messages))
+    return Example(tuple(messages), no_loss=frozenset(no_loss), tool_calls=frozenset(tool_calls))
 
 
 def parse_sharegpt(record: dict, where: str) -> Example:
@@ -102,17 +132,23 @@ def parse_messages(record: dict, where: str) -> Example:
     return _parse_turns(record, where, "messages", "role", "content", {role: role for role in ROLES})
 
 
-FORMATS: dict[str, tuple[frozenset[str], Callable[[dict, str], Example]]] = {
+def parse_text(record: dict, where: str) -> Document:
+    return Document(_text(record, "text", where))
+
+
+FORMATS: dict[str, tuple[frozenset[str], Callable[[dict, str], Example | Document]]] = {
     "alpaca": (frozenset({"instruction", "output"}), parse_alpaca),
     "sharegpt": (frozenset({"conversations"}), parse_sharegpt),
     "messages": (frozenset({"messages"}), parse_messages),
     "question/answer": (frozenset({"question", "answer"}), parse_qa),
+    "plain text": (frozenset({"text"}), parse_text),
 }
 
 
 def detect_format(record: Any, where: str) -> str:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {_type_name(record)}")
+    refuse_preference(record, where)
     found = [name for name, (keys, _) in FORMATS.items() if keys <= record.keys()]
     if len(found) == 1:
         return found[0]
@@ -120,18 +156,19 @@ def detect_format(record: Any, where: str) -> str:
     if found:
         raise DataError(f"{where}: ambiguous record, it has the fields of {' and '.join(found)} (keys: {keys})")
     raise DataError(f"{where}: unknown record format (keys: {keys}); expected Alpaca (instruction, output), "
-                    "ShareGPT (conversations), chat (messages) or question/answer (question, answer)")
+                    "ShareGPT (conversations), chat (messages), question/answer (question, answer) or plain text (text)")
 
 
-def parse_records(records: Iterable[tuple[str, Any]], source: str) -> list[Example]:
+def parse_records(records: Iterable[tuple[str, Any]], source: str) -> list[Example] | list[Document]:
     """`records` yields (where, record); the format of the first record applies to every record."""
-    examples: list[Example] = []
+    examples: list = []
     fmt = None
     for where, record in records:
         if fmt is None:
             fmt = detect_format(record, where)
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {_type_name(record)}")
+        refuse_preference(record, where)  # a later KTO record must not train either
         keys, parse = FORMATS[fmt]
         missing = sorted(keys - record.keys())
         if missing:
@@ -200,11 +237,22 @@ def _file_records(path: Path, text: str) -> Iterable[tuple[str, Any]]:
     return ((f"{path}: record {i} (0-based)", record) for i, record in enumerate(data))
 
 
-def load_file(path: Path) -> list[Example]:
-    return parse_records(_file_records(path, _read_text(path)), str(path))
+def text_documents(path: Path, text: str) -> list[Document]:
+    """A `.txt` file: one document per block of text between blank lines (each ends with EOS when encoded)."""
+    documents = [Document(block.strip("\n")) for block in PARAGRAPH_BREAK.split(text) if block.strip()]
+    if not documents:
+        raise DataError(f"{path}: the data set is empty")
+    return documents
 
 
-def load_hub_dataset(dataset_id: str, split: str = "train") -> list[Example]:
+def load_file(path: Path) -> list[Example] | list[Document]:
+    text = _read_text(path)
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        return text_documents(path, text)
+    return parse_records(_file_records(path, text), str(path))
+
+
+def load_hub_dataset(dataset_id: str, split: str = "train") -> list[Example] | list[Document]:
     """A Hugging Face dataset id (needs the hub): its records are parsed like a local file's."""
     import datasets
 
@@ -216,11 +264,11 @@ def load_hub_dataset(dataset_id: str, split: str = "train") -> list[Example]:
 
 
 def looks_like_hub_id(source: str) -> bool:
-    return bool(HUB_ID.match(source)) and Path(source).suffix not in (".json", ".jsonl")
+    return bool(HUB_ID.match(source)) and Path(source).suffix not in (".json", ".jsonl", ".txt")
 
 
-def load_examples(source: str) -> list[Example]:
-    """Load `--data`: a JSON/JSONL file, `builtin:stdlib`, or a hub dataset id (`owner/name`)."""
+def load_examples(source: str) -> list[Example] | list[Document]:
+    """Load `--data`: a JSON/JSONL or .txt file, `builtin:stdlib`, or a hub dataset id (`owner/name`)."""
     if source == BUILTIN:
         from oloraplus.data.builtin import stdlib_examples
 

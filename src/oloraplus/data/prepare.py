@@ -13,8 +13,11 @@ from oloraplus import models
 from oloraplus.config import TrainConfig
 from oloraplus.console import say
 from oloraplus.data.formats import load_examples
+from oloraplus.data.placeholders import placeholder_replies, placeholder_warning
+from oloraplus.data.plaintext import encode_documents, is_plain_text, refuse_generation
 from oloraplus.data.split import split_examples
 from oloraplus.data.tokenize import encode_examples
+from oloraplus.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -25,24 +28,48 @@ class Prepared:
     """Model, tokenizer and encoded data, ready for an adapter."""
 
     loaded: models.LoadedModel
-    eval_examples: list  # the eval split's Examples: `--eval-generate` renders their prompts
+    eval_examples: list  # the eval split's Examples (or Documents): `--eval-generate` renders their prompts
     train_dataset: Any
     eval_dataset: Any
     data_stats: dict
     fingerprint: str
 
 
-def prepare(cfg: TrainConfig, device: str | torch.device | None = None) -> Prepared:
+def check_max_length(config: Any, max_length: int, model: str) -> None:
+    """--max-length beyond the model's positions would train on positions it never learned (or crash)."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    positions = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(positions, int) and max_length > positions:
+        raise ConfigError(f"--max-length {max_length}: above the {positions:,} positions of --model {model} "
+                          f"(max_position_embeddings); use --max-length {positions} or less")
+
+
+def prepare(cfg: TrainConfig, device: str | torch.device | None = None, *, training: bool = True,
+            generate_flag: str = "--eval-generate") -> Prepared:
     """Everything before the adapter; bad model or data fails here, before any file is written.
 
     `device`: where the model loads (`models.load_model`; default the GPU when there is one).
+    `training`: warn about what training would learn (placeholders); `eval` passes False.
+    `generate_flag`: the flag that asked for `cfg.eval_generate` generations, named if the data cannot have them.
     """
     examples = load_examples(cfg.data)  # cheap: a bad file fails before the model loads
+    plain = is_plain_text(examples)
+    if plain and cfg.eval_generate:
+        refuse_generation(cfg.data, generate_flag)
+    check_max_length(models.model_config(cfg.model, cfg.trust_remote_code), cfg.max_length, cfg.model)
+    placeholders, first = (0, None) if plain else placeholder_replies(examples, cfg.train_turns)
+    warning = placeholder_warning(placeholders, first)
+    if training and warning:
+        say(warning)
     say(f"loading {cfg.model} ...")
     loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=device)
     train_ex, eval_ex = split_examples(examples, cfg.train_size, cfg.eval_examples(), cfg.seed)
-    train_ds, train_stats = encode_examples(train_ex, loaded.tokenizer, cfg.max_length)
-    eval_ds, eval_stats = encode_examples(eval_ex, loaded.tokenizer, cfg.max_length)
+    if plain:
+        (train_ds, train_stats), (eval_ds, eval_stats) = (encode_documents(split, loaded.tokenizer, cfg.max_length)
+                                                          for split in (train_ex, eval_ex))
+    else:
+        (train_ds, train_stats), (eval_ds, eval_stats) = (
+            encode_examples(split, loaded.tokenizer, cfg.max_length, cfg.train_turns) for split in (train_ex, eval_ex))
     stats = {
         "examples_available": len(examples),
         "train_examples": len(train_ds),
@@ -53,4 +80,10 @@ def prepare(cfg: TrainConfig, device: str | torch.device | None = None) -> Prepa
         "eval_dropped": eval_stats.dropped,
         "train_tokens_per_epoch": int(sum(train_ds["length"])),
     }
+    if plain:  # rows of packed text, not examples: the documents they came from
+        stats.update(plain_text=True, train_documents=len(train_ex), eval_documents=len(eval_ex))
+    else:
+        stats.update(train_turns_lost=train_stats.turns_lost, eval_turns_lost=eval_stats.turns_lost,
+                     last_turn_only=train_stats.last_turn_only + eval_stats.last_turn_only,
+                     placeholder_replies=placeholders)
     return Prepared(loaded, eval_ex, train_ds, eval_ds, stats, models.base_fingerprint(loaded.model))

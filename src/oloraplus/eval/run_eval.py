@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from oloraplus import rundir
-from oloraplus.console import data_lines, say
+from oloraplus.console import data_lines, plural, say
 from oloraplus.errors import AdapterError
 
 
@@ -45,14 +45,15 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
 
     if data is not None:  # all of the given data is eval data (capped by eval_size)
         cfg = replace(cfg, data=data, train_size=1, eval_size=cfg.eval_size)
-    prep = prepare(cfg, device=pick_device(device))
-    eval_stats = {k: v for k, v in prep.data_stats.items() if k.startswith("eval_") or k == "examples_available"}
+    prep = prepare(replace(cfg, eval_generate=generate), device=pick_device(device), training=False,
+                   generate_flag="--generate")
+    eval_stats = {k: v for k, v in prep.data_stats.items() if k.startswith("eval_") or k in ("examples_available", "plain_text")}
     say(data_lines(eval_stats, cfg.max_length, splits=("eval",))[0])
     check_base(run_dir, prep.fingerprint, cfg.model)
     model = load_adapter(prep.loaded.model, run_dir / rundir.ADAPTER_DIR).eval()
     batch = batch_size or cfg.batch_size
     collator = batch_collator(model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing)
-    say(f"evaluating {len(prep.eval_dataset)} examples ...")
+    say(f"evaluating {plural(len(prep.eval_dataset), 'example')} ...")
     metrics: dict[str, Any] = dict(evaluate_loss(model, prep.eval_dataset, collator, batch_size=batch))
     metrics.update(eval_stats)
     if generate:

@@ -23,7 +23,7 @@ from oloraplus.adapters.build import AdapterSpec, attach_adapter
 from oloraplus.adapters.compat import vllm_summary, vllm_verdicts
 from oloraplus.adapters.export import save_adapter
 from oloraplus.config import TrainConfig, report_targets, to_dict
-from oloraplus.console import data_lines, is_main, say
+from oloraplus.console import data_lines, is_main, plural, say
 from oloraplus.data.budget import token_budget_dataset
 from oloraplus.data.collate import model_inputs
 from oloraplus.data.packing import batch_collator
@@ -153,7 +153,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         say(f"resuming from {resume_from} (step {checkpoint.checkpoint_step(resume_from)})")
 
     def evaluate(m) -> dict:
-        say(f"evaluating {len(prep.eval_dataset)} examples ...")
+        say(f"evaluating {plural(len(prep.eval_dataset), 'example')} ...")
         return evaluate_loss(m, prep.eval_dataset, collator, batch_size=cfg.batch_size)
 
     log = JsonlLogCallback(log_path)
@@ -174,7 +174,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.fsdp:
         fsdp.enable(trainer)
     trainer.remove_callback(PrinterCallback)  # the Trainer's raw dicts; JsonlLogCallback prints readable lines
-    say(f"training {cfg.method} λ={cfg.ratio:g} on {len(prep.train_dataset)} examples ...")
+    say(f"training {cfg.method} λ={cfg.ratio:g} on {plural(len(prep.train_dataset), 'example')} ...")
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except NonFiniteLossError as exc:
