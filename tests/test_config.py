@@ -32,7 +32,7 @@ def test_help_shows_each_default_once(capsys):
     parser = argparse.ArgumentParser()
     add_arguments(parser, TrainConfig)
     text = " ".join(parser.format_help().split())
-    assert "(default: every linear layer in the blocks)" in text and "(default: [])" not in text
+    assert "(default: every linear layer in the transformer blocks, never lm_head or the embeddings)" in text and "(default: [])" not in text
     assert "adapter rank r (default: 32)" in text
     assert all(line.count("(default:") <= 1 for line in text.split("--"))
 
