@@ -328,6 +328,56 @@ def per_layer(arm_counts: dict[int, OpCounter], phase: str | None, views: bool) 
     return (c1.total(phase, views) - c0.total(phase, views)) / (l1 - l0)
 
 
+# --- the CPU: does the lean path change the speed of the CPU's own step? ------------------------------------------
+
+def cpu_speed(data: Path, reps: int, batch: int = 4, model_name: str = "smollm2-135m") -> dict[str, Any]:
+    """Seconds per training step on the CPU, lean vs PEFT's forward, alternating in one process (same batches).
+
+    The CPU's own step: fp32 weights, no autocast, packed rows, the exact response-only loss, AdamW. Returns the
+    median of each arm and the median of the per-pair ratios lean / PEFT (pairs run back to back, so load that
+    changes slowly cancels in the ratio).
+    """
+    from oloraplus import models
+    from oloraplus.adapters import lean as lean_module
+    from oloraplus.adapters.build import AdapterSpec, attach_adapter
+    from oloraplus.data.collate import CausalLMCollator
+    from oloraplus.data.formats import load_examples
+    from oloraplus.data.split import split_examples
+    from oloraplus.data.tokenize import encode_examples
+    from oloraplus.eval.fast_loss import response_only_loss
+    from oloraplus.optim.ratio import build_optimizer
+
+    loaded = models.load_model(model_name, device="cpu")
+    train, _ = split_examples(load_examples(str(data)), batch * reps, 0, seed=42)
+    dataset, _ = encode_examples(train, loaded.tokenizer, 512)
+    collate = CausalLMCollator(pad_token_id=loaded.tokenizer.pad_token_id, packing=True, pack_length=512)
+    batches = [collate([dataset[i] for i in range(j, j + batch)]) for j in range(0, batch * reps, batch)]
+    model, _ = attach_adapter(loaded.model, AdapterSpec("olora", rank=RANK, alpha=ALPHA))
+    optimizer = build_optimizer(model, LR, RATIO)
+
+    def step(inputs: dict) -> float:
+        t0 = time.perf_counter()
+        response_only_loss(model, inputs, exact=True).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    step(batches[0])  # warm-up
+    times: dict[str, list[float]] = {"lean": [], "peft": []}
+    for i, inputs in enumerate(batches):
+        order = ("lean", "peft") if i % 2 == 0 else ("peft", "lean")
+        for arm in order:
+            if arm == "lean":
+                lean_module.make_lean_(model)
+            else:
+                lean_module.undo_lean_(model)
+            times[arm].append(step(inputs))
+    ratios = sorted(a / b for a, b in zip(times["lean"], times["peft"]))
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {"lean_s": median(times["lean"]), "peft_s": median(times["peft"]), "ratio": ratios[len(ratios) // 2],
+            "ratios": ratios, "reps": reps, "batch": batch, "model": model_name, "threads": torch.get_num_threads()}
+
+
 # --- the report ---------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="4,32")
     parser.add_argument("--sizes", default="small,larger")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled-layer count")
+    parser.add_argument("--cpu-speed", type=int, default=0, metavar="REPS",
+                        help="also time REPS training steps of SmolLM2 on the CPU, lean vs PEFT forward")
+    parser.add_argument("--data", type=Path, default=BENCH.parents[1] / "shared" / "data" / "alpaca_en_demo.json")
     parser.add_argument("--out", type=Path, default=BENCH / "opcount.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -361,14 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     depth = {LAYERS: results[(arms[-1][0], size0, batch0)], LAYERS // 2: count("oloraplus", size0, batch0,
                                                                                layers=LAYERS // 2)}
     compiled = None if args.no_compile else compiled_layer_kernels(size0, batch0)
-    write_report(args.out, results, arms, sizes, batches, depth, compiled, load, time.perf_counter() - started,
-                 argv if argv is not None else sys.argv[1:])
+    speed = cpu_speed(args.data, args.cpu_speed) if args.cpu_speed else None
+    write_report(args.out, results, arms, sizes, batches, depth, compiled, speed, load,
+                 time.perf_counter() - started, argv if argv is not None else sys.argv[1:])
     print(f"wrote {args.out}")
     return 0
 
 
-def write_report(path: Path, results, arms, sizes, batches, depth, compiled: Compiled | None, load, wall_s,
-                 argv) -> None:
+def write_report(path: Path, results, arms, sizes, batches, depth, compiled: Compiled | None,
+                 speed: dict[str, Any] | None, load, wall_s, argv) -> None:
     first = sizes[0]
     lines = [
         "# Ops per optimizer step (TinyLlama-1.1B structure, counted on the CPU)",
@@ -440,6 +494,18 @@ def write_report(path: Path, results, arms, sizes, batches, depth, compiled: Com
             f"One layer compiled in {compiled.compile_s:.0f} s ({compiled.graphs} graphs; inductor's CPU backend). "
             "Kernels per layer by kind: "
             + ", ".join(f"{k}: {n}" for k, n in sorted(compiled.kernels.items(), key=lambda kv: -kv[1])) + ".",
+        ]
+    if speed is not None:
+        end_load = os.getloadavg()[0]
+        lines += [
+            "", "## CPU speed of the lean path", "",
+            f"{speed['model']}, OLoRA r = {RANK}, {speed['reps']} training steps of {speed['batch']} packed Alpaca "
+            f"examples per arm, fp32 on the CPU ({speed['threads']} torch thread), lean and PEFT's forward alternating "
+            f"in one process: median {speed['lean_s']:.3f} s/step lean, {speed['peft_s']:.3f} s/step PEFT; median "
+            f"per-pair ratio lean / PEFT **{speed['ratio']:.3f}** (all pairs: "
+            + ", ".join(f"{r:.2f}" for r in speed["ratios"])
+            + f"). Load average {end_load:.1f} at the end: a shared machine, timings are noisy; the ratio of "
+            "back-to-back pairs is the number to read.",
         ]
     path.write_text("\n".join(lines) + "\n")
 
