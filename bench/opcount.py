@@ -414,9 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     depth = {LAYERS: results[(arms[-1][0], size0, batch0)], LAYERS // 2: count("oloraplus", size0, batch0,
                                                                                layers=LAYERS // 2)}
     compiled = None if args.no_compile else compiled_layer_kernels(size0, batch0)
-    speed = cpu_speed(args.data, args.cpu_speed) if args.cpu_speed else None
-    write_report(args.out, results, arms, sizes, batches, depth, compiled, speed, load,
-                 time.perf_counter() - started, argv if argv is not None else sys.argv[1:])
+    if compiled is not None:
+        print(f"compiled layer: {compiled.forward_kernels} forward + {compiled.backward_kernels} backward kernels, "
+              f"{compiled.compile_s:.0f} s", flush=True)
+    report = lambda speed: write_report(  # noqa: E731
+        args.out, results, arms, sizes, batches, depth, compiled, speed, load, time.perf_counter() - started,
+        argv if argv is not None else sys.argv[1:])
+    report(None)  # the counts are kept even if the timing below fails
+    if args.cpu_speed:
+        report(cpu_speed(args.data, args.cpu_speed))
     print(f"wrote {args.out}")
     return 0
 

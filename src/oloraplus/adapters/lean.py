@@ -4,10 +4,11 @@ On a GPU a LoRA step at small batch is bound by the host launching kernels, so i
 ops it dispatches (bench/opcount.md). Two sources of ops that change nothing in the result:
 
 - PEFT's `lora.Linear.forward` casts each LoRA input to the adapter's dtype (fp32 master weights on a bf16
-  base) and autocast casts it straight back, then scales and adds in two more ops. `LeanLinear` casts the
-  weight, not the activation (autocast does it, once per forward for a leaf weight), and folds the scaling s
-  and the residual add into the B matmul: y = base(x) + s · (x Aᵀ) Bᵀ as one `addmm`. Dropout is called only
-  when p > 0 (PEFT already uses an `nn.Identity` at p = 0, which dispatches nothing).
+  base) and autocast casts it straight back, then scales and adds in two more ops, and autograd records a
+  node for each. `LeanLinear` computes y = W x + s · B A x as one autograd node (`lora_linear`): the weights
+  are cast, not the activation, s and the residual add are folded into one `addmm_`, and the backward is
+  written out. Dropout is called only when p > 0 (PEFT already uses an `nn.Identity` at p = 0, which
+  dispatches nothing).
 - transformers' packed-sequence path (restarting `position_ids`, no attention mask) asks the GPU whether the
   rows are packed, `(mask[:, -1] == 0).all()`, once per forward: a host sync that drains the queue of launched
   kernels, and SDPA then turns the boolean mask into an additive one in every layer. `packed_causal_mask`
