@@ -194,7 +194,7 @@ def oloraplus_model(size: str, layers: int = LAYERS) -> torch.nn.Module:
 
 def oloraplus_step(model: torch.nn.Module, items: list[dict], counter: OpCounter
                    ) -> tuple[Callable[[], None], torch.optim.Optimizer]:
-    """oloraplus's step as RatioTrainer runs it on CUDA: packed rows, (rows, K) loss positions, fused AdamW, NaN watch."""
+    """oloraplus's step as RatioTrainer runs it on CUDA: packed rows, (rows, K) positions, fused AdamW, NaN watch."""
     from oloraplus.data.collate import CausalLMCollator
     from oloraplus.eval.fast_loss import response_only_loss
     from oloraplus.optim.ratio import build_optimizer

@@ -36,7 +36,7 @@ MASK_HOOK = "_oloraplus_packed_mask_hook"  # attribute of the decoder holding th
 
 
 class LeanLinear(LoraLinear):
-    """PEFT's LoRA Linear with y = W x + s · B A x in the fewest ops (`lora_linear`); PEFT's forward where it differs."""
+    """PEFT's LoRA Linear computing y = W x + s · B A x in the fewest ops (`lora_linear`), else PEFT's forward."""
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         name = self._lean_adapter(x)
@@ -70,7 +70,7 @@ class LeanLinear(LoraLinear):
 
 def lora_linear(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor,
                 s: float) -> torch.Tensor:
-    """y = x Wᵀ + bias + s · (x Aᵀ) Bᵀ, computed in autocast's dtype when it is on (else x's), as PEFT + autocast do.
+    """y = x Wᵀ + bias + s · (x Aᵀ) Bᵀ in autocast's dtype when it is on (else x's), as PEFT + autocast do.
 
     One autograd node instead of a dozen: the forward is 5 ops (A and B cast, three matmuls), the backward 9
     (four matmuls, the A and B gradients cast back to their dtype, two scalings), where autograd on PEFT's
@@ -135,7 +135,7 @@ def make_lean_(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def undo_lean_(model: torch.nn.Module, lora: bool = True, mask: bool = True) -> torch.nn.Module:
-    """PEFT's own LoRA forward (`lora`) and transformers' own packed mask (`mask`) back where `make_lean_` put its own."""
+    """PEFT's LoRA forward (`lora`) and transformers' packed mask (`mask`) back where `make_lean_` changed them."""
     for module in model.modules():
         if lora and type(module) is LeanLinear:
             module.__class__ = LoraLinear
