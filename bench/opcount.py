@@ -1,7 +1,9 @@
 """Aten ops dispatched per optimizer step, counted on the CPU for the path that runs on a GPU.
 
-    python bench/opcount.py                      # TinyLlama-1.1B structure, batch 4 and 32, two sizes: ~10 min
-    python bench/opcount.py --batches 4 --sizes small --no-compile --out /tmp/o.md   # a quick look
+    python bench/opcount.py                      # TinyLlama-1.1B structure, batch 4 and 32, two sizes: ~20 min*
+    python bench/opcount.py --batches 4 --sizes small --no-compile --out /tmp/o.md   # a quick look (~1 min*)
+
+(* on the shared 2-core machine at load average ~10; the counts themselves do not depend on load)
 
 A LoRA step at small batch on a GPU is bound by the host launching kernels: it costs in proportion to the
 ops it dispatches, and that count needs no GPU. `OpCounter` (a `TorchDispatchMode`) sees every aten op
