@@ -20,6 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers.pytorch_utils import Conv1D
 
 from oloraplus.adapters import registry
+from oloraplus.adapters.lean import make_lean_
 from oloraplus.adapters.olora import LoraFactors, apply_olora_
 from oloraplus.adapters.pissa import apply_pissa_
 from oloraplus.adapters.targets import out_in_shape, resolve_target_modules, targeted_layers
@@ -78,7 +79,8 @@ def attach_adapter(model: torch.nn.Module, spec: AdapterSpec, calibration: Calib
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         torch.default_generator.manual_seed(torch.initial_seed())
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return attach(model, spec, targets, calibration)
+        peft_model, initial = attach(model, spec, targets, calibration)
+    return make_lean_(peft_model), initial  # same math, fewer ops per step (adapters/lean.py)
 
 
 def lora_model(model: torch.nn.Module, spec: AdapterSpec, targets: list[str], **lora_config: Any) -> PeftModel:
