@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s")  # metrics.json: this session's speed
-SESSION_KEYS = (*TIMING_KEYS, "resumed_from_step")  # also differ between a resumed run and an uninterrupted one
+TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s", "compile_s")  # this session's speed
+SESSION_KEYS = (*TIMING_KEYS, "resumed_from_step", "compile_graphs")  # also differ between a resumed run and an uninterrupted one
 
 
 def group_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, list[str]]:
