@@ -92,7 +92,9 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(False, "recompute each decoder layer's activations in the backward pass "
                                               "(transformers' non-reentrant checkpointing): less memory, more compute")
     fsdp: bool = opt(False, "under torchrun: shard the base over the processes (FSDP2 fully_shard per decoder layer)")
-    compile: bool = opt(False, "torch.compile each decoder layer (regional: compile time is about one layer's)")
+    compile: bool = opt(False, "torch.compile each decoder layer for the training steps (regional: one graph for "
+                               "every layer and length; a layer that cannot compile trains eagerly, with one line); "
+                               "off by default: on a CPU it costs more than it saves (docs/compile.md)")
     diagnostics_steps: int = opt(0, "refinement/exploration diagnostics every N steps (0: about 10 points per "
                                     "run and the last step, at most once per log; -1: off)")
     logging_steps: int = opt(5, "log every N optimizer steps")
