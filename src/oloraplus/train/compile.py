@@ -78,10 +78,12 @@ class RegionalCompile:
     failure: str | None = None
 
     def forward(self, compiled: Callable, eager: Callable, *args: Any, **kwargs: Any) -> Any:
+        """A layer's forward: compiled while active, else eager. Any failure of the compiled call means "run
+        eagerly from now on"; an error that is not the compiler's recurs in the eager call and propagates."""
         if self.active and not self.paused_depth:
             try:
                 return compiled(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - any failure to compile means: run eagerly (a real error recurs there)
+            except Exception as exc:  # noqa: BLE001
                 self.fall_back(exc)
         return eager(*args, **kwargs)
 
