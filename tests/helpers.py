@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s",  # metrics.json: this session's speed
+TIMING_KEYS = ("train_runtime_s", "tokens_per_s", "seconds_per_step", "load_s", "compile_s",  # this session's speed
                "diagnostics_calls", "diagnostics_s", "diagnostics_loop_share", "diagnostics_after_loop_s")
-SESSION_KEYS = (*TIMING_KEYS, "resumed_from_step")  # also differ between a resumed run and an uninterrupted one
+# also differ between a resumed run and an uninterrupted one (a resumed session may reuse the compiled graphs)
+SESSION_KEYS = (*TIMING_KEYS, "resumed_from_step", "compile_graphs")
 
 
 def group_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, list[str]]:

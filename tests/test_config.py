@@ -125,3 +125,10 @@ def test_unknown_method_flag_is_rejected_by_argparse():
 def test_ohora_init_defaults_to_ranked_and_paper_is_a_choice():
     assert parse([]).ohora_init == "ranked"
     assert parse(["--ohora-init", "paper"]).ohora_init == "paper"
+
+
+def test_compile_and_fsdp_together_are_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"^--compile with --fsdp: not supported yet .*drop one of the two$"):
+        TrainConfig(fsdp=True, compile=True).validate()
+    TrainConfig(fsdp=True).validate()
+    TrainConfig(compile=True).validate()

@@ -35,6 +35,9 @@ def test_train_summary_has_counts_losses_speed_and_place():
     assert "resumed" not in text
     resumed = "\n".join(console.train_summary({**metrics, "steps": 20, "resumed_from_step": 4}, "r", 96, 1.0))
     assert "this session: steps 5-20, resumed from step 4" in resumed
+    assert "compil" not in text  # an eager run (compile_s 0 or absent) says nothing about compiling
+    compiled = "\n".join(console.train_summary({**metrics, "compile_s": 4.25}, "r", 96, 1.0))
+    assert "s/step (compile time excluded)" in compiled and "train 6.1 s of which compiling 4.2 s)" in compiled
 
 
 def test_track_prints_periodic_lines_in_a_log_and_nothing_when_silenced(monkeypatch, capsys):

@@ -108,7 +108,9 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(False, "recompute each decoder layer's activations in the backward pass "
                                               "(transformers' non-reentrant checkpointing): less memory, more compute")
     fsdp: bool = opt(False, "under torchrun: shard the base over the processes (FSDP2 fully_shard per decoder layer)")
-    compile: bool = opt(False, "torch.compile each decoder layer (regional: compile time is about one layer's)")
+    compile: bool = opt(False, "torch.compile each decoder layer for the training steps (regional: one graph for "
+                               "every layer and length; a layer that cannot compile trains eagerly, with one line); "
+                               "off by default: on a CPU it costs more than it saves (docs/compile.md)")
     diagnostics_steps: int = opt(0, "refinement/exploration diagnostics every N steps, step 1 and the last step "
                                     "(0: at logging steps while their measured cost stays within 2 percent of the loop, "
                                     "and the final state after it; -1: off)")
@@ -166,6 +168,9 @@ class TrainConfig:
             raise ConfigError(f"--max-steps: must be > 0 or -1, got {self.max_steps}")
         if not self.output:
             raise ConfigError("--output: must not be empty")
+        if self.fsdp and self.compile:
+            raise ConfigError("--compile with --fsdp: not supported yet (compiling wraps the decoder layers that FSDP "
+                              "shards, an untested pair); drop one of the two")
         report_targets(self.report_to)
         return self
 

@@ -123,8 +123,10 @@ def train_summary(m: dict[str, Any], run_dir: str, max_length: int, wall_s: floa
         "─" * 60,
         f"train: {split_line(m, 'train')}, {plural(m['steps'], 'step')}, mean train loss {m['train_loss']:.4f}",
         f"eval:  {split_line(m, 'eval')}, {_eval_line(m)}",
-        f"speed: {m['tokens_per_s']:.0f} tokens/s, {m['seconds_per_step']:.2f} s/step{session}",
-        f"time:  {wall_s:.1f} s in all (load {m['load_s']:.1f} s, train {m['train_runtime_s']:.1f} s)",
+        f"speed: {m['tokens_per_s']:.0f} tokens/s, {m['seconds_per_step']:.2f} s/step{session}"
+        + (" (compile time excluded)" if m.get("compile_s") else ""),
+        f"time:  {wall_s:.1f} s in all (load {m['load_s']:.1f} s, train {m['train_runtime_s']:.1f} s"
+        + (f" of which compiling {m['compile_s']:.1f} s)" if m.get("compile_s") else ")"),
     ]
     warning = data_warning(m, max_length)
     return lines + ([warning] if warning else []) + [f"run:   {run_dir}"]

@@ -34,6 +34,7 @@ from oloraplus.eval.loss import evaluate_loss
 from oloraplus.io import append_jsonl
 from oloraplus.train import checkpoint, fsdp
 from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
+from oloraplus.train.compile import compile_layers, paused
 from oloraplus.train.environment import hardware, package_versions
 from oloraplus.train.plots import plot_losses
 from oloraplus.train.trainer import NonFiniteLossError, RatioTrainer
@@ -152,9 +153,12 @@ def train(cfg: TrainConfig) -> TrainResult:
                        else checkpoint.last_checkpoint(run.checkpoints))
         say(f"resuming from {resume_from} (step {checkpoint.checkpoint_step(resume_from)})")
 
+    compiled = None  # set once the Trainer's probes have run: only training steps run compiled
+
     def evaluate(m) -> dict:
         say(f"evaluating {plural(len(prep.eval_dataset), 'example')} ...")
-        return evaluate_loss(m, prep.eval_dataset, collator, batch_size=cfg.batch_size)
+        with paused(compiled):
+            return evaluate_loss(m, prep.eval_dataset, collator, batch_size=cfg.batch_size)
 
     log = JsonlLogCallback(log_path)
     callbacks = [log]
@@ -174,6 +178,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.fsdp:
         fsdp.enable(trainer)
     trainer.remove_callback(PrinterCallback)  # the Trainer's raw dicts; JsonlLogCallback prints readable lines
+    if cfg.compile:
+        compiled = compile_layers(model, name=f"{cfg.method} on --model {cfg.model}")
     say(f"training {cfg.method} λ={cfg.ratio:g} on {plural(len(prep.train_dataset), 'example')} ...")
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -181,6 +187,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         if main:
             checkpoint.write_failure(run.work, exc.record())
         raise
+    finally:
+        if compiled is not None:
+            compiled.restore()  # evaluation, generation and saving see the plain model
+    compile_s = compiled.compile_s() if compiled is not None else 0.0
+    if compiled is not None:
+        say(compiled.summary())
     final_eval = evaluate(model)
     state = trainer.state
     generations: list = []
@@ -193,6 +205,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     train_logs = [r for r in state.log_history if "loss" in r]
     runtime = result.metrics["train_runtime"]  # this session's (a resumed run: since the resume)
+    steady = max(runtime - compile_s, 1e-9)  # throughput without the time spent compiling (in the first steps)
     metrics = {
         "method": cfg.method,
         "ratio": cfg.ratio,
@@ -204,8 +217,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         "total_params": sum(p.numel() for p in model.parameters()),
         "train_tokens": int(state.num_input_tokens_seen),
         "train_runtime_s": runtime,
-        "tokens_per_s": (state.num_input_tokens_seen - log.start_tokens) / max(runtime, 1e-9),
-        "seconds_per_step": runtime / max(state.global_step - log.start_step, 1),
+        "tokens_per_s": (state.num_input_tokens_seen - log.start_tokens) / steady,
+        "seconds_per_step": steady / max(state.global_step - log.start_step, 1),
+        "compile_s": compile_s,
+        "compiled": compiled is not None and compiled.failure is None,
+        "compile_graphs": compiled.graphs() if compiled is not None else 0,
         "resumed_from_step": log.start_step,
         "load_s": load_s,
         "packing": collator.packing,
