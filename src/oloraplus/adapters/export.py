@@ -151,7 +151,14 @@ def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftMo
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             if isinstance(PeftConfig.from_pretrained(str(path)), OHoRAConfig):  # saved A0, B0: no QR per layer
-                return load_ohora(base_model, path)
-            return PeftModel.from_pretrained(base_model, str(path), is_trainable=False)
+                model = load_ohora(base_model, path)
+            else:
+                model = PeftModel.from_pretrained(base_model, str(path), is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise AdapterError(f"--adapter {path}: cannot load: {str(exc).splitlines()[0]}") from exc
+    meta = load_metadata(path) or {}
+    if meta.get("quantize", "none") != "none":  # on its quantized base: the base the run trained on, exactly
+        from oloraplus.adapters.quantized import restore_trained_base_
+
+        restore_trained_base_(model, meta.get("method"), model.active_adapter)
+    return model

@@ -39,7 +39,7 @@ def prepare(cfg: TrainConfig, device: str | torch.device | None = None) -> Prepa
     """
     examples = load_examples(cfg.data)  # cheap: a bad file fails before the model loads
     say(f"loading {cfg.model} ...")
-    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=device)
+    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=device, quantize=cfg.quantize)
     train_ex, eval_ex = split_examples(examples, cfg.train_size, cfg.eval_examples(), cfg.seed)
     train_ds, train_stats = encode_examples(train_ex, loaded.tokenizer, cfg.max_length)
     eval_ds, eval_stats = encode_examples(eval_ex, loaded.tokenizer, cfg.max_length)

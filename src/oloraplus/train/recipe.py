@@ -22,6 +22,7 @@ from oloraplus import rundir
 from oloraplus.adapters.build import AdapterSpec, attach_adapter
 from oloraplus.adapters.compat import vllm_summary, vllm_verdicts
 from oloraplus.adapters.export import save_adapter
+from oloraplus.adapters.quantized import requantization_metrics
 from oloraplus.config import TrainConfig, report_targets, to_dict
 from oloraplus.console import data_lines, is_main, say
 from oloraplus.data.budget import token_budget_dataset
@@ -201,13 +202,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         "load_s": load_s,
         "packing": collator.packing,
         **prep.data_stats,
+        **requantization_metrics(model, cfg.quantize),  # --quantize: ε of the re-quantized residuals
     }
     if main:
         append_jsonl(log_path, {"step": state.global_step, "epoch": state.epoch,
                                 "eval_loss": final_eval["eval_loss"], "perplexity": final_eval["perplexity"]})
         save_adapter(model, run.work / rundir.ADAPTER_DIR, initial, extra_metadata={
             "base_fingerprint": prep.fingerprint, "base_model": cfg.model, "method": cfg.method,
-            "rank": cfg.rank, "alpha": cfg.alpha,
+            "rank": cfg.rank, "alpha": cfg.alpha, **({"quantize": cfg.quantize} if cfg.quantize != "none" else {}),
         })
         if generations:
             write_generations(run.work / rundir.GENERATIONS_FILE, generations)
