@@ -42,15 +42,16 @@ def requantize_(layer: nn.Module, W: Tensor) -> float:
 
     old = layer.weight
     device = old.device
-    W = W.detach().to(torch.float32).contiguous().cpu()
+    W = W.detach().to(torch.float32).contiguous()
     if type(old).__name__ == "Params4bit":
-        new = bnb.nn.Params4bit(W, requires_grad=False, blocksize=old.blocksize, compress_statistics=old.compress_statistics,
-                                quant_type=old.quant_type, quant_storage=old.quant_storage, module=layer)
-    else:
-        new = bnb.nn.Int8Params(W, requires_grad=False, has_fp16_weights=False)
+        new = bnb.nn.Params4bit(W, requires_grad=False, blocksize=old.blocksize,
+                                compress_statistics=old.compress_statistics, quant_type=old.quant_type,
+                                quant_storage=old.quant_storage, module=layer)
+    else:  # Int8Params quantizes only from data on the CPU
+        new = bnb.nn.Int8Params(W.cpu(), requires_grad=False, has_fp16_weights=False)
         layer.state.CB = layer.state.SCB = None  # the next forward takes the new statistics from the weight
     layer.weight = new.to(device)  # bitsandbytes quantizes when the parameter is placed
-    error = float(torch.linalg.norm(dense_weight(layer).cpu() - W) / torch.linalg.norm(W).clamp_min(1e-30))
+    error = float(torch.linalg.norm(dense_weight(layer) - W.to(device)) / torch.linalg.norm(W).clamp_min(1e-30))
     setattr(layer, ERROR_ATTR, error)
     return error
 
