@@ -134,10 +134,10 @@ def test_ohora_folds_its_kronecker_init_into_the_quantized_base(tiny_llama_dir):
                                atol=0, rtol=0)
 
 
-def test_plain_lora_loading_of_a_quantized_olora_adapter_carries_both_quantization_errors(
+def test_plain_lora_loading_of_a_quantized_olora_adapter_misses_the_requantization_error(
         tiny_llama_dir, alpaca_file, tmp_path):
-    """PEFT alone applies the rank-2r adapter to Q(W): off by deq(Q(W_res)) − W_res − (deq(Q(W)) − W) per layer.
-    oloraplus' load (the base re-shifted) is exact; on the fp32 base the gap is one quantization error."""
+    """PEFT alone applies the rank-2r adapter to Q(W0): off by e(W_res) per layer; on the fp32 base W0 by
+    e(W0) + e(W_res) (adapters/quantized.py). oloraplus' load, which re-shifts the quantized base, is exact."""
     result = train(run_config(tiny_llama_dir, alpaca_file, tmp_path / "run", "olora"))
     trained = logits(result.model)
     adapter = tmp_path / "run" / "adapter"

@@ -5,11 +5,12 @@ For a quantized layer Q(·) with dequantization deq(·), the init works in float
 `olora_init` on bitsandbytes does the same) and the base becomes Q(W_res), W_res = W − s·B0·A0. Training therefore
 runs on deq(Q(W_res)) + s·Bt·At; the re-quantization error of a layer is ε = ‖deq(Q(W_res)) − W_res‖_F / ‖W_res‖_F.
 
-The saved adapter stays base-relative (the rank-2r [At; A0], [Bt, −B0] of `export.save_adapter`). Applied as plain
-LoRA it gives W + s·(Bt·At − B0·A0), which differs from the trained model by deq(Q(W_res)) − W_res: one
-quantization error on a full-precision base, and that minus deq(Q(W)) − W on the quantized one. `reshift_` makes it
-exact on the quantized base it was trained on: it re-quantizes W − s·B0·A0 from the adapter's own A0, B0 (the
-same float32 arithmetic and the same deterministic quantizer as at init), which rebuilds Q(W_res) bit for bit.
+The saved adapter stays base-relative (the rank-2r [At; A0], [Bt, −B0] of `export.save_adapter`). With the errors
+e(X) = deq(Q(X)) − X, the trained model is W0 + e(W0) + e(W_res) + s·(Bt·At − B0·A0). Applied as plain LoRA the
+adapter therefore misses e(W_res) on the quantized base Q(W0), and e(W0) + e(W_res) on the full-precision W0 (a LoRA
+adapter trained on Q(W0) misses e(W0) there too). `reshift_` makes it exact on the quantized base it was trained on
+(`export.load_adapter` calls it; OHoRA folds likewise): it re-quantizes deq(Q(W0)) − s·B0·A0 from the adapter's own
+A0, B0 (the same float32 arithmetic and deterministic quantizer as at init), which rebuilds Q(W_res) bit for bit.
 """
 
 from __future__ import annotations
@@ -99,19 +100,3 @@ def reshift_(peft_model: nn.Module, adapter_name: str = "default") -> int:
         count += 1
     return count
 
-
-def restore_trained_base_(peft_model: nn.Module, method: str | None, adapter_name: str = "default") -> int:
-    """After loading a saved adapter of a --quantize run onto the same quantized base: rebuild the base the run
-    trained on (OLoRA/PiSSA: `reshift_`; OHoRA: fold s·A0 ⊗ B0ᵀ, re-quantized), so the logits are the trained ones.
-    Other methods never changed the base: nothing to do. Returns the layers changed."""
-    from oloraplus.adapters import registry
-
-    if not has_quantized_layers(peft_model) or method is None:
-        return 0
-    if method == "ohora":
-        from oloraplus.adapters.ohora_peft import fold_initial_
-
-        return fold_initial_(peft_model, adapter_name)
-    if method in registry.names() and registry.get(method).shifts_base:
-        return reshift_(peft_model, adapter_name)
-    return 0
