@@ -27,7 +27,7 @@ def train(quantize: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"olora-{quantize}"
     cmd = [sys.executable, "-m", "oloraplus", "train", "--model", "smollm2-135m", "--data", args.data,
            "--method", "olora", "--quantize", quantize, "--max-steps", str(args.steps), "--batch-size", "4",
-           "--max-length", "256", "--train-size", str(4 * args.steps), "--eval-size", str(args.eval_size),
+           "--max-length", str(args.max_length), "--train-size", str(4 * args.steps), "--eval-size", str(args.eval_size),
            "--logging-steps", "5", "--seed", "1", "--overwrite", "--output", str(out)]
     proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd], capture_output=True, text=True,
                           env={**os.environ, "OLORAPLUS_PROGRESS": "0"})
@@ -79,8 +79,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--eval-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--eval-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     rows = [train(q, args) for q in QUANTIZE]
