@@ -27,7 +27,8 @@ def train(quantize: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"olora-{quantize}"
     cmd = [sys.executable, "-m", "oloraplus", "train", "--model", "smollm2-135m", "--data", args.data,
            "--method", "olora", "--quantize", quantize, "--max-steps", str(args.steps), "--batch-size", "4",
-           "--max-length", str(args.max_length), "--train-size", str(4 * args.steps), "--eval-size", str(args.eval_size),
+           "--max-length", str(args.max_length), "--train-size", str(4 * args.steps),
+           "--eval-size", str(args.eval_size),
            "--logging-steps", "5", "--seed", "1", "--overwrite", "--output", str(out)]
     proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd], capture_output=True, text=True,
                           env={**os.environ, "OLORAPLUS_PROGRESS": "0"})

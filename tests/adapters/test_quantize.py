@@ -69,7 +69,8 @@ def test_every_method_trains_on_nf4_and_its_adapter_reproduces_the_trained_logit
         method, tiny_llama_dir, alpaca_file, tmp_path):
     result = train(run_config(tiny_llama_dir, alpaca_file, tmp_path / "run", method))
     model, metrics = result.model, result.metrics
-    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 14  # 7 linear layers per block stay 4-bit through attach and training
+    # the 7 linear layers of each block stay 4-bit through attach and training
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 14
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)  # so is AdamW's state
     assert metrics["quantize"] == "nf4" and metrics["requant_layers"] == (14 if method in SHIFTING else 0)
@@ -160,3 +161,38 @@ def test_export_merged_from_a_quantized_run_merges_into_the_unquantized_base(tin
     A, B = adapter[f"base_model.model.{key}.lora_A.weight"], adapter[f"base_model.model.{key}.lora_B.weight"]
     assert merged[f"{key}.weight"].dtype == torch.float32  # a plain fp32 model, not 4-bit
     torch.testing.assert_close(merged[f"{key}.weight"], base[f"{key}.weight"] + s * B @ A, atol=1e-6, rtol=0)
+
+
+def test_an_interrupted_nf4_olora_run_resumes_to_the_uninterrupted_adapter(
+        tiny_llama_dir, alpaca_file, tmp_path, monkeypatch, capsys):
+    """A checkpoint write fails at step 4 (disk full); --resume rebuilds the re-quantized base from the same init and
+    finishes with the adapter and eval loss of a run that was never interrupted."""
+    import errno
+    import os
+
+    from transformers import Trainer
+
+    def argv(out, *extra):
+        return ["train", "--model", str(tiny_llama_dir), "--data", str(alpaca_file), "--method", "olora",
+                "--quantize", "nf4", "--rank", "4", "--alpha", "8", "--lr", "5e-3", "--max-steps", "6",
+                "--batch-size", "4", "--max-length", "64", "--train-size", "24", "--eval-size", "4",
+                "--save-steps", "2", "--seed", "3", *extra, "--output", str(out)]
+
+    assert main(argv(tmp_path / "reference")) == 0
+    save = Trainer._save_optimizer_and_scheduler
+
+    def disk_full_at_step_4(self, output_dir):
+        if self.state.global_step == 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return save(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", disk_full_at_step_4)
+    out = tmp_path / "run"
+    assert main(argv(out)) == 2 and not out.exists()
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", save)
+    assert main(argv(out, "--resume")) == 0
+    got, want = (load_file(run / "adapter" / "adapter_model.safetensors") for run in (out, tmp_path / "reference"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in (out, tmp_path / "reference")]
+    assert metrics[0]["eval_loss"] == metrics[1]["eval_loss"]
+    assert metrics[0]["requant_error_mean"] == metrics[1]["requant_error_mean"]

@@ -70,9 +70,9 @@ def requantization_errors(model: nn.Module) -> dict[str, float]:
 def requantization_metrics(model: nn.Module, quantize: str) -> dict[str, object]:
     """What metrics.json records for a quantized run: the format, and the mean and max ε over re-quantized layers
     (none for LoRA, DoRA, EVA, HiRA, which leave the base as loaded)."""
-    errors = list(requantization_errors(model).values())
     if quantize == "none":
         return {}
+    errors = list(requantization_errors(model).values())
     return {"quantize": quantize, "requant_layers": len(errors),
             "requant_error_mean": sum(errors) / len(errors) if errors else None,
             "requant_error_max": max(errors) if errors else None}
@@ -99,4 +99,3 @@ def reshift_(peft_model: nn.Module, adapter_name: str = "default") -> int:
             layer.lora_B[adapter_name].weight[:, r:] = 0
         count += 1
     return count
-
