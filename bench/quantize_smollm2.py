@@ -26,10 +26,11 @@ QUANTIZE = ("none", "nf4")
 def train(quantize: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / f"olora-{quantize}"
     cmd = [sys.executable, "-m", "oloraplus", "train", "--model", "smollm2-135m", "--data", args.data,
-           "--method", "olora", "--quantize", quantize, "--max-steps", str(args.steps), "--batch-size", "4",
-           "--max-length", str(args.max_length), "--train-size", str(4 * args.steps),
+           "--method", "olora", "--quantize", quantize, "--max-steps", str(args.steps),
+           "--batch-size", str(args.batch_size),
+           "--max-length", str(args.max_length), "--train-size", str(args.batch_size * args.steps),
            "--eval-size", str(args.eval_size),
-           "--logging-steps", "5", "--seed", "1", "--overwrite", "--output", str(out)]
+           "--logging-steps", "1", "--seed", "1", "--overwrite", "--output", str(out)]
     proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd], capture_output=True, text=True,
                           env={**os.environ, "OLORAPLUS_PROGRESS": "0"})
     if proc.returncode != 0:
@@ -80,8 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--eval-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--eval-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
