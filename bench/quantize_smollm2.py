@@ -30,7 +30,7 @@ def train(quantize: str, args: argparse.Namespace) -> dict:
            "--batch-size", str(args.batch_size),
            "--max-length", str(args.max_length), "--train-size", str(args.batch_size * args.steps),
            "--eval-size", str(args.eval_size),
-           "--logging-steps", "1", "--seed", "1", "--overwrite", "--output", str(out)]
+           "--logging-steps", "1", "--diagnostics-steps", "-1", "--seed", "1", "--overwrite", "--output", str(out)]
     proc = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *cmd], capture_output=True, text=True,
                           env={**os.environ, "OLORAPLUS_PROGRESS": "0"})
     if proc.returncode != 0:
