@@ -1,8 +1,9 @@
 """`--quantize nf4|fp4|int8`: the frozen base loaded by bitsandbytes through transformers' `BitsAndBytesConfig`.
 
-bitsandbytes is an optional extra (`pip install 'oloraplus[quantize]'`). Everything here is checked before the model
-loads, so a missing extra or a method that cannot run on the format is one line and nothing is written. Adapters
-(and so the optimizer state) stay float32: PEFT keeps them in float32 on a low-precision base.
+bitsandbytes is an optional extra (`pip install 'oloraplus[quantize]'`). `check_quantize` runs in the config's
+validation, before the model loads, so a missing extra or a method that cannot run on the format is one line and
+nothing is written; `models.load_model` uses `bnb_config` and `prepare_quantized_`. Adapters (and so the optimizer
+state) stay float32: PEFT keeps them in float32 on a low-precision base. docs/quantize.md says what is exact.
 """
 
 from __future__ import annotations
