@@ -44,10 +44,11 @@ def train(quantize: str, args: argparse.Namespace) -> dict:
 
 def adapter_on_bases(run: Path) -> dict:
     """Eval loss of the nf4 run's saved adapter: oloraplus' load on nf4, PEFT's plain load on nf4 and on fp32."""
+    from oloraplus import rundir  # first: it quiets bitsandbytes' import-time warning, which PEFT triggers
+
     import torch
     from peft import PeftModel
 
-    from oloraplus import rundir
     from oloraplus.adapters.export import load_adapter
     from oloraplus.adapters.quantized import dense_weight
     from oloraplus.data.packing import batch_collator
@@ -85,10 +86,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--eval-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--train-only", action="store_true", help="only the two training runs (no adapter scoring)")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     rows = [train(q, args) for q in QUANTIZE]
-    extra = adapter_on_bases(Path(rows[-1]["run"]))
+    extra = {} if args.train_only else adapter_on_bases(Path(rows[-1]["run"]))
     result = {"rows": rows, "nf4_adapter": extra, "load_average": os.getloadavg(), "cpus": os.cpu_count()}
     Path(args.out, "results.json").write_text(json.dumps(result, indent=1))
     print("| --quantize | load (s) | peak RSS (GiB) | s/step | eval loss | requant ε mean / max |")
