@@ -4,7 +4,7 @@ saved adapter reproduces the trained logits on the same nf4 base."""
 import pytest
 import torch
 
-from tests.conftest import SHARED_DATA, requires_smollm2
+from tests.conftest import requires_smollm2
 
 pytest.importorskip("bitsandbytes")
 
@@ -17,10 +17,7 @@ def test_olora_trains_on_an_nf4_smollm2_and_reloads_exactly(tmp_path, one_thread
     from oloraplus.models import load_model
     from oloraplus.train.recipe import train
 
-    data = SHARED_DATA / "alpaca_en_demo.json"
-    if not data.is_file():
-        pytest.skip(f"{data} is missing")
-    cfg = TrainConfig(data=str(data), output=str(tmp_path / "run"), method="olora", quantize="nf4", max_steps=3,
+    cfg = TrainConfig(data="builtin:stdlib", output=str(tmp_path / "run"), method="olora", quantize="nf4", max_steps=3,
                       batch_size=2, max_length=128, train_size=6, eval_size=8, logging_steps=1)
     result = train(cfg)
     metrics = result.metrics
