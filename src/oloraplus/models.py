@@ -201,7 +201,7 @@ def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_co
     if quantize != "none":
         from oloraplus.quantize import bnb_config
 
-        quantized = {"quantization_config": bnb_config(quantize, dtype), "device_map": {"": device}}
+        quantized = {"quantization_config": bnb_config(quantize, dtype), "device_map": {"": str(device)}}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
