@@ -21,6 +21,7 @@ import yaml
 
 from oloraplus.adapters import registry
 from oloraplus.errors import ConfigError, OloraError
+from oloraplus.quantize import check_quantize
 
 METHODS = registry.names()  # each registered by its module in oloraplus.adapters.methods
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -139,6 +140,7 @@ class TrainConfig:
             raise ConfigError(f"--quantize: unknown {self.quantize!r}; choose from {', '.join(QUANTIZE)}")
         if self.train_turns not in TRAIN_TURNS:
             raise ConfigError(f"--train-turns: unknown {self.train_turns!r}; choose from {', '.join(TRAIN_TURNS)}")
+        check_quantize(self.quantize, self.method)  # the extra installed, the method runs on the format
         if self.ohora_init not in OHORA_INITS:
             raise ConfigError(f"--ohora-init: unknown {self.ohora_init!r}; choose from {', '.join(OHORA_INITS)}")
         check_ratio(self.ratio)

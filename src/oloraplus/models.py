@@ -222,11 +222,12 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
 
 
 def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
-               device: str | torch.device | None = None) -> LoadedModel:
+               device: str | torch.device | None = None, quantize: str = "none") -> LoadedModel:
     """Load a causal LM and its tokenizer from safetensors only (no pickle): see `resolve_model_path`.
 
     The model lands on `device` (default: `pick_device()`, the GPU when there is one), so the adapter
-    init and evaluation run there too.
+    init and evaluation run there too. `quantize` (nf4, fp4, int8): its linear layers load through bitsandbytes,
+    computing in `dtype` (oloraplus.quantize).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -236,17 +237,26 @@ def load_model(source: str, *, dtype: torch.dtype | None = None, trust_remote_co
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per load is noise in logs and CLIs
     device = pick_device(None) if device is None else torch.device(device)
     dtype = dtype or default_dtype(device)
+    quantized = {}
+    if quantize != "none":
+        from oloraplus.quantize import bnb_config
+
+        quantized = {"quantization_config": bnb_config(quantize, dtype), "device_map": {"": str(device)}}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **quantized
         )
     except OSError as exc:
         raise ModelError(f"--model {source}: cannot load: {str(exc).splitlines()[0]}") from exc
     except ValueError as exc:
         raise ModelError(f"--model {source}: not a causal language model: {str(exc).splitlines()[0]}") from exc
     ensure_pad_token(tokenizer)
-    if device.type != "cpu":
+    if quantized:
+        from oloraplus.quantize import prepare_quantized_
+
+        prepare_quantized_(model)  # placed by device_map: bitsandbytes models refuse .to()
+    elif device.type != "cpu":
         model.to(device)
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, path=path)
 

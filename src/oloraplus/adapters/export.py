@@ -147,14 +147,27 @@ def load_adapter(base_model: torch.nn.Module, path: str | os.PathLike) -> PeftMo
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise AdapterError(f"--adapter {path}: not an adapter directory (no {CONFIG_FILE})")
-    from oloraplus.adapters.ohora_peft import OHoRAConfig, load_ohora  # also registers OHORA with PEFT
+    from oloraplus.adapters.ohora_peft import OHoRAConfig, fold_initial_, load_ohora  # registers OHORA with PEFT
 
     check_adapter_weights(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            if isinstance(PeftConfig.from_pretrained(str(path)), OHoRAConfig):  # saved A0, B0: no QR per layer
-                return load_ohora(base_model, path)
-            return PeftModel.from_pretrained(base_model, str(path), is_trainable=False)
+            ohora = isinstance(PeftConfig.from_pretrained(str(path)), OHoRAConfig)
+            if ohora:  # saved A0, B0: no QR per layer
+                model = load_ohora(base_model, path)
+            else:
+                model = PeftModel.from_pretrained(base_model, str(path), is_trainable=False)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise AdapterError(f"--adapter {path}: cannot load: {str(exc).splitlines()[0]}") from exc
+    meta = load_metadata(path) or {}
+    if meta.get("quantize", "none") != "none":
+        from oloraplus.adapters.quantized import has_quantized_layers, reshift_
+
+        # A --quantize run's adapter on its quantized base: rebuild the base it trained on (adapters/quantized.py)
+        method = meta.get("method")
+        if has_quantized_layers(model) and ohora:
+            fold_initial_(model, model.active_adapter)  # Q(deq(Q(W0)) − s·A0 ⊗ B0ᵀ)
+        elif has_quantized_layers(model) and method in registry.names() and registry.get(method).shifts_base:
+            reshift_(model, model.active_adapter)  # Q(deq(Q(W0)) − s·B0·A0) and the live half (At, Bt)
+    return model

@@ -30,7 +30,8 @@ from transformers.pytorch_utils import Conv1D
 
 from oloraplus.adapters.files import CONFIG_FILE
 from oloraplus.adapters.ohora import OHORA_INITS, kron_materialised, kron_matvec, ohora_factors, r_high_for
-from oloraplus.adapters.targets import resolve_target_modules
+from oloraplus.adapters.quantized import dense_weight, is_quantized, shift_quantized_
+from oloraplus.adapters.targets import out_in_shape, resolve_target_modules
 from oloraplus.config import check_dropout
 from oloraplus.errors import AdapterError
 
@@ -119,13 +120,13 @@ class OHoRALinear(nn.Module, BaseTunerLayer):
         self.merged_adapters = []
         base = self.get_base_layer()
         self.conv1d = isinstance(base, Conv1D)  # Conv1D stores its weight in×out
-        rows, cols = base.weight.shape
-        self.out_features, self.in_features = (cols, rows) if self.conv1d else (rows, cols)
+        self.out_features, self.in_features = out_in_shape(base)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config: OHoRAConfig) -> None:
-        weight = self.get_base_layer().weight
+        base = self.get_base_layer()
+        weight = dense_weight(base) if is_quantized(base) else base.weight  # a bitsandbytes base: deq(Q(W0))
         if config.init_weights:
             init = ohora_factors(weight.T if self.conv1d else weight, config.ohora_init)
             A, B = init.A_high, init.B_high
@@ -201,7 +202,12 @@ class OHoRALinear(nn.Module, BaseTunerLayer):
         if self.merged or self.ohora_folded[adapter]:
             raise AdapterError(f"OHoRA adapter '{adapter}': fold it once, before merging")
         K0 = self.ohora_scale[adapter] * kron_materialised(self.ohora_init_A[adapter], self.ohora_init_B[adapter])
-        weight = self.get_base_layer().weight
+        base = self.get_base_layer()
+        if is_quantized(base):  # Q(deq(Q(W0)) − s·A0 ⊗ B0ᵀ), its rounding recorded (adapters/quantized.py)
+            shift_quantized_(base, K0)
+            self.ohora_folded[adapter] = True
+            return
+        weight = base.weight
         with torch.no_grad():
             weight.sub_((K0.T if self.conv1d else K0).to(weight.device, weight.dtype))
         self.ohora_folded[adapter] = True

@@ -12,6 +12,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor
 from transformers.pytorch_utils import Conv1D
 
+from oloraplus.adapters.quantized import dense_weight, is_quantized, shift_quantized_
 from oloraplus.errors import AdapterError
 
 
@@ -57,6 +58,7 @@ def apply_shifted_init_(
 
     The factors stay float32 (PEFT keeps adapters in float32 on a low-precision base): the model starts at
     W + (rounding of W − s·B·A) and `save_adapter` writes the exact base-relative difference from these factors.
+    A bitsandbytes base (--quantize) is factored dequantized and re-quantized after the shift (adapters/quantized.py).
     """
     initial: dict[str, LoraFactors] = {}
     for name, layer in peft_model.named_modules():
@@ -64,7 +66,8 @@ def apply_shifted_init_(
             continue
         base = layer.get_base_layer()
         conv1d = isinstance(base, Conv1D)
-        W = base.weight.detach().to(torch.float32)
+        quantized = is_quantized(base)
+        W = dense_weight(base) if quantized else base.weight.detach().to(torch.float32)
         W = W.T if conv1d else W  # (out, in)
         s = layer.scaling[adapter_name]
         try:
@@ -75,7 +78,9 @@ def apply_shifted_init_(
             layer.lora_B[adapter_name].weight.copy_(B)
             layer.lora_A[adapter_name].weight.copy_(A)
             weight = base.weight
-            if weight.dtype == torch.float32:  # W' = W − s·B·A in place: no m×n temporary, one pass over W
+            if quantized:  # bitsandbytes: W_res = deq(Q(W)) − s·B·A in float32, re-quantized (adapters/quantized.py)
+                shift_quantized_(base, s * (B @ A))
+            elif weight.dtype == torch.float32:  # W' = W − s·B·A in place: no m×n temporary, one pass over W
                 if conv1d:
                     weight.addmm_(A.T, B.T, alpha=-s)  # Conv1D stores Wᵀ
                 else:

@@ -21,7 +21,10 @@ def matches(name: str, entry: str) -> bool:
 
 
 def out_in_shape(module: nn.Module) -> tuple[int, int]:
-    """(out, in) of a linear layer; GPT-2's `Conv1D` stores its weight as in×out."""
+    """(out, in) of a linear layer; GPT-2's `Conv1D` stores its weight as in×out, and bitsandbytes' (a Linear
+    subclass) packs it into a column, so a Linear answers from its declared features."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
     rows, cols = module.weight.shape
     return (cols, rows) if isinstance(module, Conv1D) else (rows, cols)
 

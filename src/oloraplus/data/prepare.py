@@ -62,7 +62,7 @@ def prepare(cfg: TrainConfig, device: str | torch.device | None = None, *, train
     if training and warning:
         say(warning)
     say(f"loading {cfg.model} ...")
-    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=device)
+    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=device, quantize=cfg.quantize)
     train_ex, eval_ex = split_examples(examples, cfg.train_size, cfg.eval_examples(), cfg.seed)
     if plain:
         (train_ds, train_stats), (eval_ds, eval_stats) = (encode_documents(split, loaded.tokenizer, cfg.max_length)

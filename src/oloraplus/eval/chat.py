@@ -81,7 +81,8 @@ def load_for_generation(run_dir: str | Path, *, base_only: bool = False, device:
 
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=models.pick_device(device))
+    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=models.pick_device(device),
+                               quantize=cfg.quantize)
     model = loaded.model
     if not base_only:
         check_base(run_dir, models.base_fingerprint(model), cfg.model)

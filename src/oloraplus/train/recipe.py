@@ -22,6 +22,7 @@ from oloraplus import rundir
 from oloraplus.adapters.build import AdapterSpec, attach_adapter
 from oloraplus.adapters.compat import vllm_summary, vllm_verdicts
 from oloraplus.adapters.export import save_adapter
+from oloraplus.adapters.quantized import requantization_metrics
 from oloraplus.config import TrainConfig, report_targets, to_dict
 from oloraplus.console import data_lines, is_main, plural, say
 from oloraplus.data.budget import token_budget_dataset
@@ -227,6 +228,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         "packing": collator.packing,
         **prep.data_stats,
         **(diagnostics.summary() if diagnostics else {}),  # their cost: calls, seconds, share of the loop
+        **requantization_metrics(model, cfg.quantize),  # --quantize: ε of the re-quantized residuals
     }
     gathered = fsdp.gathered_adapter(model) if cfg.fsdp else None  # a collective: every rank takes part
     if main:
@@ -234,7 +236,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                                 "eval_loss": final_eval["eval_loss"], "perplexity": final_eval["perplexity"]})
         save_adapter(model, run.work / rundir.ADAPTER_DIR, initial, state_dict=gathered, extra_metadata={
             "base_fingerprint": prep.fingerprint, "base_model": cfg.model, "method": cfg.method,
-            "rank": cfg.rank, "alpha": cfg.alpha,
+            "rank": cfg.rank, "alpha": cfg.alpha, **({"quantize": cfg.quantize} if cfg.quantize != "none" else {}),
         })
         if generations:
             write_generations(run.work / rundir.GENERATIONS_FILE, generations)
