@@ -36,6 +36,7 @@ from oloraplus.train import checkpoint
 from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
 from oloraplus.train.environment import hardware, package_versions
 from oloraplus.train.plots import plot_losses
+from oloraplus.train.recompute import enable_gradient_checkpointing
 from oloraplus.train.trainer import NonFiniteLossError, RatioTrainer
 
 
@@ -134,6 +135,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     batch_size = 1 if cfg.tokens_per_batch else cfg.batch_size  # one token-budget group, as the Trainer
     model, initial = attach_adapter(prep.loaded.model, spec,
                                     calibration_batches(train_dataset, collator, batch_size, cfg.seed))
+    if cfg.gradient_checkpointing:  # after the init: EVA's calibration forwards need no recompute
+        enable_gradient_checkpointing(model)
 
     if main:
         rundir.start(run, resume=cfg.resume)
