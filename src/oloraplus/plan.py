@@ -247,6 +247,22 @@ def largest_batch(cfg: TrainConfig, shapes: Shapes, budget_bytes: float, checkpo
     return low
 
 
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train_lines(cfg: TrainConfig) -> list[str]:
+    """What `train` prints when it starts: the totals of this launch's plan (device, processes) in two lines."""
+    shapes = read_shapes(cfg)
+    cuda = has_cuda()
+    p = estimate(cfg, shapes, dtype="bf16" if cuda else "fp32", processes=world_size(), cuda=cuda)
+    return [summary(p)[1], f"memory plan per process: weights {gib(p.weights)} + adapters {gib(p.adapters)} + "
+            f"activations {gib(p.activations_checkpointed if cfg.gradient_checkpointing else p.activations)}"
+            f" = {gib(p.total(cfg.gradient_checkpointing))} (details: oloraplus plan)"]
+
+
 def world_size() -> int:
     """Processes of this launch: torchrun's WORLD_SIZE, else 1."""
     try:
@@ -279,7 +295,7 @@ def summary(plan: Plan) -> list[str]:
     ]
 
 
-def check_model_sized(cfg: TrainConfig, shapes: Shapes) -> None:
+def check_ranks(cfg: TrainConfig, shapes: Shapes) -> None:
     """Refuse a --rank no adapted layer can hold before anything loads (train would fail later)."""
     if cfg.method == "ohora":
         return
