@@ -254,8 +254,15 @@ def has_cuda() -> bool:
 
 
 def train_lines(cfg: TrainConfig) -> list[str]:
-    """What `train` prints when it starts: the totals of this launch's plan (device, processes) in two lines."""
-    shapes = read_shapes(cfg)
+    """What `train` prints when it starts: the totals of this launch's plan (device, processes) in two lines.
+
+    Informational: a model the estimate cannot read (an unusual config) gets one line saying so; a model that
+    does not exist fails here as it would when loading."""
+    try:
+        shapes = read_shapes(cfg)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        return [f"memory plan: not available for this model ({type(exc).__name__}: {str(exc).splitlines()[0]})"]
+    check_ranks(cfg, shapes)
     cuda = has_cuda()
     p = estimate(cfg, shapes, dtype="bf16" if cuda else "fp32", processes=world_size(), cuda=cuda)
     return [summary(p)[1], f"memory plan per process: weights {gib(p.weights)} + adapters {gib(p.adapters)} + "
@@ -281,17 +288,18 @@ def summary(plan: Plan) -> list[str]:
     pct = 100 * plan.trainable / max(s.params, 1)
     weights = plan.quantize if plan.quantize != "none" else plan.dtype
     where = f"{plan.processes} process{'es' if plan.processes > 1 else ''}" + (", FSDP" if plan.fsdp else "")
+    rows = [(f"weights ({weights})", plan.weights), ("adapters + gradients + AdamW (fp32)", plan.adapters),
+            ("activations", plan.activations), ("activations, --gradient-checkpointing", plan.activations_checkpointed)]
+    if plan.overhead:
+        rows.append(("CUDA context and allocator (assumed)", plan.overhead))
     return [
         f"model: {s.model_type}, {s.layers} layers, hidden {s.hidden}, {s.heads}/{s.kv_heads} heads, intermediate "
         f"{s.intermediate}, vocabulary {s.vocab}; {plan.method} r={plan.rank} on {len(s.adapted)} layers",
         f"parameters: {s.params:,}; trainable: {plan.trainable:,} ({pct:.2f} %)",
         f"memory per process ({where}; batch {plan.batch_size} × {plan.length} tokens):",
-        f"  weights ({weights}):{gib(plan.weights):>30}",
-        f"  adapters + grads + AdamW (fp32):{gib(plan.adapters):>15}",
-        f"  activations:{gib(plan.activations):>35}",
-        f"  activations, --gradient-checkpointing:{gib(plan.activations_checkpointed):>9}",
-        *([f"  CUDA context and allocator (assumed):{gib(plan.overhead):>10}"] if plan.overhead else []),
-        f"  total: {gib(plan.total(False))}; with --gradient-checkpointing: {gib(plan.total(True))}",
+        *(f"  {label:<40}{gib(value):>12}" for label, value in rows),
+        f"  {'total':<40}{gib(plan.total(False)):>12}",
+        f"  {'total, --gradient-checkpointing':<40}{gib(plan.total(True)):>12}",
     ]
 
 

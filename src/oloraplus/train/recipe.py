@@ -32,6 +32,7 @@ from oloraplus.errors import ConfigError
 from oloraplus.eval.generate import generation_eval, write_generations
 from oloraplus.eval.loss import evaluate_loss
 from oloraplus.io import append_jsonl
+from oloraplus.plan import train_lines as memory_plan
 from oloraplus.train import checkpoint
 from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
 from oloraplus.train.environment import hardware, package_versions
@@ -117,6 +118,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if checkpoint.last_checkpoint(run.checkpoints) is None:  # starting over would silently discard the run
             raise ConfigError(f"--resume: {run.work} holds no checkpoint to resume from (it ran without "
                               "--save-steps or stopped before its first one); pass --overwrite to start over")
+    for line in memory_plan(cfg):  # from the config alone: before minutes of loading
+        say(line)
     set_seed(cfg.seed)
     t0 = time.perf_counter()
     prep = prepare(cfg)
