@@ -135,6 +135,9 @@ def test_fsdp_keeps_a_share_of_the_weights_and_two_gathered_layers(tmp_path):
     one = plan.estimate(cfg, shapes, dtype="bf16")
     four = plan.estimate(dataclasses.replace(cfg, fsdp=True), shapes, dtype="bf16", processes=4)
     assert four.weights == int(shapes.params * 2 / 4 + 2 * shapes.largest_block_params * 2)
+    nf4 = plan.estimate(dataclasses.replace(cfg, fsdp=True, quantize="nf4"), shapes, dtype="bf16", processes=4)
+    quantized = shapes.block_linear_params * plan.QUANT_BYTES["nf4"] + (shapes.params - shapes.block_linear_params) * 2
+    assert nf4.weights == int(quantized / 4 + 2 * shapes.largest_block_params * plan.QUANT_BYTES["nf4"])
     assert four.adapters == one.adapters // 4
     assert four.activations == one.activations  # every process runs its own batch
 

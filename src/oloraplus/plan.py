@@ -6,18 +6,21 @@ Memory is a sum of plain terms, each the bytes of what really allocates in a tra
 transformers' Llama forward and PyTorch's autograd; checked against the tensors autograd saves in
 tests/test_plan.py and against measured peak RSS in bench/memory_results.md):
 
-    weights      P_q · q + (P − P_q) · w           q: bytes per quantized parameter, w: bytes of the dtype
+    weights      P_q · q + (P − P_q) · w           P_q: the blocks' linear weights (what --quantize quantizes),
+                                                   q: bytes per quantized parameter (w unquantized), w: dtype
     adapters     P_a · 20                          fp32 parameter, gradient, AdamW m and v, one foreach temporary
+    FSDP, p      weights / p + 2 · q · P_layer     p processes: the share, one gathered layer, the prefetched next;
+                 adapters / p                      adapters, gradients and AdamW state sharded alike
     activations  T · L · a_layer + adapter terms   saved for backward, T = batch × length tokens
                  + N · V · 12                      the logits: log-softmax kept, its gradient, the logits' gradient
     checkpointed T · (L + 1) · h · w               each decoder layer's input (and the final norm's)
-                 + one layer's activations         recomputed in the backward, one layer at a time
+                 + max(logits, one layer)          the head's backward ends before the first layer recomputes
 
 The symbols: L layers, h hidden, d_q = heads · head_dim, d_kv = kv_heads · head_dim, I intermediate,
 V vocabulary, N scored positions (≤ T; we plan for T, the worst case). Per token and layer the Llama block
 saves (`layer_activations`): the inputs of both RMSNorms (2h) and their 1/rms (2), the normed inputs of
 adapted projections (h each side), q after RoPE and the attention output (2·d_q), k and v (2·d_kv), the
-sdpa log-sum-exp (heads, fp32), gate, silu(gate) and up (3I), down's input when adapted (I), and per adapted
+sdpa log-sum-exp (heads), gate, silu(gate) and up (3I), down's input when adapted (I), and per adapted
 projection its method's term (`adapter_activation`: T·r for LoRA's A·x, ...). Frozen projections save
 nothing: a frozen weight needs no input for its gradient.
 """
@@ -204,15 +207,12 @@ def estimate(cfg: TrainConfig, shapes: Shapes, *, dtype: str = "fp32", processes
     w = {"fp32": 4, "bf16": 2}[dtype]
     tokens = cfg.batch_size * cfg.max_length  # the worst case: every example fills --max-length
     trainable = sum(adapter_params(cfg.method, cfg.rank, layer) for layer in shapes.adapted)
-    if cfg.quantize in QUANT_BYTES:
-        weights = shapes.block_linear_params * QUANT_BYTES[cfg.quantize] + (
-            shapes.params - shapes.block_linear_params) * w
-    else:
-        weights = shapes.params * w
+    q = QUANT_BYTES.get(cfg.quantize, w)  # bytes of a parameter in a block's linear layer
+    weights = shapes.block_linear_params * q + (shapes.params - shapes.block_linear_params) * w
     adapters = trainable * ADAPTER_BYTES
     shard = processes if cfg.fsdp else 1
     if shard > 1:  # each process keeps 1/N; a layer is gathered whole for its forward, the next prefetched
-        weights = weights / shard + 2 * shapes.largest_block_params * w
+        weights = weights / shard + 2 * shapes.largest_block_params * q
         adapters = adapters / shard
     roles = {layer.role for layer in shapes.adapted}
     per_layer = layer_activations(shapes, roles, tokens) * w
