@@ -181,3 +181,12 @@ def test_train_prints_the_plan_when_it_starts(tiny_llama_dir, alpaca_file, tmp_p
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert f"trainable: {metrics['trainable_params']:,}" in out
     assert line.endswith("(details: oloraplus plan)")
+
+
+def test_plan_takes_every_train_flag(capsys, monkeypatch):
+    from tests.cli.test_cli import _help, _options
+
+    monkeypatch.setenv("COLUMNS", "2000")
+    train, planned = _options(_help(["train"], capsys)), _options(_help(["plan"], capsys))
+    assert {k: v for k, v in planned.items() if k in train} == train
+    assert set(planned) - set(train) == {"--gpu-memory", "--processes", "--device"}
