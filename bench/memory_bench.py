@@ -1,7 +1,7 @@
 """Peak memory of SmolLM2-135M training on the CPU: fp32 vs nf4 vs --gradient-checkpointing, next to `oloraplus plan`.
 
-    python bench/memory_bench.py --out bench/memory_results.md            # ~25 min on 1 thread of a 2-core CPU
-    python bench/memory_bench.py --steps 1 --batch 1 --max-length 64 --out /tmp/m.md   # a quick check
+    python bench/memory_bench.py --steps 2 --batch 2 --max-length 512      # the committed rows: ~35 min on a busy 2-core CPU
+    python bench/memory_bench.py --steps 1 --batch 1 --max-length 64 --out /tmp/m.md   # a quick check (~5 min)
 
 Each configuration trains in its own child process (this script with --child). The child imports everything a
 run imports, reads its RSS (the baseline: interpreter, torch, transformers, PEFT, oloraplus), runs the real
@@ -14,6 +14,7 @@ Data: alpaca_en_demo.json (read in place) with each record's output lengthened b
 every example is truncated to --max-length and a batch holds exactly batch × max-length tokens, the plan's case.
 nf4: the base is loaded through transformers' BitsAndBytesConfig (fp32 compute), as `--quantize nf4` does, when
 the installed oloraplus has no `--quantize` of its own; the method is LoRA in every row (its init reads no weight).
+Every row but "glibc default" runs with MALLOC_MMAP_THRESHOLD_ fixed (see MMAP_THRESHOLD below).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from oloraplus.config import TrainConfig
 from oloraplus.errors import ConfigError, ModelError
@@ -119,7 +120,7 @@ def _model_config(cfg: TrainConfig):
         if source in models.ALIASES:
             gguf = models.alias_gguf(source)
         elif source.endswith(".gguf"):
-            gguf = models.Path(source)
+            gguf = Path(source)
             if not gguf.is_file():
                 raise ModelError(f"--model {source}: file not found")
         if gguf is not None:
