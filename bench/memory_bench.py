@@ -37,7 +37,7 @@ CONFIGS = {  # name: (quantize, gradient checkpointing, glibc's default allocato
     "fp32 + checkpointing": ("none", True, False),
     "nf4": ("nf4", False, False),
     "nf4 + checkpointing": ("nf4", True, False),
-    "fp32, glibc default": ("none", False, True),
+    "fp32 (glibc default)": ("none", False, True),
 }
 # glibc serves allocations below its mmap threshold from heaps it keeps after free(), and raises that threshold
 # (up to 32 MiB) whenever a large block is freed, so a step's activations end up in retained heap and the
@@ -161,6 +161,7 @@ def child(args: argparse.Namespace) -> None:
                "estimate": {"weights": estimate.weights, "adapters": estimate.adapters,
                             "activations": estimate.activations_checkpointed if checkpointing
                             else estimate.activations},
+               "batch": args.batch, "max_length": args.max_length,
                "seconds_per_step": metrics["seconds_per_step"], "eval_loss": metrics["eval_loss"],
                "train_tokens": metrics["train_tokens"], "steps": metrics["steps"], "wall_s": wall,
                "quantize_route": "oloraplus --quantize" if native else "BitsAndBytesConfig (bench patch)"},
@@ -198,7 +199,11 @@ def main() -> None:
     if args.child:
         return child(args)
     names = [n.strip() for n in args.only.split(",")]
-    rows = {}
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"--only: unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    raw = args.out.with_suffix(".json")  # every row measured so far: --only re-measures some and keeps the others
+    rows = json.loads(raw.read_text()) if raw.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "long.json"
         long_examples(args.alpaca, data, args.batch * args.steps + 40)
@@ -213,23 +218,34 @@ def main() -> None:
             load = os.getloadavg()
             print(f"{name}: running (load average {load[0]:.2f}) ...", flush=True)
             subprocess.run(cmd, env=child_env, check=True, cwd=REPO)
-            rows[name] = {**json.loads(result.read_text()), "load": os.getloadavg()[0], "load_before": load[0]}
+            rows[name] = {**json.loads(result.read_text()), "load": os.getloadavg()[0], "load_before": load[0],
+                          "command": command_line(args, name)}
             print(f"{name}: {rows[name]}", flush=True)
-            args.out.write_text(report(rows, args))  # after every row: a long bench keeps what it measured
+            rows = {n: rows[n] for n in CONFIGS if n in rows}
+            raw.write_text(json.dumps(rows, indent=1))  # after every row: a long bench keeps what it measured
+            args.out.write_text(report(rows))
     print(f"wrote {args.out}")
 
 
-def report(rows: dict, args: argparse.Namespace) -> str:
+def command_line(args: argparse.Namespace, name: str) -> str:
+    return (f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} python bench/memory_bench.py --steps "
+            f"{args.steps} --batch {args.batch} --max-length {args.max_length} --only '{name}'")
+
+
+def report(rows: dict) -> str:
     mib = 1024 ** 2
-    cmd = " ".join(["python bench/memory_bench.py", *sys.argv[1:]])
+    first = next(iter(rows.values()))
+    batch, length, steps = first["batch"], first["max_length"], first["steps"]
     lines = [
         "# Peak memory on the CPU: SmolLM2-135M, fp32 vs nf4 vs --gradient-checkpointing",
         "",
-        f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')} {cmd}` (one child process per row).",
+        "Command: `OMP_NUM_THREADS=1 python bench/memory_bench.py --steps 2 --batch 2 --max-length 512` (one child "
+        "process per row, each row's own command in the last column; `--only NAME` re-measures one row and keeps "
+        "the others, whose raw numbers are in memory_results.json).",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared with other jobs (load average per row "
         "below: timings are noisy, memory is not).",
-        f"Run: `--method lora --rank 32 --batch-size {args.batch} --max-length {args.max_length} --max-steps "
-        f"{args.steps}`, every example truncated to --max-length ({args.batch} × {args.max_length} tokens per "
+        f"Run: `--method lora --rank 32 --batch-size {batch} --max-length {length} --max-steps "
+        f"{steps}`, every example truncated to --max-length ({batch} × {length} tokens per "
         "step), eval on 8 examples, packing and response-only loss on (the defaults).",
         "",
         "- *baseline*: the child's RSS after importing torch, transformers, PEFT and oloraplus, before the model loads.",
@@ -245,8 +261,8 @@ def report(rows: dict, args: argparse.Namespace) -> str:
         "and the peak RSS counts memory that no tensor holds; the *glibc default* row shows how much.",
         "",
         "| config | peak RSS − baseline (MiB) | allocated (MiB) | plan (MiB) | plan / allocated | weights: tensors / "
-        "plan (MiB) | load peak (MiB) | s/step | eval loss | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "plan (MiB) | load peak (MiB) | s/step | eval loss | load avg | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         rss = (r["peak_kib"] - r["baseline_kib"]) * 1024
@@ -255,7 +271,7 @@ def report(rows: dict, args: argparse.Namespace) -> str:
             f"| {name} | {rss / mib:.0f} | {alloc / mib:.0f} | {r['estimate_bytes'] / mib:.0f} | "
             f"{r['estimate_bytes'] / alloc:.2f} | {r['weights_bytes'] / mib:.0f} / {r['estimate']['weights'] / mib:.0f} | "
             f"{(r['load_peak_kib'] - r['baseline_kib']) / 1024:.0f} | {r['seconds_per_step']:.1f} | "
-            f"{r['eval_loss']:.4f} | {r['load_before']:.2f} |")
+            f"{r['eval_loss']:.4f} | {r['load_before']:.2f} | `{r['command']}` |")
     lines += ["", "Plan terms (MiB): " + "; ".join(
         f"{name}: weights {r['estimate']['weights'] / mib:.0f}, adapters {r['estimate']['adapters'] / mib:.0f}, "
         f"activations {r['estimate']['activations'] / mib:.0f}" for name, r in rows.items()),
