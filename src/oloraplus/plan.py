@@ -263,7 +263,6 @@ def train_lines(cfg: TrainConfig) -> list[str]:
         shapes = read_shapes(cfg)
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
         return [f"memory plan: not available for this model ({type(exc).__name__}: {str(exc).splitlines()[0]})"]
-    check_ranks(cfg, shapes)
     cuda = has_cuda()
     p = estimate(cfg, shapes, dtype="bf16" if cuda else "fp32", processes=world_size(), cuda=cuda)
     return [summary(p)[1], f"memory plan per process: weights {gib(p.weights)} + adapters {gib(p.adapters)} + "
@@ -305,7 +304,7 @@ def summary(plan: Plan) -> list[str]:
 
 
 def check_ranks(cfg: TrainConfig, shapes: Shapes) -> None:
-    """Refuse a --rank no adapted layer can hold before anything loads (train would fail later)."""
+    """`plan` refuses a --rank some adapted layer cannot hold, as `train` does when it attaches the adapter."""
     if cfg.method == "ohora":
         return
     for layer in shapes.adapted:
