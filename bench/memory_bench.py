@@ -1,6 +1,6 @@
 """Peak memory of SmolLM2-135M training on the CPU: fp32 vs nf4 vs --gradient-checkpointing, next to `oloraplus plan`.
 
-    python bench/memory_bench.py --steps 2 --batch 2 --max-length 512      # the committed rows: ~35 min on a busy 2-core CPU
+    python bench/memory_bench.py --steps 2 --batch 2 --max-length 512  # the committed rows: ~35 min, busy 2-core CPU
     python bench/memory_bench.py --steps 1 --batch 1 --max-length 64 --out /tmp/m.md   # a quick check (~5 min)
 
 Each configuration trains in its own child process (this script with --child). The child imports everything a
@@ -20,6 +20,7 @@ Every row but "glibc default" runs with MALLOC_MMAP_THRESHOLD_ fixed (see MMAP_T
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -156,8 +157,9 @@ def child(args: argparse.Namespace) -> None:
     # quantizing, which the kernel may drop at any time
     marks["allocated_bytes"] = (at_peak["RssAnon"] - baseline["RssAnon"]) * 1024 + marks["file_weights_bytes"]
     marks["sampled_peak"] = at_peak
-    estimate = plan.estimate(dataclasses_replace(cfg, quantize=quantize), plan.read_shapes(cfg))
-    json.dump({"baseline_kib": baseline["VmRSS"], "peak_kib": peak, **marks, "estimate_bytes": estimate.total(checkpointing),
+    estimate = plan.estimate(dataclasses.replace(cfg, quantize=quantize), plan.read_shapes(cfg))
+    json.dump({"baseline_kib": baseline["VmRSS"], "peak_kib": peak, **marks,
+               "estimate_bytes": estimate.total(checkpointing),
                "estimate": {"weights": estimate.weights, "adapters": estimate.adapters,
                             "activations": estimate.activations_checkpointed if checkpointing
                             else estimate.activations},
@@ -166,12 +168,6 @@ def child(args: argparse.Namespace) -> None:
                "train_tokens": metrics["train_tokens"], "steps": metrics["steps"], "wall_s": wall,
                "quantize_route": "oloraplus --quantize" if native else "BitsAndBytesConfig (bench patch)"},
               open(args.result, "w"))
-
-
-def dataclasses_replace(cfg, **changes):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
 
 
 def _recipe_quantizes() -> bool:
@@ -212,8 +208,9 @@ def main() -> None:
         for name in names:
             child_env = dict(env) if CONFIGS[name][2] else {**env, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
             result = Path(tmp) / f"{name}.json"
-            cmd = [sys.executable, __file__, "--child", name, "--data", str(data), "--run", str(Path(tmp) / "run" / name),
-                   "--result", str(result), "--steps", str(args.steps), "--batch", str(args.batch),
+            cmd = [sys.executable, __file__, "--child", name, "--data", str(data),
+                   "--run", str(Path(tmp) / "run" / name), "--result", str(result),
+                   "--steps", str(args.steps), "--batch", str(args.batch),
                    "--max-length", str(args.max_length)]
             load = os.getloadavg()
             print(f"{name}: running (load average {load[0]:.2f}) ...", flush=True)
@@ -248,7 +245,8 @@ def report(rows: dict) -> str:
         f"{steps}`, every example truncated to --max-length ({batch} × {length} tokens per "
         "step), eval on 8 examples, packing and response-only loss on (the defaults).",
         "",
-        "- *baseline*: the child's RSS after importing torch, transformers, PEFT and oloraplus, before the model loads.",
+        "- *baseline*: the child's RSS after importing torch, transformers, PEFT and oloraplus, before the model "
+        "loads.",
         "- *peak RSS*: VmHWM from the start of `Trainer.train` to the child's exit (training and the final eval; "
         "reset through /proc/self/clear_refs, so loading's transient copies are left out; *load peak* is theirs).",
         "- *allocated*: at the sampled (5 ms) RSS peak of training, the anonymous memory grown over the baseline plus "
@@ -269,7 +267,8 @@ def report(rows: dict) -> str:
         alloc = r["allocated_bytes"]
         lines.append(
             f"| {name} | {rss / mib:.0f} | {alloc / mib:.0f} | {r['estimate_bytes'] / mib:.0f} | "
-            f"{r['estimate_bytes'] / alloc:.2f} | {r['weights_bytes'] / mib:.0f} / {r['estimate']['weights'] / mib:.0f} | "
+            f"{r['estimate_bytes'] / alloc:.2f} | "
+            f"{r['weights_bytes'] / mib:.0f} / {r['estimate']['weights'] / mib:.0f} | "
             f"{(r['load_peak_kib'] - r['baseline_kib']) / 1024:.0f} | {r['seconds_per_step']:.1f} | "
             f"{r['eval_loss']:.4f} | {r['load_before']:.2f} | `{r['command']}` |")
     lines += ["", "Plan terms (MiB): " + "; ".join(

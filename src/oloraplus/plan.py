@@ -154,8 +154,11 @@ def read_shapes(cfg: TrainConfig) -> Shapes:
     block_linear = sum(m.weight.numel() for b in blocks for block in b for m in block.modules()
                        if isinstance(m, torch.nn.Linear))
     largest = max((sum(p.numel() for p in block.parameters()) for b in blocks for block in b), default=0)
-    get = lambda *names, default=None: next((getattr(config, n) for n in names  # noqa: E731
-                                             if getattr(config, n, None) is not None), default)
+
+    def get(*names: str, default: int | None = None) -> int | None:
+        """The first of a config's synonyms that is set (Llama, GPT-2 and OPT spell the same shape apart)."""
+        return next((getattr(config, n) for n in names if getattr(config, n, None) is not None), default)
+
     hidden = get("hidden_size", "n_embd", "d_model")
     heads = get("num_attention_heads", "n_head")
     return Shapes(
