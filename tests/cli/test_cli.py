@@ -11,7 +11,7 @@ from oloraplus.cli.main import build_parser, main
 from oloraplus.config import TrainConfig, resolve
 
 
-COMMANDS = ["train", "eval", "generate", "export", "merge", "compose", "compose-study", "sweep", "report", "tune-ratio"]
+COMMANDS = ["train", "plan", "eval", "generate", "export", "merge", "compose", "compose-study", "sweep", "report", "tune-ratio"]
 # A valid, non-default value for every TrainConfig field (a new field must be added here).
 VALUES = {
     "model": "org/some-model", "data": "data.jsonl", "method": "lora", "ratio": 0.25, "rank": 8, "alpha": 4.0,

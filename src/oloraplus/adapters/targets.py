@@ -33,7 +33,7 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, LINEAR_TYPES)}
 
 
-def _block_lists(model: nn.Module) -> list[str]:
+def block_lists(model: nn.Module) -> list[str]:
     """Names of the outermost ModuleLists of same-typed blocks that hold linear layers (the decoder layers)."""
     found: list[str] = []
     for name, module in model.named_modules():
@@ -50,7 +50,7 @@ def _block_lists(model: nn.Module) -> list[str]:
 
 def default_target_modules(model: nn.Module) -> list[str]:
     """Every linear layer inside the transformer blocks, as the distinct suffixes PEFT accepts."""
-    blocks = _block_lists(model)
+    blocks = block_lists(model)
     if not blocks:
         raise AdapterError(
             f"--target-modules: cannot find the transformer blocks of {type(model).__name__}; "

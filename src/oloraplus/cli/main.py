@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from oloraplus import __version__
 from oloraplus.adapters import registry
-from oloraplus.cli import export
+from oloraplus.cli import export, plan as plan_cli
 from oloraplus.compose import cli as compose_cli, study
 from oloraplus.config import KNOWN_AS, TrainConfig, add_arguments, flag, resolve
 from oloraplus.errors import ConfigError, OloraError
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
             help="fine-tune a model and write a run directory",
             description="Fine-tune a causal LM with an adapter; writes adapter/, metrics.json, log.jsonl, "
             "config.yaml and loss.png into --output.")
+    command("plan", plan_cli.plan_command, plan_cli.add_plan_arguments,
+            help="parameters and memory per process of a train run, from the model's config alone",
+            description=_details(plan_cli), formatter_class=raw)
     command("eval", _eval, _eval_arguments,
             help="evaluate a run: eval loss, perplexity, BLEU/ROUGE of generations",
             description="Reload RUN_DIR/adapter onto the untouched base and evaluate on the run's eval split (or "

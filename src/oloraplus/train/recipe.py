@@ -33,11 +33,13 @@ from oloraplus.errors import ConfigError
 from oloraplus.eval.generate import generation_eval, write_generations
 from oloraplus.eval.loss import evaluate_loss
 from oloraplus.io import append_jsonl
+from oloraplus.plan import train_lines as memory_plan
 from oloraplus.train import checkpoint, fsdp
 from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
 from oloraplus.train.compile import compile_layers, paused
 from oloraplus.train.environment import hardware, package_versions
 from oloraplus.train.plots import plot_losses
+from oloraplus.train.recompute import enable_gradient_checkpointing
 from oloraplus.train.trainer import NonFiniteLossError, RatioTrainer
 
 
@@ -121,6 +123,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if checkpoint.last_checkpoint(run.checkpoints) is None:  # starting over would silently discard the run
             raise ConfigError(f"--resume: {run.work} holds no checkpoint to resume from (it ran without "
                               "--save-steps or stopped before its first one); pass --overwrite to start over")
+    for line in memory_plan(cfg):  # from the config alone: before minutes of loading
+        say(line)
     set_seed(cfg.seed)
     t0 = time.perf_counter()
     prep = prepare(cfg)
@@ -140,6 +144,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     batch_size = 1 if cfg.tokens_per_batch else cfg.batch_size  # one token-budget group, as the Trainer
     model, initial = attach_adapter(prep.loaded.model, spec,
                                     calibration_batches(train_dataset, collator, batch_size, cfg.seed))
+    if cfg.gradient_checkpointing:  # after the init: EVA's calibration forwards need no recompute
+        enable_gradient_checkpointing(model)
 
     if main:
         rundir.start(run, resume=cfg.resume)
