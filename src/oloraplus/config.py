@@ -170,6 +170,9 @@ class TrainConfig:
             raise ConfigError(f"--max-steps: must be > 0 or -1, got {self.max_steps}")
         if not self.output:
             raise ConfigError("--output: must not be empty")
+        if self.fsdp and self.quantize != "none":  # train and plan alike
+            raise ConfigError(f"--fsdp with --quantize {self.quantize}: not supported (bitsandbytes' packed 4/8-bit "
+                              "weights cannot be sharded by FSDP2 on this stack, see docs/fsdp.md); drop one of the two")
         if self.fsdp and self.compile:
             raise ConfigError("--compile with --fsdp: not supported yet (compiling wraps the decoder layers that FSDP "
                               "shards, an untested pair); drop one of the two")

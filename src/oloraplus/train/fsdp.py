@@ -28,7 +28,7 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def check_launch(quantize: str = "none") -> None:
+def check_launch() -> None:
     """`--fsdp` needs several processes started by torchrun; refused before the model loads."""
     if "WORLD_SIZE" not in os.environ:
         raise ConfigError("--fsdp: shards the base over processes started by torchrun; launch with "
@@ -36,9 +36,6 @@ def check_launch(quantize: str = "none") -> None:
     if world_size() < 2:
         raise ConfigError(f"--fsdp: needs 2 or more processes to shard over, torchrun started {world_size()}; "
                           "use --nproc_per_node 2 or more, or drop --fsdp")
-    if quantize != "none":
-        raise ConfigError(f"--fsdp with --quantize {quantize}: not supported (bitsandbytes' packed 4/8-bit weights "
-                          "cannot be sharded by FSDP2 on this stack, see docs/fsdp.md); drop one of the two")
 
 
 def decoder_layer_classes(model: torch.nn.Module, name: str = "the model") -> list[str]:

@@ -113,7 +113,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune per `cfg` and write the run directory."""
     cfg.validate()
     if cfg.fsdp:
-        fsdp.check_launch(cfg.quantize)
+        fsdp.check_launch()
     main = is_main()
     # Only rank 0 owns the filesystem: other ranks must not race its checks against its writes.
     run = (rundir.plan_run_dir(cfg.output, overwrite=cfg.overwrite, resume=cfg.resume) if main
