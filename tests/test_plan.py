@@ -140,6 +140,9 @@ def test_fsdp_keeps_a_share_of_the_weights_and_two_gathered_layers(tmp_path):
     assert nf4.weights == int(quantized / 4 + 2 * shapes.largest_block_params * plan.QUANT_BYTES["nf4"])
     assert four.adapters == one.adapters // 4
     assert four.activations == one.activations  # every process runs its own batch
+    assert four.load == one.weights and one.load == 0  # each process loads the whole base before sharding
+    assert "load: the whole base, before sharding" in "\n".join(plan.summary(four))
+    assert not four.fits_load(four.load - 1) and four.fits_load(four.load)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

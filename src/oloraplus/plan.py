@@ -89,6 +89,11 @@ class Plan:
     activations: int  # saved for backward without checkpointing, logits included
     activations_checkpointed: int
     overhead: int  # CUDA context etc. (0 on the CPU)
+    load: int = 0  # --fsdp: the whole base each process holds before sharding (the init reads full weights)
+
+    def fits_load(self, budget_bytes: float) -> bool:
+        """--fsdp: every process loads the whole base (on its device) and computes the init before sharding."""
+        return self.load + self.overhead <= budget_bytes
 
     def total(self, checkpointing: bool) -> int:
         act = self.activations_checkpointed if checkpointing else self.activations
@@ -215,6 +220,7 @@ def estimate(cfg: TrainConfig, shapes: Shapes, *, dtype: str = "fp32", processes
     weights = shapes.block_linear_params * q + (shapes.params - shapes.block_linear_params) * w
     adapters = trainable * ADAPTER_BYTES
     shard = processes if cfg.fsdp else 1
+    whole = weights  # what a process holds while it loads, before any sharding
     if shard > 1:  # each process keeps 1/N; a layer is gathered whole for its forward, the next prefetched
         weights = weights / shard + 2 * shapes.largest_block_params * q
         adapters = adapters / shard
@@ -230,7 +236,8 @@ def estimate(cfg: TrainConfig, shapes: Shapes, *, dtype: str = "fp32", processes
     return Plan(shapes=shapes, method=cfg.method, rank=cfg.rank, trainable=trainable, dtype=dtype,
                 quantize=cfg.quantize, processes=processes, fsdp=cfg.fsdp, batch_size=cfg.batch_size,
                 length=cfg.max_length, weights=int(weights), adapters=int(adapters), activations=int(activations),
-                activations_checkpointed=int(checkpointed), overhead=CUDA_OVERHEAD if cuda else 0)
+                activations_checkpointed=int(checkpointed), overhead=CUDA_OVERHEAD if cuda else 0,
+                load=int(whole) if shard > 1 else 0)
 
 
 def largest_batch(cfg: TrainConfig, shapes: Shapes, budget_bytes: float, checkpointing: bool, **kwargs) -> int:
@@ -303,6 +310,7 @@ def summary(plan: Plan) -> list[str]:
         *(f"  {label:<40}{gib(value):>12}" for label, value in rows),
         f"  {'total':<40}{gib(plan.total(False)):>12}",
         f"  {'total, --gradient-checkpointing':<40}{gib(plan.total(True)):>12}",
+        *([f"  {'load: the whole base, before sharding':<40}{gib(plan.load + plan.overhead):>12}"] if plan.load else []),
     ]
 
 

@@ -56,10 +56,14 @@ def plan_command(args: argparse.Namespace) -> int:
     lines = plan.summary(estimate)
     if args.gpu_memory is not None:
         budget = args.gpu_memory * plan.GiB
-        plain, ckpt = (plan.largest_batch(cfg, shapes, budget, c, **kwargs) for c in (False, True))
+        loads = estimate.fits_load(budget)
+        plain, ckpt = ((plan.largest_batch(cfg, shapes, budget, c, **kwargs) if loads else 0) for c in (False, True))
         lines.append(f"largest --batch-size at --max-length {cfg.max_length} in {args.gpu_memory:g} GiB: "
                      f"{plain or 'none'}; with --gradient-checkpointing: {ckpt or 'none'}")
-        if not ckpt:
+        if not loads:
+            lines.append(f"  the load does not fit: every --fsdp process loads the whole base ({plan.gib(estimate.load)}) "
+                         "before sharding it, to compute the init from full weights (docs/fsdp.md, Limits)")
+        elif not ckpt:
             lines.append("  does not fit: try --gradient-checkpointing, --quantize nf4, a lower --max-length"
                          + (", or --fsdp over more processes" if not cfg.fsdp or processes < 8 else ""))
     print("\n".join(lines))
