@@ -19,7 +19,7 @@ from oloraplus.cli.main import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_OPERATORS = {"|", "||", "&&", ";", ">", ">>", "<", "2>&1", "&"}
-COMMIT = re.compile(r"commit `?[0-9a-f]{7,40}`?")
+COMMIT = re.compile(r"commit\s+`?[0-9a-f]{7,40}`?")
 MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|root|tmp|Users|opt|var|private)/")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -191,7 +191,9 @@ def test_link_check_can_fail(tmp_path):
     assert _anchors(page) == {"top"}
 
 
-CONSOLE = [b for page in PAGES for b in fenced_blocks(page) if b.lang == "console"]
+# Real output: a ```console block, or any block that shows a `$ ` prompt line
+CONSOLE = [b for page in PAGES for b in fenced_blocks(page)
+           if b.lang == "console" or any(line.startswith("$ ") for line in b.lines)]
 
 
 @pytest.mark.parametrize("block", CONSOLE, ids=[f"{b.page.name}:{b.line}" for b in CONSOLE])
