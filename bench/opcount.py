@@ -191,7 +191,9 @@ def oloraplus_model(size: str, layers: int = LAYERS) -> torch.nn.Module:
     from oloraplus.adapters.build import AdapterSpec, attach_adapter
 
     model, _ = attach_adapter(tinyllama_structure(size, layers), AdapterSpec("olora", rank=RANK, alpha=ALPHA))
-    return model
+    from oloraplus.adapters.lean import make_lean_
+
+    return make_lean_(model, mask=True)  # the packed mask is CUDA-only by default: this counts the CUDA path
 
 
 def oloraplus_step(model: torch.nn.Module, items: list[dict], counter: OpCounter

@@ -51,8 +51,8 @@ def test_model_with_only_pickle_weights_is_refused_unopened(tiny_llama_dir, alpa
     shutil.copytree(tiny_llama_dir, model)
     (model / "model.safetensors").unlink()
     write_exploit(model / "pytorch_model.bin", marker)
-    code, err = run_cli(["train", "--model", str(model), "--data", str(alpaca_file), "--output",
-                         str(tmp_path / "out")], capsys)
+    code, err = run_cli(["train", "--model", str(model), "--data", str(alpaca_file), "--max-length", "128",
+                         "--output", str(tmp_path / "out")], capsys)  # within the tiny model's 256 positions
     assert code == 2 and f"--model {model}" in err and "model.safetensors" in err
     assert not marker.exists() and not (tmp_path / "out").exists()
 

@@ -158,7 +158,7 @@ def test_an_eva_init_that_does_not_converge_stops_the_cli_with_one_line(tiny_lla
                                                                         capsys):
     monkeypatch.setattr(eva, "MAX_BATCHES", 2)  # the tiny model needs ~10 forward passes
     argv = ["train", "--model", str(tiny_llama_dir), "--data", str(_data(tmp_path / "d.json")), "--method", "eva",
-            "--rank", "4", "--max-steps", "1", "--train-size", "24", "--eval-size", "8",
+            "--rank", "4", "--max-steps", "1", "--train-size", "24", "--eval-size", "8", "--max-length", "128",
             "--output", str(tmp_path / "run")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -44,7 +44,7 @@ def loss_and_grads(model: torch.nn.Module, batch: dict, autocast: bool) -> tuple
 
 
 def lean_copy(model: torch.nn.Module) -> torch.nn.Module:
-    lean = make_lean_(copy.deepcopy(model))
+    lean = make_lean_(copy.deepcopy(model), mask=True)
     assert sum(type(m) is LeanLinear for m in lean.modules()) == 14
     return lean
 
@@ -90,7 +90,7 @@ def test_falls_back_or_matches_where_the_lean_path_does_not_apply(case, one_thre
             r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, init_lora_weights=False))
     else:
         reference = peft_llama(use_dora=case == "dora", lora_dropout=0.3 if case == "dropout" else 0.0)
-    lean = make_lean_(copy.deepcopy(reference))
+    lean = make_lean_(copy.deepcopy(reference), mask=True)
     assert any(type(m) is LeanLinear for m in lean.modules())
     batch = padded_batch()
     if case == "merged":
@@ -181,3 +181,15 @@ def test_mask_hook_leaves_padded_and_cached_calls_alone(one_thread):
         ids = batch["input_ids"][:1, :5]
         want = reference.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
         assert torch.equal(lean.generate(input_ids=ids, max_new_tokens=3, do_sample=False), want)
+
+
+def test_packed_mask_hook_only_on_cuda_by_default(one_thread):
+    """On the CPU there is no host sync to remove, and the dense float mask costs CPU SDPA memory: off there."""
+    from oloraplus.adapters.lean import MASK_HOOK
+
+    model = undo_lean_(peft_llama())
+    make_lean_(model)  # a CPU model: the lean LoRA forward, not the mask
+    assert any(type(m) is LeanLinear for m in model.modules())
+    assert not any(hasattr(m, MASK_HOOK) for m in model.modules())
+    make_lean_(model, mask=True)
+    assert any(hasattr(m, MASK_HOOK) for m in model.modules())

@@ -119,16 +119,21 @@ class _LoraLinear(torch.autograd.Function):
         return gx, None, gbias, ga, gb, None, None
 
 
-def make_lean_(model: torch.nn.Module) -> torch.nn.Module:
+def make_lean_(model: torch.nn.Module, mask: bool | None = None) -> torch.nn.Module:
     """Give every plain PEFT LoRA Linear of `model` the lean forward and a Llama model the sync-free packed mask.
 
+    `mask` None: the packed mask only on a CUDA model, where it removes a host sync per forward. On the CPU there is
+    no sync to remove, and the CPU's SDPA keeps more for backward with the dense float mask (measured in
+    tests/test_plan.py: about rows × rows·L²·4 bytes more per layer), so transformers' own path stays there.
     In place; returns `model`. Layers of other types (DoRA's are plain LoRA Linears with a variant and fall
     back per call; HiRA, OHoRA, quantized layers are other classes) keep their forward.
     """
     for module in model.modules():
         if type(module) is LoraLinear:
             module.__class__ = LeanLinear
-    decoder = _decoder(model)
+    if mask is None:
+        mask = any(p.device.type == "cuda" for p in model.parameters())
+    decoder = _decoder(model) if mask else None
     if decoder is not None and not hasattr(decoder, MASK_HOOK):
         setattr(decoder, MASK_HOOK, decoder.register_forward_pre_hook(_pass_packed_mask, with_kwargs=True))
     return model
