@@ -147,7 +147,8 @@ def train_section(results: Results, rate: float | None) -> list[str]:
              "seed) and differ only in layout (packed rows, or rows padded to the batch's longest), so their losses "
              "must equal the baseline's to rounding: the check that the speed-ups do not change what is learned. "
              "The grouped run puts rows of similar length into the same batch: other batches. oloraplus's times "
-             "include its refinement/exploration diagnostics (about ten points per run) and logging; the whole "
+             "include its refinement/exploration diagnostics (timed, at most 2 % of the loop, the final state "
+             "after it) and logging; the whole "
              "process also loads, attaches, evaluates, exports the adapter and plots, where the baseline "
              "process only loads, trains and evaluates."]
     orders = sorted((t for t in results if t.startswith("train_order_") and _ok(results, t)),
