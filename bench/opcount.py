@@ -189,10 +189,9 @@ def recipe_step(model: torch.nn.Module, items: list[dict], counter: OpCounter
 
 def oloraplus_model(size: str, layers: int = LAYERS) -> torch.nn.Module:
     from oloraplus.adapters.build import AdapterSpec, attach_adapter
-
-    model, _ = attach_adapter(tinyllama_structure(size, layers), AdapterSpec("olora", rank=RANK, alpha=ALPHA))
     from oloraplus.adapters.lean import make_lean_
 
+    model, _ = attach_adapter(tinyllama_structure(size, layers), AdapterSpec("olora", rank=RANK, alpha=ALPHA))
     return make_lean_(model, mask=True)  # the packed mask is CUDA-only by default: this counts the CUDA path
 
 

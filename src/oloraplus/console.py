@@ -21,6 +21,16 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    """Processes of this launch: torchrun's WORLD_SIZE, else 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        from oloraplus.errors import ConfigError
+
+        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r}: not an integer") from None
+
+
 def progress_enabled() -> bool:
     return os.environ.get("OLORAPLUS_PROGRESS", "1") != "0" and is_main()
 

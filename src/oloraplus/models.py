@@ -180,14 +180,27 @@ def hub_model_path(repo_id: str) -> str:
 
 
 def model_config(source: str, trust_remote_code: bool = False):
-    """The model's config alone (a small file), so settings it limits fail before the weights load."""
+    """The model's config alone (config.json, or a GGUF's header, never the weights): what `plan` reads, and what
+    settings it limits are checked against before the weights load."""
     from transformers import AutoConfig
 
-    path = resolve_model_path(source)
+    gguf = None
     try:
+        if source in ALIASES:
+            gguf = alias_gguf(source)
+        elif source.endswith(".gguf"):
+            gguf = Path(source)
+            if not gguf.is_file():
+                raise ModelError(f"--model {source}: file not found")
+        if gguf is not None:  # a converted copy's config.json, else the header: nothing converted for a config
+            converted = converted_gguf_dir(gguf.resolve())
+            if (converted / "config.json").is_file():
+                return AutoConfig.from_pretrained(converted)
+            return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        path = resolve_model_path(source)
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {source}: cannot load its config: {str(exc).splitlines()[0]}") from exc
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"--model {source}: cannot read its config: {str(exc).splitlines()[0]}") from exc
 
 
 def pick_device(name: str | None = None) -> torch.device:

@@ -28,11 +28,10 @@ nothing: a frozen weight needs no input for its gradient.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from oloraplus.config import TrainConfig
+from oloraplus.console import world_size
 from oloraplus.errors import ConfigError, ModelError
 
 GiB = 1024 ** 3
@@ -113,32 +112,6 @@ def role(name: str) -> str:
     return "mlp_in"
 
 
-def _model_config(cfg: TrainConfig):
-    """The transformers config of `--model`, read from config.json (or a GGUF header), never the weights."""
-    from transformers import AutoConfig
-
-    from oloraplus import models
-
-    source = cfg.model
-    gguf = None
-    try:
-        if source in models.ALIASES:
-            gguf = models.alias_gguf(source)
-        elif source.endswith(".gguf"):
-            gguf = Path(source)
-            if not gguf.is_file():
-                raise ModelError(f"--model {source}: file not found")
-        if gguf is not None:
-            converted = models.converted_gguf_dir(gguf.resolve())
-            if (converted / "config.json").is_file():
-                return AutoConfig.from_pretrained(converted)
-            return AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        path = models.resolve_model_path(source)
-        return AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"--model {source}: cannot read its config: {str(exc).splitlines()[0]}") from exc
-
-
 def read_shapes(cfg: TrainConfig) -> Shapes:
     """Build `--model` on the meta device and read what the estimate needs, targets as `train` resolves them."""
     import torch
@@ -146,7 +119,9 @@ def read_shapes(cfg: TrainConfig) -> Shapes:
 
     from oloraplus.adapters.targets import block_lists, out_in_shape, resolve_target_modules, targeted_layers
 
-    config = _model_config(cfg)
+    from oloraplus.models import model_config
+
+    config = model_config(cfg.model, cfg.trust_remote_code)
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
@@ -278,14 +253,6 @@ def train_lines(cfg: TrainConfig) -> list[str]:
     return [summary(p)[1], f"memory plan per process: weights {gib(p.weights)} + adapters {gib(p.adapters)} + "
             f"activations {gib(p.activations_checkpointed if cfg.gradient_checkpointing else p.activations)}"
             f" = {gib(p.total(cfg.gradient_checkpointing))} (details: oloraplus plan)"]
-
-
-def world_size() -> int:
-    """Processes of this launch: torchrun's WORLD_SIZE, else 1."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r}: not an integer") from None
 
 
 def gib(n: float) -> str:

@@ -14,6 +14,7 @@ import argparse
 import math
 
 from oloraplus.config import TrainConfig, add_arguments, resolve
+from oloraplus.console import world_size
 from oloraplus.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,7 +46,7 @@ def plan_command(args: argparse.Namespace) -> int:
     check_plan_arguments(args.gpu_memory, args.processes, cfg.fsdp)
     from oloraplus import plan
 
-    processes = args.processes or plan.world_size()
+    processes = args.processes or world_size()
     if cfg.fsdp and processes < 2:
         raise ConfigError("--fsdp: shards over processes; plan it with --processes 2 or more (or under torchrun)")
     cuda = args.device == "cuda" or (args.device == "auto" and (args.gpu_memory is not None or plan.has_cuda()))

@@ -19,13 +19,10 @@ from typing import Any
 
 import torch
 
+from oloraplus.console import world_size
 from oloraplus.errors import ConfigError
 
 STATE_DICT_TYPE = "SHARDED_STATE_DICT"  # checkpoints: adapter + optimizer shards per rank, no base, no gather
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_launch() -> None:

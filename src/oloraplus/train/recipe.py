@@ -7,7 +7,6 @@ token-weighted eval -> base-relative PEFT adapter, metrics.json, log.jsonl, conf
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from oloraplus.adapters.compat import vllm_summary, vllm_verdicts
 from oloraplus.adapters.export import save_adapter
 from oloraplus.adapters.quantized import requantization_metrics
 from oloraplus.config import TrainConfig, report_targets, to_dict
-from oloraplus.console import data_lines, is_main, plural, say
+from oloraplus.console import data_lines, is_main, plural, say, world_size
 from oloraplus.data.budget import token_budget_dataset
 from oloraplus.data.collate import model_inputs
 from oloraplus.data.packing import batch_collator
@@ -79,7 +78,7 @@ def _training_arguments(cfg: TrainConfig, run: rundir.RunDir, **extra: Any) -> T
         include_num_input_tokens_seen="non_padding",
         bf16=cuda and torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
-        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_backend="gloo" if not cuda and world_size() > 1 else None,
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=True,  # JsonlLogCallback draws the bar and prints the progress lines
