@@ -193,3 +193,73 @@ def test_packed_mask_hook_only_on_cuda_by_default(one_thread):
     assert not any(hasattr(m, MASK_HOOK) for m in model.modules())
     make_lean_(model, mask=True)
     assert any(hasattr(m, MASK_HOOK) for m in model.modules())
+
+
+def test_stacked_layers_equal_materialised_matrices_with_other_ranks_scales_and_a_bias():
+    """y_i = x W_iᵀ + b_i + s_i x A_iᵀ B_iᵀ and every gradient, against autograd on the plain fp64 expression."""
+    from oloraplus.adapters.lean import lora_linears
+
+    torch.manual_seed(0)
+    shapes = [(6, 2, 0.5), (4, 3, 2.0), (5, 1, 0.25)]  # (out, r, s): ranks and scales differ per layer
+    parts = [(torch.randn(out, 8, dtype=torch.float64), torch.randn(out, dtype=torch.float64) if i == 1 else None,
+              torch.randn(r, 8, dtype=torch.float64, requires_grad=True),
+              torch.randn(out, r, dtype=torch.float64, requires_grad=True), s) for i, (out, r, s) in enumerate(shapes)]
+    x = torch.randn(2, 7, 8, dtype=torch.float64, requires_grad=True)
+    gs = [torch.randn(2, 7, out, dtype=torch.float64) for out, _, _ in shapes]
+    ys = lora_linears(x, parts)
+    torch.autograd.backward(ys, gs)
+    got = [x.grad] + [t.grad for p in parts for t in p[2:4]]
+    x_ref = x.detach().clone().requires_grad_()
+    refs = [(p[2].detach().clone().requires_grad_(), p[3].detach().clone().requires_grad_()) for p in parts]
+    want_ys = [x_ref @ W.T + (0 if b is None else b) + s * (x_ref @ A.T) @ B.T
+               for (W, b, _, _, s), (A, B) in zip(parts, refs)]
+    torch.autograd.backward(want_ys, gs)
+    for y, want in zip(ys, want_ys):
+        torch.testing.assert_close(y, want)
+    want = [x_ref.grad] + [t.grad for pair in refs for t in pair]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def count_group_calls(model: torch.nn.Module, monkeypatch) -> list[int]:
+    from oloraplus.adapters import lean
+
+    calls: list[int] = []
+    real = lean.lora_linears
+    monkeypatch.setattr(lean, "lora_linears", lambda x, parts: calls.append(len(parts)) or real(x, parts))
+    return calls
+
+
+def test_q_k_v_and_gate_up_are_computed_together_with_peft_results(one_thread, monkeypatch):
+    reference = peft_llama()
+    lean = lean_copy(reference)
+    calls = count_group_calls(lean, monkeypatch)
+    batch = padded_batch()
+    want, want_grads = loss_and_grads(reference, batch, autocast=False)
+    got, got_grads = loss_and_grads(lean, batch, autocast=False)
+    assert sorted(calls) == [1, 1, 1, 1, 2, 2, 3, 3]  # per layer (2 layers): q/k/v, gate/up, o, down
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_siblings_reading_other_inputs_stop_sharing_and_stay_correct(one_thread, monkeypatch):
+    """A model whose k_proj reads another tensor than q_proj (e.g. cross-attention): the sharing turns itself off."""
+    from oloraplus.adapters.lean import SHARED
+
+    reference = peft_llama()
+    lean = lean_copy(reference)
+    attention = lean.get_base_model().model.layers[0].self_attn
+    group = attention.q_proj.__dict__[SHARED]
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        q = attention.q_proj(x)
+        assert group.on and len(group.pending) == 2  # q's call computed k's and v's for x
+        k = attention.k_proj(x + 1)  # not the input q_proj was called with: computes its own, sharing off
+        assert not group.on and not group.pending
+        q2 = attention.q_proj(x)
+        ref = reference.get_base_model().model.layers[0].self_attn
+        torch.testing.assert_close(q, ref.q_proj(x))
+        torch.testing.assert_close(q2, ref.q_proj(x))
+        torch.testing.assert_close(k, ref.k_proj(x + 1))
+        torch.testing.assert_close(attention.v_proj(x), ref.v_proj(x))

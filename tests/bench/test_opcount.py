@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from opcount import OpCounter, kernel_calls  # noqa: E402
 
-from oloraplus.adapters.lean import lora_linear  # noqa: E402
+from oloraplus.adapters.lean import lora_linear, lora_linears  # noqa: E402
 
 
 def by_name(counter: OpCounter, phase: str) -> dict[str, int]:
@@ -35,22 +35,39 @@ def test_linear_relu_forward_and_backward_are_exact_op_lists():
     assert counter.syncs == 0
 
 
-def test_lean_lora_linear_is_five_forward_and_nine_backward_ops():
-    """The counts `oloraplus.adapters.lean.lora_linear` documents: bf16 base, fp32 A and B, bf16 autocast."""
+def count_lora(layers: int, stacked: bool) -> OpCounter:
+    """Ops of `layers` LoRA layers reading one x: bf16 base, fp32 A and B, bf16 autocast, as on a GPU."""
     torch.manual_seed(0)
-    W = torch.randn(6, 8, dtype=torch.bfloat16)
-    A = torch.randn(2, 8, requires_grad=True)
-    B = torch.randn(6, 2, requires_grad=True)
+    parts = [(torch.randn(6, 8, dtype=torch.bfloat16), None, torch.randn(2, 8, requires_grad=True),
+              torch.randn(6, 2, requires_grad=True), 0.5) for _ in range(layers)]
     x = torch.randn(3, 5, 8, dtype=torch.bfloat16, requires_grad=True)
-    g = torch.randn(3, 5, 6, dtype=torch.bfloat16)
+    gs = [torch.randn(3, 5, 6, dtype=torch.bfloat16) for _ in range(layers)]
     with OpCounter() as counter:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = lora_linear(x, W, None, A, B, 0.5)
+            ys = lora_linears(x, parts) if stacked else [lora_linear(x, *p) for p in parts]
         counter.phase = "backward"
-        y.backward(g)
-    assert counter.total("forward", views=False) == 5
-    assert counter.total("backward", views=False) == 9
-    assert y.dtype == torch.bfloat16 and A.grad.dtype == B.grad.dtype == torch.float32
+        torch.autograd.backward(ys, gs)
+    assert all(y.dtype == torch.bfloat16 for y in ys) and x.grad.dtype == torch.bfloat16
+    assert all(p[2].grad.dtype == p[3].grad.dtype == torch.float32 for p in parts)
+    return counter
+
+
+def test_lean_lora_linear_is_five_forward_and_seven_backward_ops():
+    """The counts `oloraplus.adapters.lean.lora_linears` documents for one layer."""
+    counter = count_lora(1, stacked=False)
+    assert counter.total("forward", views=False) == 5  # A, B cast; x Aᵀ, x Wᵀ, addmm_ of s·h Bᵀ
+    assert counter.total("backward", views=False) == 7  # g B; g W + s·gh A; s·ghᵀx, s·gᵀh; two casts
+    assert counter.total(views=False) == 12
+
+
+def test_stacked_q_k_v_dispatch_fewer_ops_than_three_layers():
+    """Three layers reading one x (q/k/v): one stacked A matmul and one backward node instead of three."""
+    separate, stacked = count_lora(3, stacked=False), count_lora(3, stacked=True)
+    assert separate.total("forward", views=False) == 15
+    assert separate.total("backward", views=False) == 3 * 7 + 2  # + autograd adding x's three gradients
+    assert stacked.total("forward", views=False) == 12  # cat + cast of the A's, one x Aᵀ; per layer B cast, 2 mm
+    assert stacked.total("backward", views=False) == 16
+    assert stacked.names("backward")["add"] == 0 and stacked.total() < separate.total() - 10
 
 
 def test_host_tensors_are_not_counted_and_device_reads_are_syncs():

@@ -5,10 +5,11 @@ ops it dispatches (bench/opcount.md). Two sources of ops that change nothing in 
 
 - PEFT's `lora.Linear.forward` casts each LoRA input to the adapter's dtype (fp32 master weights on a bf16
   base) and autocast casts it straight back, then scales and adds in two more ops, and autograd records a
-  node for each. `LeanLinear` computes y = W x + s · B A x as one autograd node (`lora_linear`): the weights
+  node for each. `LeanLinear` computes y = W x + s · B A x as one autograd node (`lora_linears`): the weights
   are cast, not the activation, s and the residual add are folded into one `addmm_`, and the backward is
-  written out. Dropout is called only when p > 0 (PEFT already uses an `nn.Identity` at p = 0, which
-  dispatches nothing).
+  written out. Layers that read one input (q/k/v; gate/up: `SharedInput`) are one node, their A projections one
+  matmul of the stacked A's. Dropout is called only when p > 0 (PEFT already uses an `nn.Identity` at p = 0,
+  which dispatches nothing).
 - transformers' packed-sequence path (restarting `position_ids`, no attention mask) asks the GPU whether the
   rows are packed, `(mask[:, -1] == 0).all()`, once per forward: a host sync that drains the queue of launched
   kernels, and SDPA then turns the boolean mask into an additive one in every layer. `packed_causal_mask`
@@ -24,7 +25,7 @@ the forward changes, never a parameter.
 from __future__ import annotations
 
 from numbers import Real
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,20 +34,29 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 # Model types whose decoder uses one causal mask for every layer (no sliding window, no extra mask functions).
 PACKED_MASK_MODEL_TYPES = ("llama",)
 MASK_HOOK = "_oloraplus_packed_mask_hook"  # attribute of the decoder holding the hook's handle
+SHARED = "_oloraplus_shared_input"  # attribute of a LeanLinear holding its `SharedInput` group
+# Sibling layers that read one input in Llama-like decoders (attention: q/k/v; MLP: gate/up).
+SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 class LeanLinear(LoraLinear):
-    """PEFT's LoRA Linear computing y = W x + s · B A x in the fewest ops (`lora_linear`), else PEFT's forward."""
+    """PEFT's LoRA Linear computing y = W x + s · B A x in the fewest ops (`lora_linears`), else PEFT's forward."""
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         name = self._lean_adapter(x)
         if name is None or args or kwargs:
             return super().forward(x, *args, **kwargs)
+        parts = self._lean_parts(x, name)
+        if parts is not None:
+            shared = self.__dict__.get(SHARED)
+            if shared is not None and not torch.compiler.is_compiling():  # compiled: inductor fuses anyway
+                out = shared.output(self, x)
+                if out is not None:
+                    return out
+            return lora_linears(x, [parts])[0]
         A, B, s = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]  # (r, in), (out, r)
-        dropout = self.lora_dropout[name]
-        if type(self.base_layer) is torch.nn.Linear and isinstance(dropout, torch.nn.Identity):
-            return lora_linear(x, self.base_layer.weight, self.base_layer.bias, A, B, s)
         result = self.base_layer(x)  # another base (Conv1D, ...) or dropout: PEFT's autograd, four ops fewer
+        dropout = self.lora_dropout[name]
         if not isinstance(dropout, torch.nn.Identity):
             x = dropout(x)
         h = F.linear(x, A)  # (..., r); under autocast A is cast, not x
@@ -67,56 +77,137 @@ class LeanLinear(LoraLinear):
             return None
         return name
 
+    def _lean_parts(self, x: torch.Tensor, name: str | None = None) -> Layer | None:
+        """(W, bias, A, B, s) when `lora_linears` computes this layer for `x` (plain Linear base, no dropout)."""
+        name = name or self._lean_adapter(x)
+        if name is None or type(self.base_layer) is not torch.nn.Linear:
+            return None
+        if not isinstance(self.lora_dropout[name], torch.nn.Identity):
+            return None
+        base = self.base_layer
+        return base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name])
 
-def lora_linear(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor,
-                s: float) -> torch.Tensor:
-    """y = x Wᵀ + bias + s · (x Aᵀ) Bᵀ in autocast's dtype when it is on (else x's), as PEFT + autocast do.
 
-    One autograd node instead of a dozen: the forward is 5 ops (A and B cast, three matmuls), the backward 9
-    (four matmuls, the A and B gradients cast back to their dtype, two scalings), where autograd on PEFT's
-    forward dispatches about twice as many, counting views.
+class SharedInput:
+    """Sibling LoRA layers that read one input (q/k/v; gate/up): the first one called computes all of them.
+
+    Their A projections are then one matmul of the stacked A's (`lora_linears`), and the backward is one autograd
+    node instead of three. The model still calls each layer: the first call computes every sibling's output for
+    that input tensor, the others collect theirs by identity of the input. A sibling that never comes for its
+    output (the siblings read different inputs in this model) turns the sharing off for good: each layer then
+    computes its own, as without it. Not a module: it holds no parameters and is not in the state dict.
+    """
+
+    def __init__(self, members: list[LeanLinear]) -> None:
+        self.members = members
+        self.on = True
+        self.input: torch.Tensor | None = None
+        self.pending: dict[int, torch.Tensor] = {}  # id(member) -> its output for `input`
+
+    def output(self, member: LeanLinear, x: torch.Tensor) -> torch.Tensor | None:
+        """`member`'s output for `x`, computing the whole group's when it is the first called; None: not shared."""
+        if not self.on:
+            return None
+        if x is self.input and id(member) in self.pending:
+            out = self.pending.pop(id(member))
+            if not self.pending:
+                self.input = None
+            return out
+        if self.pending:  # a sibling never collected its output: they do not read one input here
+            self.on, self.pending, self.input = False, {}, None
+            return None
+        parts = [m._lean_parts(x) for m in self.members]
+        if any(p is None for p in parts) or len({(p[2].dtype, p[3].dtype) for p in parts}) != 1:
+            return None
+        outs = lora_linears(x, parts)
+        self.pending = {id(m): y for m, y in zip(self.members, outs) if m is not member}
+        self.input = x if self.pending else None
+        return outs[self.members.index(member)]
+
+
+Layer = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, torch.Tensor, float]  # W, bias, A, B, s
+
+
+def lora_linears(x: torch.Tensor, layers: Sequence[Layer]) -> tuple[torch.Tensor, ...]:
+    """y_i = x W_iᵀ + b_i + s_i · (x A_iᵀ) B_iᵀ for LoRA layers reading one x (Eq. 1 of LoRA, once per layer).
+
+    Computed in autocast's dtype when it is on (else x's), as PEFT + autocast do, in one autograd node: the
+    weights are cast, never the activation; the A's of all layers are stacked into one matmul (same math: the
+    rows of x [A_1; A_2]ᵀ are x A_1ᵀ and x A_2ᵀ side by side); s_i and the residual add are folded into an
+    `addmm_`, and the backward is written out. One layer: 5 forward ops and 7 backward (counting no views).
     """
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    return _LoraLinear.apply(x, W, bias, A, B, s, dtype)
+    scales = tuple(layer[4] for layer in layers)
+    return _LoraLinears.apply(x, dtype, scales, *(t for W, b, A, B, _ in layers for t in (W, b, A, B)))
 
 
-class _LoraLinear(torch.autograd.Function):
+def lora_linear(x: torch.Tensor, W: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor, B: torch.Tensor,
+                s: float) -> torch.Tensor:
+    """One LoRA layer's y = x Wᵀ + bias + s · (x Aᵀ) Bᵀ (`lora_linears` of one)."""
+    return lora_linears(x, [(W, bias, A, B, s)])[0]
+
+
+class _LoraLinears(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W, bias, A, B, s, dtype):
+    def forward(ctx, x, dtype, scales, *flat):
+        Ws, biases, As, Bs = flat[0::4], flat[1::4], flat[2::4], flat[3::4]
+        ranks = [A.shape[0] for A in As]
         with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)  # (N, in)
-            Wc, Ac, Bc = W.to(dtype), A.to(dtype), B.to(dtype)  # the weights cast, never the activation
-            h = torch.mm(x2, Ac.t())  # (N, r)
-            y = torch.mm(x2, Wc.t()) if bias is None else torch.addmm(bias.to(dtype), x2, Wc.t())
-            y.addmm_(h, Bc.t(), alpha=s)  # W x + s · B (A x)
-        ctx.save_for_backward(x2, h, Wc, Ac, Bc)
-        ctx.s, ctx.x_shape, ctx.x_dtype, ctx.dtypes = s, x.shape, x.dtype, (A.dtype, B.dtype)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        return y.view(*x.shape[:-1], y.shape[-1])
+            Ac = (As[0] if len(As) == 1 else torch.cat(As)).to(dtype)  # (Σr, in): the stacked A's, cast once
+            h = torch.mm(x2, Ac.t())  # (N, Σr): every layer's A x in one matmul
+            hs = (h,) if len(As) == 1 else h.split(ranks, dim=1)
+            Wcs, Bcs, ys = [], [], []
+            for W, bias, B, h_i, s in zip(Ws, biases, Bs, hs, scales):
+                Wc, Bc = W.to(dtype), B.to(dtype)  # the weights cast, never the activation
+                y = torch.mm(x2, Wc.t()) if bias is None else torch.addmm(bias.to(dtype), x2, Wc.t())
+                y.addmm_(h_i, Bc.t(), alpha=s)  # W x + s · B (A x)
+                Wcs.append(Wc)
+                Bcs.append(Bc)
+                ys.append(y.view(*x.shape[:-1], y.shape[-1]))
+        ctx.save_for_backward(x2, h, Ac, *Wcs, *Bcs)
+        ctx.scales, ctx.ranks, ctx.x_shape, ctx.x_dtype = scales, ranks, x.shape, x.dtype
+        ctx.a_dtype, ctx.b_dtype = As[0].dtype, Bs[0].dtype
+        ctx.bias_dtypes = [None if b is None else b.dtype for b in biases]
+        return tuple(ys)
 
     @staticmethod
-    def backward(ctx, g):
-        x2, h, Wc, Ac, Bc = ctx.saved_tensors
-        s, (a_dtype, b_dtype) = ctx.s, ctx.dtypes
-        need_x, _, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
-        g2 = g.reshape(-1, g.shape[-1]).to(h.dtype)  # (N, out)
-        gx = ga = gb = gbias = None
+    def backward(ctx, *gs):
+        x2, h, Ac, *rest = ctx.saved_tensors
+        k, scales, ranks = len(gs), ctx.scales, ctx.ranks
+        Wcs, Bcs = rest[:k], rest[k:]
+        need = ctx.needs_input_grad
+        need_x = need[0]
+        need_bias = [need[3 + 4 * i + 1] for i in range(k)]
+        need_a = any(need[3 + 4 * i + 2] for i in range(k))
+        need_b = [need[3 + 4 * i + 3] for i in range(k)]
+        g2s = [g.reshape(-1, g.shape[-1]).to(h.dtype) for g in gs]  # (N, out_i)
+        grads: list[torch.Tensor | None] = [None] * (4 * k)
         if need_x or need_a:
-            gh = torch.mm(g2, Bc)  # (N, r): ∂L/∂(A x)
-            if s != 1:
-                gh = gh.mul(s)
+            one_s = len(set(scales)) == 1  # then s is folded into the matmuls below
+            ghs = [torch.mm(g2, Bc) for g2, Bc in zip(g2s, Bcs)]  # (N, r_i): ∂L/∂(A_i x) / s_i
+            if not one_s:
+                ghs = [gh.mul_(s) for gh, s in zip(ghs, scales)]
+            gh, s = (ghs[0] if k == 1 else torch.cat(ghs, dim=1)), (scales[0] if one_s else 1.0)
             if need_x:
-                gx = torch.mm(g2, Wc).addmm_(gh, Ac).view(ctx.x_shape).to(ctx.x_dtype)
-            if need_a:
-                ga = torch.mm(gh.t(), x2).to(a_dtype)
-        if need_b:
-            gb = torch.mm(g2.t(), h).to(b_dtype)
-            if s != 1:
-                gb = gb.mul_(s)
-        if need_bias:
-            gbias = g2.sum(0).to(ctx.bias_dtype)
-        return gx, None, gbias, ga, gb, None, None
+                gx = torch.mm(g2s[0], Wcs[0])
+                for g2, Wc in zip(g2s[1:], Wcs[1:]):
+                    gx.addmm_(g2, Wc)
+                gx = gx.addmm_(gh, Ac, alpha=s).view(ctx.x_shape).to(ctx.x_dtype)
+            if need_a:  # s · ghᵀ x in one op: addmm with beta = 0 ignores its first argument (only its shape)
+                ga = torch.addmm(Ac, gh.t(), x2, beta=0, alpha=s).to(ctx.a_dtype)
+                for i, ga_i in enumerate((ga,) if k == 1 else ga.split(ranks)):
+                    grads[4 * i + 2] = ga_i
+        if any(need_b):
+            hs = (h,) if k == 1 else h.split(ranks, dim=1)
+            for i, (g2, h_i, Bc, s) in enumerate(zip(g2s, hs, Bcs, scales)):
+                if need_b[i]:
+                    grads[4 * i + 3] = torch.addmm(Bc, g2.t(), h_i, beta=0, alpha=s).to(ctx.b_dtype)
+        for i, g2 in enumerate(g2s):
+            if need_bias[i]:
+                grads[4 * i + 1] = g2.sum(0).to(ctx.bias_dtypes[i])
+        return (gx if need_x else None), None, None, *grads
 
 
 def make_lean_(model: torch.nn.Module, mask: bool | None = None) -> torch.nn.Module:
@@ -131,6 +222,13 @@ def make_lean_(model: torch.nn.Module, mask: bool | None = None) -> torch.nn.Mod
     for module in model.modules():
         if type(module) is LoraLinear:
             module.__class__ = LeanLinear
+    for parent in model.modules():
+        for names in SHARED_INPUT:
+            members = [getattr(parent, n) for n in names if type(getattr(parent, n, None)) is LeanLinear]
+            if len(members) > 1 and not any(SHARED in m.__dict__ for m in members):
+                group = SharedInput(members)
+                for member in members:
+                    member.__dict__[SHARED] = group  # a plain attribute: not a submodule, not in the state dict
     if mask is None:
         mask = any(p.device.type == "cuda" for p in model.parameters())
     decoder = _decoder(model) if mask else None
@@ -144,6 +242,7 @@ def undo_lean_(model: torch.nn.Module, lora: bool = True, mask: bool = True) -> 
     for module in model.modules():
         if lora and type(module) is LeanLinear:
             module.__class__ = LoraLinear
+            module.__dict__.pop(SHARED, None)
         if mask and hasattr(module, MASK_HOOK):
             getattr(module, MASK_HOOK).remove()
             delattr(module, MASK_HOOK)

@@ -56,6 +56,7 @@ class _NonFiniteWatch(TrainerCallback):
         self.sharded = fsdp.is_sharded(self.trainer.model)
         self.first_bad = None
 
+    @torch.no_grad()  # the parameters' norms without autograd's bookkeeping (a detach per parameter)
     def on_optimizer_step(self, args, state, control, **kwargs):
         loss = self.trainer.step_loss()
         if loss is None or not self.params:
