@@ -245,18 +245,19 @@ def test_q_k_v_and_gate_up_are_computed_together_with_peft_results(one_thread, m
 
 def test_siblings_reading_other_inputs_stop_sharing_and_stay_correct(one_thread, monkeypatch):
     """A model whose k_proj reads another tensor than q_proj (e.g. cross-attention): the sharing turns itself off."""
-    from oloraplus.adapters.lean import SHARED
+    from oloraplus.adapters.lean import SIBLINGS
 
     reference = peft_llama()
     lean = lean_copy(reference)
     attention = lean.get_base_model().model.layers[0].self_attn
-    group = attention.q_proj.__dict__[SHARED]
+    assert attention.q_proj.__dict__[SIBLINGS] == (attention.q_proj, attention.k_proj, attention.v_proj)
     x = torch.randn(2, 5, 32)
     with torch.no_grad():
         q = attention.q_proj(x)
-        assert group.on and len(group.pending) == 2  # q's call computed k's and v's for x
+        assert attention.k_proj._lean_input is x and attention.v_proj._lean_input is x  # q's call computed theirs
         k = attention.k_proj(x + 1)  # not the input q_proj was called with: computes its own, sharing off
-        assert not group.on and not group.pending
+        assert all(not m.__dict__[SIBLINGS] and m._lean_input is None
+                   for m in (attention.q_proj, attention.k_proj, attention.v_proj))
         q2 = attention.q_proj(x)
         ref = reference.get_base_model().model.layers[0].self_attn
         torch.testing.assert_close(q, ref.q_proj(x))

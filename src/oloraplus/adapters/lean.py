@@ -7,8 +7,8 @@ ops it dispatches (bench/opcount.md). Two sources of ops that change nothing in 
   base) and autocast casts it straight back, then scales and adds in two more ops, and autograd records a
   node for each. `LeanLinear` computes y = W x + s · B A x as one autograd node (`lora_linears`): the weights
   are cast, not the activation, s and the residual add are folded into one `addmm_`, and the backward is
-  written out. Layers that read one input (q/k/v; gate/up: `SharedInput`) are one node, their A projections one
-  matmul of the stacked A's. Dropout is called only when p > 0 (PEFT already uses an `nn.Identity` at p = 0,
+  written out. Layers that read one input (q/k/v; gate/up) are one node, their A projections one
+  matmul of the stacked A's (`LeanLinear._shared_output`). Dropout is called only when p > 0 (PEFT already uses an `nn.Identity` at p = 0,
   which dispatches nothing).
 - transformers' packed-sequence path (restarting `position_ids`, no attention mask) asks the GPU whether the
   rows are packed, `(mask[:, -1] == 0).all()`, once per forward: a host sync that drains the queue of launched
@@ -34,7 +34,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 # Model types whose decoder uses one causal mask for every layer (no sliding window, no extra mask functions).
 PACKED_MASK_MODEL_TYPES = ("llama",)
 MASK_HOOK = "_oloraplus_packed_mask_hook"  # attribute of the decoder holding the hook's handle
-SHARED = "_oloraplus_shared_input"  # attribute of a LeanLinear holding its `SharedInput` group
+SIBLINGS = "_lean_siblings"  # attribute of a LeanLinear: the layers reading its input, itself included
 # Sibling layers that read one input in Llama-like decoders (attention: q/k/v; MLP: gate/up).
 SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -48,12 +48,8 @@ class LeanLinear(LoraLinear):
             return super().forward(x, *args, **kwargs)
         parts = self._lean_parts(x, name)
         if parts is not None:
-            shared = self.__dict__.get(SHARED)
-            if shared is not None and not torch.compiler.is_compiling():  # compiled: inductor fuses anyway
-                out = shared.output(self, x)
-                if out is not None:
-                    return out
-            return lora_linears(x, [parts])[0]
+            out = self._shared_output(x) if self.__dict__.get(SIBLINGS) else None  # see make_lean_, unshare_
+            return lora_linears(x, [parts])[0] if out is None else out
         A, B, s = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]  # (r, in), (out, r)
         result = self.base_layer(x)  # another base (Conv1D, ...) or dropout: PEFT's autograd, four ops fewer
         dropout = self.lora_dropout[name]
@@ -87,42 +83,34 @@ class LeanLinear(LoraLinear):
         base = self.base_layer
         return base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name])
 
+    def _shared_output(self, x: torch.Tensor) -> torch.Tensor | None:
+        """This layer's output for `x` computed with its siblings' (`SIBLINGS`), or None: compute it alone.
 
-class SharedInput:
-    """Sibling LoRA layers that read one input (q/k/v; gate/up): the first one called computes all of them.
-
-    Their A projections are then one matmul of the stacked A's (`lora_linears`), and the backward is one autograd
-    node instead of three. The model still calls each layer: the first call computes every sibling's output for
-    that input tensor, the others collect theirs by identity of the input. A sibling that never comes for its
-    output (the siblings read different inputs in this model) turns the sharing off for good: each layer then
-    computes its own, as without it. Not a module: it holds no parameters and is not in the state dict.
-    """
-
-    def __init__(self, members: list[LeanLinear]) -> None:
-        self.members = members
-        self.on = True
-        self.input: torch.Tensor | None = None
-        self.pending: dict[int, torch.Tensor] = {}  # id(member) -> its output for `input`
-
-    def output(self, member: LeanLinear, x: torch.Tensor) -> torch.Tensor | None:
-        """`member`'s output for `x`, computing the whole group's when it is the first called; None: not shared."""
-        if not self.on:
-            return None
-        if x is self.input and id(member) in self.pending:
-            out = self.pending.pop(id(member))
-            if not self.pending:
-                self.input = None
+        Siblings read one input (q/k/v; gate/up): the first one called computes all their outputs in one node
+        (`lora_linears`: the A's stacked into one matmul, one backward) and leaves each sibling its output and the
+        input it is for; the model still calls each layer, and the sibling collects its output when called with
+        that very tensor. An output never collected (the siblings read different inputs in this model) turns the
+        sharing off for good: each layer then computes its own, as without it. The state lives on the layers
+        themselves, so a compiled decoder layer is one graph for every layer.
+        """
+        if self._lean_input is x:
+            out, self._lean_input, self._lean_output = self._lean_output, None, None
             return out
-        if self.pending:  # a sibling never collected its output: they do not read one input here
-            self.on, self.pending, self.input = False, {}, None
+        siblings = self.__dict__[SIBLINGS]
+        if any(m._lean_input is not None for m in siblings):  # never collected: they do not read one input here
+            for m in siblings:
+                m._lean_input, m._lean_output, m.__dict__[SIBLINGS] = None, None, ()
             return None
-        parts = [m._lean_parts(x) for m in self.members]
+        parts = [m._lean_parts(x) for m in siblings]
         if any(p is None for p in parts) or len({(p[2].dtype, p[3].dtype) for p in parts}) != 1:
             return None
-        outs = lora_linears(x, parts)
-        self.pending = {id(m): y for m, y in zip(self.members, outs) if m is not member}
-        self.input = x if self.pending else None
-        return outs[self.members.index(member)]
+        mine = None
+        for m, y in zip(siblings, lora_linears(x, parts)):
+            if m is self:
+                mine = y
+            else:
+                m._lean_input, m._lean_output = x, y
+        return mine
 
 
 Layer = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, torch.Tensor, float]  # W, bias, A, B, s
@@ -159,8 +147,8 @@ class _LoraLinears(torch.autograd.Function):
             h = torch.mm(x2, Ac.t())  # (N, Σr): every layer's A x in one matmul
             hs = (h,) if len(As) == 1 else h.split(ranks, dim=1)
             Wcs, Bcs, ys = [], [], []
-            for W, bias, B, h_i, s in zip(Ws, biases, Bs, hs, scales):
-                Wc, Bc = W.to(dtype), B.to(dtype)  # the weights cast, never the activation
+            for W, bias, B, h_i, s, Bc in zip(Ws, biases, Bs, hs, scales, _cast_each(Bs, dtype)):
+                Wc = W.to(dtype)  # the weights cast, never the activation
                 y = torch.mm(x2, Wc.t()) if bias is None else torch.addmm(bias.to(dtype), x2, Wc.t())
                 y.addmm_(h_i, Bc.t(), alpha=s)  # W x + s · B (A x)
                 Wcs.append(Wc)
@@ -201,13 +189,24 @@ class _LoraLinears(torch.autograd.Function):
                     grads[4 * i + 2] = ga_i
         if any(need_b):
             hs = (h,) if k == 1 else h.split(ranks, dim=1)
-            for i, (g2, h_i, Bc, s) in enumerate(zip(g2s, hs, Bcs, scales)):
-                if need_b[i]:
-                    grads[4 * i + 3] = torch.addmm(Bc, g2.t(), h_i, beta=0, alpha=s).to(ctx.b_dtype)
+            gbs = [torch.addmm(Bc, g2.t(), h_i, beta=0, alpha=s) if need_b[i] else None
+                   for i, (g2, h_i, Bc, s) in enumerate(zip(g2s, hs, Bcs, scales))]
+            for i, gb in enumerate(_cast_each(gbs, ctx.b_dtype)):
+                grads[4 * i + 3] = gb
         for i, g2 in enumerate(g2s):
             if need_bias[i]:
                 grads[4 * i + 1] = g2.sum(0).to(ctx.bias_dtypes[i])
         return (gx if need_x else None), None, None, *grads
+
+
+def _cast_each(tensors: Sequence[torch.Tensor | None], dtype: torch.dtype) -> list[torch.Tensor | None]:
+    """Each tensor in `dtype`. Compiled, as one cast of their concatenation: inductor makes the concatenation and
+    the cast one kernel instead of one per tensor; eager, one cast each (the concatenation would be an op more)."""
+    present = [t for t in tensors if t is not None]
+    if len(present) < 2 or not torch.compiler.is_compiling() or len({t.shape[1:] for t in present}) != 1:
+        return [None if t is None else t.to(dtype) for t in tensors]
+    cast = iter(torch.cat(present).to(dtype).split([t.shape[0] for t in present]))
+    return [None if t is None else next(cast) for t in tensors]
 
 
 def make_lean_(model: torch.nn.Module, mask: bool | None = None) -> torch.nn.Module:
@@ -225,10 +224,9 @@ def make_lean_(model: torch.nn.Module, mask: bool | None = None) -> torch.nn.Mod
     for parent in model.modules():
         for names in SHARED_INPUT:
             members = [getattr(parent, n) for n in names if type(getattr(parent, n, None)) is LeanLinear]
-            if len(members) > 1 and not any(SHARED in m.__dict__ for m in members):
-                group = SharedInput(members)
-                for member in members:
-                    member.__dict__[SHARED] = group  # a plain attribute: not a submodule, not in the state dict
+            if len(members) > 1 and not any(m.__dict__.get(SIBLINGS) for m in members):
+                for member in members:  # plain attributes: not submodules, not in the state dict
+                    member.__dict__.update({SIBLINGS: tuple(members), "_lean_input": None, "_lean_output": None})
     if mask is None:
         mask = any(p.device.type == "cuda" for p in model.parameters())
     decoder = _decoder(model) if mask else None
@@ -239,13 +237,23 @@ def make_lean_(model: torch.nn.Module, mask: bool | None = None) -> torch.nn.Mod
 
 def undo_lean_(model: torch.nn.Module, lora: bool = True, mask: bool = True) -> torch.nn.Module:
     """PEFT's LoRA forward (`lora`) and transformers' packed mask (`mask`) back where `make_lean_` changed them."""
+    if lora:
+        unshare_(model)
     for module in model.modules():
         if lora and type(module) is LeanLinear:
             module.__class__ = LoraLinear
-            module.__dict__.pop(SHARED, None)
         if mask and hasattr(module, MASK_HOOK):
             getattr(module, MASK_HOOK).remove()
             delattr(module, MASK_HOOK)
+    return model
+
+
+def unshare_(model: torch.nn.Module) -> torch.nn.Module:
+    """Each lean layer computes its own output, none with its siblings'. For a compiled region that cannot hold
+    the siblings' shared state: dynamo refuses it inside a gradient checkpoint's region. In place."""
+    for module in model.modules():
+        for key in (SIBLINGS, "_lean_input", "_lean_output"):
+            module.__dict__.pop(key, None)
     return model
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from oloraplus.adapters.lean import unshare_
 from oloraplus.console import say
 
 BACKEND: str | Callable = "inductor"  # tests swap in a cheap backend; guards and recompiles are dynamo's either way
@@ -145,6 +146,8 @@ def compile_layers(model: nn.Module, name: str = "the model", backend: str | Cal
     if layers is None:
         say(f"--compile: {name} has no decoder layer list to compile; training eagerly")
         return None
+    if any(getattr(layer, "gradient_checkpointing", False) for layer in layers):
+        unshare_(model)  # q/k/v computed together keep state between calls: not inside a checkpoint's region
     handle = RegionalCompile(layers=list(layers), name=name, start_s=compile_seconds(),
                              start_graphs=graphs_compiled(), start_breaks=graph_breaks())
     for layer in handle.layers:

@@ -11,7 +11,6 @@ on the CPU), so the host queues the next step while the GPU runs this one.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -35,12 +34,12 @@ WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 class _NonFiniteWatch(TrainerCallback):
     """Stops a diverged run before anything reads or writes its weights, without a host sync per step.
 
-    After every optimizer step the watch folds "is the step's loss finite, are the parameters finite"
-    into one small device tensor (the first bad step, why, its loss: a few tiny kernels, no `.item()`).
-    The host reads it only where the Trainer or a callback is about to use the weights anyway: a logging,
-    saving or evaluation step, a callback's own schedule (`reads_weights_at`), the end of training.
-    A run therefore still stops at the first bad step it reaches there, naming the step where the
-    loss or weights first went non-finite.
+    After every optimizer step the watch keeps one small device row, [the step's loss, Σ max |θ| over the
+    parameters], five tiny ops and no `.item()`. The host reads the rows kept so far only where the Trainer or a
+    callback is about to use the weights anyway: a logging, saving or evaluation step, a callback's own schedule
+    (`reads_weights_at`), the end of training. A run therefore still stops at the first bad step it reaches
+    there, naming the step where the loss or weights first went non-finite. Sharded (FSDP), the ranks agree at
+    that read, in one all-reduce: all ranks stop, or none.
     """
 
     LOSS, PARAMS = 1, 2  # why the step was bad
@@ -49,31 +48,23 @@ class _NonFiniteWatch(TrainerCallback):
         self.trainer = trainer
         self.params: list[torch.Tensor] | None = None
         self.sharded = False
-        self.first_bad: torch.Tensor | None = None  # [step, why, loss] of the first bad step; step -1: none
+        self.rows: list[tuple[int, torch.Tensor]] = []  # (step, [loss, Σ max |θ|]) not yet read
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.params = [p for p in self.trainer.model.parameters() if p.requires_grad]
         self.sharded = fsdp.is_sharded(self.trainer.model)
-        self.first_bad = None
+        self.rows = []
 
     @torch.no_grad()  # the parameters' norms without autograd's bookkeeping (a detach per parameter)
     def on_optimizer_step(self, args, state, control, **kwargs):
         loss = self.trainer.step_loss()
         if loss is None or not self.params:
             return
-        step = state.global_step + 1
-        # max |θ| is inf or nan exactly when some parameter is: one fused launch per dtype/device group
-        shards = fsdp.local_shards(self.params)
-        params_ok = torch.stack(torch._foreach_norm(shards, float("inf"))).to(loss.device).isfinite().all()
-        loss_ok = loss.isfinite()
-        if self.sharded:  # each rank holds other shards and ran another batch: all ranks stop, or none
-            loss_ok, params_ok = fsdp.all_ranks(loss_ok, params_ok)
-        why = torch.where(loss_ok, torch.where(params_ok, 0, self.PARAMS), self.LOSS).to(torch.float64)
-        now = torch.stack([torch.full_like(why, step), why, loss.detach().double()])
-        if self.first_bad is None:
-            self.first_bad = torch.tensor([-1.0, 0.0, math.nan], dtype=torch.float64, device=loss.device)
-        first = (self.first_bad[0] < 0) & (why > 0)
-        self.first_bad = torch.where(first, now, self.first_bad)
+        # max |θ| per parameter, one fused launch per dtype/device group; their fp64 sum is finite exactly when
+        # every parameter is (fp32's largest value times 10⁹ parameters is still finite in fp64)
+        norms = torch._foreach_norm(fsdp.local_shards(self.params), float("inf"))
+        params = torch.stack(norms).sum(dtype=torch.float64).to(loss.device)
+        self.rows.append((state.global_step + 1, torch.stack([loss.to(torch.float64), params])))
 
     def on_step_end(self, args, state, control, **kwargs):
         due = (control.should_log or control.should_save or control.should_evaluate or control.should_training_stop
@@ -85,13 +76,18 @@ class _NonFiniteWatch(TrainerCallback):
 
     def check(self) -> None:
         """The one host read: raise if any step so far went non-finite."""
-        if self.first_bad is None:
+        if not self.rows:
             return
-        step, why, loss = self.first_bad.tolist()
-        if step >= 0:
-            what = ("the loss is not finite" if why == self.LOSS
-                    else "the optimizer step made parameters non-finite")
-            self.trainer.stop_non_finite(int(step), what, loss)
+        steps, rows = [step for step, _ in self.rows], torch.stack([row for _, row in self.rows])
+        self.rows = []
+        finite = rows.isfinite()
+        if self.sharded:  # each rank holds other shards and ran another batch: all ranks stop, or none
+            finite, = fsdp.all_ranks(finite)
+        for step, (loss, _, loss_ok, params_ok) in zip(steps, torch.cat([rows, finite.double()], 1).tolist()):
+            if not (loss_ok and params_ok):
+                what = ("the loss is not finite" if not loss_ok
+                        else "the optimizer step made parameters non-finite")
+                self.trainer.stop_non_finite(step, what, loss)
 
 
 class _RestoreLossState(TrainerCallback):
