@@ -430,6 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cpu_model() -> str:
+    sys.path.insert(0, str(BENCH))
+    from workers import cpu_model as model
+
+    return model()
+
+
 def write_report(path: Path, results, arms, sizes, batches, depth, compiled: Compiled | None,
                  speed: dict[str, Any] | None, load, wall_s, argv) -> None:
     first = sizes[0]
@@ -438,7 +445,8 @@ def write_report(path: Path, results, arms, sizes, batches, depth, compiled: Com
         "",
         f"Made by `python bench/opcount.py {' '.join(argv)}` on "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
-        f"a shared 2-core Xeon (load average {load[0]:.2f} at the start; counts do not depend on load), "
+        f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, shared (load average {load[0]:.2f} at the start; "
+        "counts do not depend on load), "
         f"{wall_s / 60:.1f} min. What is counted and how: the docstring of `bench/opcount.py` and "
         "`docs/performance-ops.md`.",
         "",
