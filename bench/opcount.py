@@ -422,12 +422,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{compiled.compile_s:.0f} s", flush=True)
     report = lambda speed: write_report(  # noqa: E731
         args.out, results, arms, sizes, batches, depth, compiled, speed, load, time.perf_counter() - started,
-        argv if argv is not None else sys.argv[1:])
+        portable(argv if argv is not None else sys.argv[1:]))
     report(None)  # the counts are kept even if the timing below fails
     if args.cpu_speed:
         report(cpu_speed(args.data, args.cpu_speed))
     print(f"wrote {args.out}")
     return 0
+
+
+def portable(argv: list[str]) -> list[str]:
+    """The command line as a reader can rerun it: absolute paths (this machine's) shown by their file name."""
+    return [f"<{Path(a).name}>" if os.path.isabs(a) else a for a in argv]
 
 
 def cpu_model() -> str:
