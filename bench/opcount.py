@@ -247,8 +247,9 @@ def count_step(step: Callable[[], None], counter: OpCounter, optimizer: torch.op
 
 
 def count(arm: str, size: str, batch: int, layers: int = LAYERS, lean: bool = True,
-          mask: bool = True) -> OpCounter:
-    """Ops of one optimizer step of `arm` ('recipe' or 'oloraplus'); `lean`/`mask`: oloraplus's levers on or off."""
+          mask: bool = True, shared: bool = True) -> OpCounter:
+    """Ops of one optimizer step of `arm` ('recipe' or 'oloraplus'); `lean`/`mask`/`shared`: oloraplus's levers
+    on or off (`shared`: q/k/v and gate/up computed together, their A's stacked)."""
     from oloraplus.adapters import lean as lean_module
 
     counter = OpCounter()
@@ -259,6 +260,8 @@ def count(arm: str, size: str, batch: int, layers: int = LAYERS, lean: bool = Tr
     else:
         model = oloraplus_model(size, layers)
         lean_module.undo_lean_(model, lora=not lean, mask=not mask)
+        if not shared:
+            lean_module.unshare_(model)
         step, optimizer = oloraplus_step(model, items, counter)
     return count_step(step, counter, optimizer)
 
@@ -401,7 +404,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     arms = [("recipe", {}), ("oloraplus, PEFT forward", dict(lean=False, mask=False)),
-            ("oloraplus, + sync-free packed mask", dict(lean=False)), ("oloraplus eager (lean LoRA + mask)", {})]
+            ("oloraplus, + sync-free packed mask", dict(lean=False)),
+            ("oloraplus, + one node per LoRA layer", dict(shared=False)),
+            ("oloraplus eager (+ q/k/v, gate/up as one node)", {})]
     results: dict[tuple[str, str, int], OpCounter] = {}
     for size in sizes:
         for batch in batches:
