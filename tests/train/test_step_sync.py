@@ -133,3 +133,43 @@ def test_diagnostics_are_logged_on_their_schedule_not_at_every_log(tiny_llama_di
     off = tmp_path / "off"
     recipe.train(tiny_cfg(tiny_llama_dir, alpaca_file, off, max_steps=2, diagnostics_steps=-1))
     assert not any("diag_subspace_distance" in line for line in (off / "log.jsonl").read_text().splitlines())
+
+
+def test_the_watch_names_the_first_bad_step_and_why_from_the_rows_it_kept():
+    """Rows kept without a host read: the check reads them in order, first the loss, then the parameters."""
+    from oloraplus.train.trainer import _NonFiniteWatch
+
+    param = torch.nn.Parameter(torch.ones(3))
+    losses = iter([1.0, 2.0, float("nan"), 3.0])
+    stopped: list[tuple] = []
+    trainer = SimpleNamespace(model=torch.nn.ParameterList([param]),
+                              step_loss=lambda: torch.tensor(next(losses)),
+                              stop_non_finite=lambda step, what, loss: stopped.append((step, what, loss)))
+    watch = _NonFiniteWatch(trainer)
+    watch.on_train_begin(None, None, None)
+    for step, poison in enumerate([None, float("inf"), None, None]):
+        if poison is not None:
+            with torch.no_grad():
+                param[0] = poison  # the optimizer step made a parameter non-finite
+        watch.on_optimizer_step(None, SimpleNamespace(global_step=step), None)
+    assert len(watch.rows) == 4 and not stopped  # nothing read yet
+    watch.check()
+    assert stopped[0][:2] == (2, "the optimizer step made parameters non-finite") and stopped[0][2] == 2.0
+    assert not watch.rows
+
+
+def test_the_watch_takes_five_ops_per_step_and_no_sync():
+    """A step's watch work: foreach norm, stack, fp64 sum, the loss in fp64, the row; and no `.item()`."""
+    from oloraplus.train.trainer import _NonFiniteWatch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from opcount import OpCounter
+
+    params = [torch.nn.Parameter(torch.ones(3)) for _ in range(4)]
+    trainer = SimpleNamespace(model=torch.nn.ParameterList(params), step_loss=lambda: loss)
+    watch = _NonFiniteWatch(trainer)
+    watch.on_train_begin(None, None, None)
+    loss = torch.tensor(1.5)
+    with OpCounter() as counter:
+        watch.on_optimizer_step(None, SimpleNamespace(global_step=0), None)
+    assert counter.total() == 5 and counter.syncs == 0
