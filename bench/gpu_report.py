@@ -80,8 +80,10 @@ def _fast(run: dict) -> str:
         return "(paper recipe)" if "fast_paths" not in run else "n/a"
     on = lambda flag: "on" if flag else "off"  # noqa: E731
     compiled = f"{f['compile_modules']} modules" if f.get("compile_modules") else "off"
+    lean = (f", lean LoRA {f['lean_lora']} layers ({f.get('lean_shared', 0)} with siblings), "
+            f"packed mask hook {on(f.get('packed_mask_hook'))}") if "lean_lora" in f else ""
     return (f"packing {on(f.get('packing'))}, response-only loss {on(f.get('response_only_loss'))}, "
-            f"compile {compiled}, fused AdamW {on(f.get('fused_adamw'))}")
+            f"compile {compiled}, fused AdamW {on(f.get('fused_adamw'))}{lean}")
 
 
 def _diag(run: dict) -> str:

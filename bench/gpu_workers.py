@@ -195,6 +195,7 @@ def _inner_optimizer(optimizer):
 def fast_paths(trainer, model, metrics: dict) -> dict[str, Any]:
     """What the run really used, read from its metrics, trainer and model."""
     import torch
+    from oloraplus.adapters import lean
 
     optimizer = _inner_optimizer(trainer.optimizer) if trainer.optimizer is not None else None
     fused = None
@@ -218,6 +219,11 @@ def fast_paths(trainer, model, metrics: dict) -> dict[str, Any]:
         "linear_4bit": sum(1 for m in modules if "Linear4bit" in type(m).__name__),
         "linear_8bit": sum(1 for m in modules if "Linear8bit" in type(m).__name__),
         "cuda": torch.cuda.is_available(),
+        # adapters/lean.py: LoRA layers on the lean forward, those computed with their siblings (q/k/v, gate/up;
+        # read after the run: the sharing turns itself off where siblings read other inputs), the packed mask hook
+        "lean_lora": sum(1 for m in modules if type(m).__name__ == "LeanLinear"),
+        "lean_shared": sum(1 for m in modules if type(m).__name__ == "LeanLinear" and m.__dict__.get(lean.SIBLINGS)),
+        "packed_mask_hook": any(hasattr(m, lean.MASK_HOOK) for m in modules),
     }
 
 

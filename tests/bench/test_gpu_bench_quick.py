@@ -31,6 +31,9 @@ def test_quick_bench_runs_the_pair_and_the_big_model_job(alpaca_file, tmp_path, 
         assert run["steady_seconds_per_step"] > 0 and run["warmup_s"] > 0
     assert ours["fast_paths"]["packing"] is True and ours["fast_paths"]["response_only_loss"] is True
     assert ours["fast_paths"]["fused_adamw"] is False  # torch's fused AdamW is CUDA-only here
+    lean_layers = ours["fast_paths"]["lean_lora"]  # every adapted layer of the tiny model; 5 of 7 have siblings
+    assert lean_layers > 0 and ours["fast_paths"]["lean_shared"] == lean_layers * 5 // 7
+    assert ours["fast_paths"]["packed_mask_hook"] is False  # CUDA-only by default
     assert "fast_paths" not in base and 0 <= ours["diagnostics_loop_share"] < 1
     assert 0 < ours["process_s"] <= ours["wall_s"] and 0 < base["process_s"] <= base["wall_s"]
     assert abs(ours["eval_loss"] - base["eval_loss"]) < 1e-4  # same batches, fp32
