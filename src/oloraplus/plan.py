@@ -22,7 +22,8 @@ saves (`layer_activations`): the inputs of both RMSNorms (2h) and their 1/rms (2
 adapted projections (h each side), q after RoPE and the attention output (2·d_q), k and v (2·d_kv), the
 sdpa log-sum-exp (heads), gate, silu(gate) and up (3I), down's input when adapted (I), and per adapted
 projection its method's term (`adapter_activation`: T·r for LoRA's A·x, ...). Frozen projections save
-nothing: a frozen weight needs no input for its gradient.
+nothing: a frozen weight needs no input for its gradient. In fp32, the LoRA-family layers computed with their
+siblings (q/k/v, gate/up: adapters/lean.py) also save the stacked copy of their A's (r·n each).
 """
 
 from __future__ import annotations
@@ -174,6 +175,22 @@ def adapter_activation(method: str, rank: int, layer: Layer, tokens: int) -> int
     return tokens * rank  # A·x, which B's gradient needs
 
 
+def stacked_a_copies(method: str, rank: int, adapted: tuple[Layer, ...]) -> int:
+    """Elements of the stacked A's that LoRA-family layers computed with their siblings save (adapters/lean.py:
+    one cat of q/k/v's A's, one of gate/up's); the cast copies in a lower compute dtype are not planned."""
+    from oloraplus.adapters.lean import LEAN_METHODS, SHARED_INPUT
+
+    if method not in LEAN_METHODS:
+        return 0
+    parents: dict[tuple[str, int], list[Layer]] = {}
+    for layer in adapted:
+        parent, _, leaf = layer.name.rpartition(".")
+        group = next((i for i, names in enumerate(SHARED_INPUT) if leaf in names), None)
+        if group is not None:
+            parents.setdefault((parent, group), []).append(layer)
+    return sum(rank * layer.n for layers in parents.values() if len(layers) > 1 for layer in layers)
+
+
 def layer_activations(s: Shapes, roles: set[str], tokens: int) -> int:
     """Elements one decoder layer saves for its backward, adapter terms excluded (module docstring)."""
     d_q, d_kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
@@ -202,6 +219,8 @@ def estimate(cfg: TrainConfig, shapes: Shapes, *, dtype: str = "fp32", processes
     roles = {layer.role for layer in shapes.adapted}
     per_layer = layer_activations(shapes, roles, tokens) * w
     adapter_act = sum(adapter_activation(cfg.method, cfg.rank, layer, tokens) for layer in shapes.adapted) * w
+    if dtype == "fp32" and cfg.quantize == "none":
+        adapter_act += stacked_a_copies(cfg.method, cfg.rank, shapes.adapted) * w
     one_layer = per_layer + adapter_act / max(shapes.layers, 1)
     logits = tokens * shapes.vocab * LOGITS_BYTES
     rope = 2 * tokens * shapes.head_dim * w  # cos and sin, shared by the layers

@@ -37,6 +37,7 @@ MASK_HOOK = "_oloraplus_packed_mask_hook"  # attribute of the decoder holding th
 SIBLINGS = "_lean_siblings"  # attribute of a LeanLinear: the layers reading its input, itself included
 # Sibling layers that read one input in Llama-like decoders (attention: q/k/v; MLP: gate/up).
 SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+LEAN_METHODS = ("lora", "olora", "pissa", "eva")  # methods whose layers are PEFT's plain LoRA Linear
 
 
 class LeanLinear(LoraLinear):
