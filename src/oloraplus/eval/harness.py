@@ -161,18 +161,19 @@ def run_harness(model, tokenizer, tasks: list[str], *, data: str | None = None, 
 
 def harness_eval(run_dir: str | Path, tasks: list[str], *, data: str | None = None, limit: int | None = None,
                  max_new_tokens: int = 256, batch_size: int = 8, device: str | None = None,
-                 ) -> dict[str, dict[str, Any]]:
-    """Run the harness on RUN_DIR's base + adapter; merge the results into metrics.json["harness"] and write
-    each example (prompt, generation, extracted answer, target, score) to harness_samples.jsonl."""
+                 model: str | None = None) -> dict[str, dict[str, Any]]:
+    """Run the harness on RUN_DIR's base (or `model`) + adapter; merge the results into metrics.json["harness"] and
+    write each example (prompt, generation, extracted answer, target, score) to harness_samples.jsonl."""
     from oloraplus import rundir
     from oloraplus.eval.chat import load_for_generation
     from oloraplus.io import atomic_write_text
     from oloraplus.paths import portable_path
 
+    rundir.load_run_config(Path(run_dir))  # it writes into the run: a bare adapter directory is refused
     task_specs(tasks, data)  # bad flags or data fail before the model loads
     require_lm_eval()
-    model, tokenizer = load_for_generation(run_dir, device=device)
-    results, rows = run_harness(model, tokenizer, tasks, data=data, limit=limit, max_new_tokens=max_new_tokens,
+    lm, tokenizer = load_for_generation(run_dir, device=device, model=model)
+    results, rows = run_harness(lm, tokenizer, tasks, data=data, limit=limit, max_new_tokens=max_new_tokens,
                                 batch_size=batch_size)
     for task, row in results.items():
         if task in local_tasks() and data is not None:
