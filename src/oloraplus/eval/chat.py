@@ -96,6 +96,24 @@ def load_for_generation(run_dir: str | Path, *, base_only: bool = False, device:
     return base.eval(), loaded.tokenizer
 
 
+def complete_text_streamer(tokenizer):
+    """transformers' TextStreamer (prints the reply as it decodes, prompt skipped), whose last flush drops a
+    character the token limit cut in half, as `decode_new` does for the returned text."""
+    from transformers import TextStreamer
+
+    from oloraplus.eval.generate import trim_cut_character
+
+    class CompleteTextStreamer(TextStreamer):
+        def end(self) -> None:
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs) if self.token_cache else ""
+            text = trim_cut_character(self.tokenizer, self.token_cache, text)
+            printable, self.token_cache, self.print_len = text[self.print_len:], [], 0
+            self.next_tokens_are_prompt = True
+            self.on_finalized_text(printable, stream_end=True)
+
+    return CompleteTextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
 def generate_one(model, tokenizer, prompt: str, sampling: Sampling, streamer: Any = None) -> str:
     """One rendered prompt → the reply (decoded without the prompt, cut at the first end token)."""
     import torch
@@ -120,14 +138,12 @@ def generate_one(model, tokenizer, prompt: str, sampling: Sampling, streamer: An
 
 def generate_replies(model, tokenizer, texts: list[str], sampling: Sampling, stream: bool = False) -> list[str]:
     """Replies to user messages `texts`; greedy lists are decoded in batches, like `oloraplus eval`."""
-    from transformers import TextStreamer
-
     from oloraplus.eval.generate import generate_batched
 
     prompts = [chat_prompt(tokenizer, t) for t in texts]
     if sampling.temperature == 0 and not stream:
         return generate_batched(model, tokenizer, prompts, max_new_tokens=sampling.max_new_tokens)
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    streamer = complete_text_streamer(tokenizer) if stream else None
     return [generate_one(model, tokenizer, p, sampling, streamer) for p in prompts]
 
 

@@ -69,4 +69,9 @@ def eval_config(source, data: str | None) -> TrainConfig:
         return replace(rundir.load_run_config(source.run_dir), model=source.base_model)
     if data is None:
         raise ConfigError(f"eval {source.path}: not an oloraplus run, so there is no eval split; pass --data FILE")
-    return TrainConfig(model=source.base_model, data=data)
+    from oloraplus.data.prepare import model_positions
+    from oloraplus.models import model_config
+
+    positions = model_positions(model_config(source.base_model))  # the default 512 may be more than it has
+    return TrainConfig(model=source.base_model, data=data,
+                       max_length=min(TrainConfig.max_length, positions or TrainConfig.max_length))
