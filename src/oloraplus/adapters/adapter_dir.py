@@ -354,16 +354,16 @@ def check_base(model: torch.nn.Module, source: AdapterSource, fingerprint: str) 
         try:
             layer = model.get_submodule(name)
         except AttributeError:
-            raise AdapterError(f"{weights}: {name}: --model {source.base_model} has no such module; the adapter is "
-                               f"for another base ({source.named_by})") from None
+            raise AdapterError(f"{weights}: {name}: --model {source.base_model} has no such module; the adapter was "
+                               f"trained on another base (this one came from {source.named_by})") from None
         out_in = _out_in(layer)
         got = shape[1] if match["factor"] == "A" else shape[0]
         want = out_in[1] if match["factor"] == "A" else out_in[0]
         if out_in and got != want:
             side = "in" if match["factor"] == "A" else "out"
             raise AdapterError(f"{weights}: {name}: lora_{match['factor']} has {side}_features {got} but --model "
-                               f"{source.base_model} has {want} there; the adapter is for another base "
-                               f"({source.named_by})")
+                               f"{source.base_model} has {want} there; the adapter was trained on another base "
+                               f"(this one came from {source.named_by})")
 
 
 def _out_in(layer: torch.nn.Module) -> tuple[int, int] | tuple[()]:

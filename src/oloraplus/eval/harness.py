@@ -169,7 +169,9 @@ def harness_eval(run_dir: str | Path, tasks: list[str], *, data: str | None = No
     from oloraplus.io import atomic_write_text
     from oloraplus.paths import portable_path
 
-    rundir.load_run_config(Path(run_dir))  # it writes into the run: a bare adapter directory is refused
+    if not rundir.is_run(Path(run_dir)):  # the results go into the run's metrics.json
+        raise ConfigError(f"--harness: {run_dir}: not an oloraplus run (no {rundir.CONFIG_FILE}); the harness records "
+                          "its results in a run (evaluate a bare adapter with --data instead)")
     task_specs(tasks, data)  # bad flags or data fail before the model loads
     require_lm_eval()
     lm, tokenizer = load_for_generation(run_dir, device=device, model=model)
