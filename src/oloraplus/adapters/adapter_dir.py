@@ -277,9 +277,11 @@ def _base_candidates(path: Path, config: dict, meta: dict) -> list[tuple[str, st
     named = [(meta.get("base_model"), f"{path / META_FILE}: base_model"),
              (meta.get("base_model_local_path"), f"{path / META_FILE}: base_model_local_path"),
              (config.get("base_model_name_or_path"), f"{path / CONFIG_FILE}: base_model_name_or_path")]
-    seen: set[str] = set()
-    return [(name, where) for name, where in named
-            if isinstance(name, str) and name and not (name in seen or seen.add(name))]
+    candidates: dict[str, str] = {}
+    for name, where in named:
+        if isinstance(name, str) and name:
+            candidates.setdefault(name, where)
+    return list(candidates.items())
 
 
 def _resolve_base(path: Path, config: dict, meta: dict) -> tuple[str, str]:
@@ -331,39 +333,49 @@ def check_base(model: torch.nn.Module, source: AdapterSource, fingerprint: str) 
     if source.fingerprint and source.fingerprint != fingerprint:
         raise AdapterError(f"{source.path}: trained on another base model (base fingerprint {source.fingerprint} "
                            f"!= {fingerprint} of --model {source.base_model})")
-    weights = source.path / WEIGHTS_FILE
-    if not weights.is_file():
-        return  # load_adapter names what is there instead
+    check_shapes(model, source)
+
+
+def _factor_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Saved key -> shape, read from the safetensors header alone; {} when unreadable (load_adapter names why)."""
     from safetensors import safe_open
 
+    if not weights.is_file():
+        return {}
     try:
         with safe_open(str(weights), framework="pt") as f:
-            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-    except Exception:  # noqa: BLE001 - a damaged file: load_adapter's own check names it
-        return
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception:  # safetensors raises several types for a damaged file
+        return {}
+
+
+def check_shapes(model: torch.nn.Module, source: AdapterSource) -> None:
+    """Every lora_A (r, in) and lora_B (out, r) against the base layer it adapts, and their ranks against each
+    other; other tensors (DoRA magnitudes, OHoRA/HiRA factors) are left to PEFT."""
+    weights = source.path / WEIGHTS_FILE
+    shapes = _factor_shapes(weights)
+    wrong_base = f"the adapter was trained on another base (this one came from {source.named_by})"
     for key, shape in sorted(shapes.items()):
         match = _FACTOR_KEY.match(key)
         if match is None or len(shape) != 2:
             continue
-        name = target_name(match["module"])
-        other = shapes.get(f"{match['module']}.lora_{'B' if match['factor'] == 'A' else 'A'}.weight")
-        if other is not None and len(other) == 2:
-            r_A, r_B = (shape[0], other[1]) if match["factor"] == "A" else (other[0], shape[1])
-            if r_A != r_B:
-                raise AdapterError(f"{weights}: {name}: lora_A rank {r_A} != lora_B rank {r_B}")
+        name, factor = target_name(match["module"]), match["factor"]
+        if factor == "A":
+            B = shapes.get(f"{match['module']}.lora_B.weight")
+            if B is not None and len(B) == 2 and B[1] != shape[0]:
+                raise AdapterError(f"{weights}: {name}: lora_A rank {shape[0]} != lora_B rank {B[1]}")
         try:
             layer = model.get_submodule(name)
         except AttributeError:
-            raise AdapterError(f"{weights}: {name}: --model {source.base_model} has no such module; the adapter was "
-                               f"trained on another base (this one came from {source.named_by})") from None
+            raise AdapterError(f"{weights}: {name}: --model {source.base_model} has no such module; "
+                               f"{wrong_base}") from None
         out_in = _out_in(layer)
-        got = shape[1] if match["factor"] == "A" else shape[0]
-        want = out_in[1] if match["factor"] == "A" else out_in[0]
-        if out_in and got != want:
-            side = "in" if match["factor"] == "A" else "out"
-            raise AdapterError(f"{weights}: {name}: lora_{match['factor']} has {side}_features {got} but --model "
-                               f"{source.base_model} has {want} there; the adapter was trained on another base "
-                               f"(this one came from {source.named_by})")
+        if not out_in:
+            continue
+        side, got, want = ("in", shape[1], out_in[1]) if factor == "A" else ("out", shape[0], out_in[0])
+        if got != want:
+            raise AdapterError(f"{weights}: {name}: lora_{factor} has {side}_features {got} but --model "
+                               f"{source.base_model} has {want} there; {wrong_base}")
 
 
 def _out_in(layer: torch.nn.Module) -> tuple[int, int] | tuple[()]:
