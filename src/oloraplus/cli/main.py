@@ -169,11 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     command("eval", _eval, _eval_arguments,
             help="evaluate a run: eval loss, perplexity, BLEU/ROUGE of generations",
             description="Reload RUN_DIR/adapter onto the untouched base and evaluate on the run's eval split (or "
-            "--data). Updates RUN_DIR/metrics.json; with --generate writes RUN_DIR/generations.jsonl.")
+            "--data). Updates RUN_DIR/metrics.json; with --generate writes RUN_DIR/generations.jsonl. Any other PEFT "
+            "LoRA adapter directory (e.g. from compose) is evaluated on --data, with nothing written.")
     command("generate", chat.generate_command, chat.add_generate_arguments,
             help="reply to a prompt (or a file of prompts) with a run's adapter",
             description="Load RUN_DIR's base model and adapter and reply to --prompt (streamed) or to every prompt "
-            "of --prompts FILE (one JSON line {prompt, response} each), using the model's chat template.")
+            "of --prompts FILE (one JSON line {prompt, response} each), using the model's chat template. RUN_DIR may "
+            "be any PEFT LoRA adapter directory (e.g. from compose); its base: --model, else the one it names.")
     command("export", export.export_command, export.add_export_arguments,
             help="export a run's adapter for serving (merged model, llama.cpp GGUF) or check it for vLLM",
             description=_details(export), formatter_class=raw)
