@@ -16,6 +16,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from oloraplus.cli.main import main
+from oloraplus.eval import harness
 from tests.conftest import REPO, build_tokenizer, save_model_dir, tiny_llama
 
 
@@ -36,6 +37,9 @@ def bases(tmp_path_factory) -> dict[str, Path]:
     data = root / "data.jsonl"
     data.write_text("".join(json.dumps({"instruction": f"say {w}", "output": w}) + "\n" for w in ("a", "b", "c")))
     dirs["data"] = data
+    gsm8k = root / "gsm8k.jsonl"
+    gsm8k.write_text(json.dumps({"question": "1 + 1?", "answer": "2\n#### 2"}) + "\n")
+    dirs["gsm8k"] = gsm8k
     dirs["prompts"] = prompts
     return dirs
 
@@ -82,13 +86,16 @@ CASES: list[tuple[str, Build, list[str]]] = [
      ["not an oloraplus run (no config.yaml) nor an adapter directory (no adapter_config.json)"]),
     ("eval-adapter-without-data", lambda b, t: ["eval", str(b["adapter"])],
      ["not an oloraplus run, so there is no eval split; pass --data FILE"]),
-    ("eval-harness-on-adapter", lambda b, t: ["eval", str(b["adapter"]), "--harness", "gsm8k_local"],
+    ("eval-harness-on-adapter", lambda b, t: ["eval", str(b["adapter"]), "--harness", "gsm8k_local",
+                                              "--harness-data", str(b["gsm8k"])],
      ["--harness", "not an oloraplus run", "evaluate a bare adapter with --data"]),
 ]
 
 
 @pytest.mark.parametrize("case_id, build, fragments", CASES, ids=[c[0] for c in CASES])
-def test_adapter_bad_input_is_one_line_exit_2_and_writes_nothing(bases, tmp_path, capsys, case_id, build, fragments):
+def test_adapter_bad_input_is_one_line_exit_2_and_writes_nothing(bases, tmp_path, capsys, monkeypatch, case_id, build,
+                                                                fragments):
+    monkeypatch.setattr(harness, "require_lm_eval", lambda: None)  # --harness checks lm-eval first; not installed here
     argv = build(bases, tmp_path)
     watched = [tmp_path, bases["adapter"], bases["base"]]
     before = [sorted(p.rglob("*")) for p in watched]

@@ -98,7 +98,8 @@ def load_for_generation(run_dir: str | Path, *, base_only: bool = False, device:
 
 def complete_text_streamer(tokenizer):
     """transformers' TextStreamer (prints the reply as it decodes, prompt skipped), whose last flush drops a
-    character the token limit cut in half, as `decode_new` does for the returned text."""
+    character the token limit cut in half, as `decode_new` does for the returned text. Defined on first use: the
+    CLI imports this module, and transformers takes seconds to import."""
     from transformers import TextStreamer
 
     from oloraplus.eval.generate import trim_cut_character

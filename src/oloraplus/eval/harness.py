@@ -169,11 +169,11 @@ def harness_eval(run_dir: str | Path, tasks: list[str], *, data: str | None = No
     from oloraplus.io import atomic_write_text
     from oloraplus.paths import portable_path
 
+    task_specs(tasks, data)  # bad flags or data fail before the model loads
+    require_lm_eval()
     if not rundir.is_run(Path(run_dir)):  # the results go into the run's metrics.json
         raise ConfigError(f"--harness: {run_dir}: not an oloraplus run (no {rundir.CONFIG_FILE}); the harness records "
                           "its results in a run (evaluate a bare adapter with --data instead)")
-    task_specs(tasks, data)  # bad flags or data fail before the model loads
-    require_lm_eval()
     lm, tokenizer = load_for_generation(run_dir, device=device, model=model)
     results, rows = run_harness(lm, tokenizer, tasks, data=data, limit=limit, max_new_tokens=max_new_tokens,
                                 batch_size=batch_size)
