@@ -112,3 +112,18 @@ def test_adapter_cases_are_documented():
     doc = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
     missing = [case_id for case_id, *_ in CASES if f"`{case_id}`" not in doc]
     assert not missing, f"docs/reliability.md lacks {missing}"
+
+
+def test_base_is_the_first_named_that_resolves(bases, tmp_path):
+    """oloraplus_adapter.json's base_model (the --model it was trained with) before adapter_config.json's portable
+    name, each only where it resolves on this machine; --model before both."""
+    from oloraplus.adapters.adapter_dir import adapter_source
+
+    adapter = adapter_naming(bases, tmp_path, str(bases["base"]))
+    meta = adapter / "oloraplus_adapter.json"
+    meta.write_text(json.dumps({"base_model": str(bases["wide"])}))
+    assert adapter_source(adapter).base_model == str(bases["wide"])
+    meta.write_text(json.dumps({"base_model": str(tmp_path / "gone")}))  # trained on another machine
+    source = adapter_source(adapter)
+    assert source.base_model == str(bases["base"]) and source.named_by.endswith("base_model_name_or_path")
+    assert adapter_source(adapter, model=str(bases["shallow"])).base_model == str(bases["shallow"])
