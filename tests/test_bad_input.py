@@ -277,7 +277,7 @@ CASES: list[tuple[str, Build, list[str]]] = [
     # --- eval (the run directory must stay as it was) ---
     ("eval-truncated-adapter", lambda w, t, o: ["eval", str(o)], ["adapter_model.safetensors", "corrupt"]),
     ("eval-tampered-header", lambda w, t, o: ["eval", str(o)], ["adapter_model.safetensors", "corrupt"]),
-    ("eval-tampered-shape", lambda w, t, o: ["eval", str(o)], ["damaged/adapter"]),
+    ("eval-tampered-shape", lambda w, t, o: ["eval", str(o)], ["damaged/adapter", "lora_A rank 3 != lora_B rank 4"]),
     ("eval-tampered-values", lambda w, t, o: ["eval", str(o)], ["damaged/adapter", "non-finite"]),
     ("eval-pickle-adapter", lambda w, t, o: ["eval", str(o)], ["adapter_model.bin", "safetensors"]),
     ("eval-adapter-from-other-base", lambda w, t, o: ["eval", str(o)], ["base", "fingerprint"]),

@@ -33,6 +33,7 @@ HARNESS_SAMPLES_FILE = "harness_samples.jsonl"
 FAILURE_FILE = "failure.json"
 LOSS_PLOT = "loss.png"
 CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"  # --report-to tensorboard's event files (checkpoints/ is deleted at the end)
 PER_RUN = ("output", "overwrite", "resume")  # set for each run (by the user, a sweep, a study): never compared
 
 

@@ -9,7 +9,7 @@ from compose_helpers import hand_merged, logits, make_adapter
 from peft import PeftModel
 
 from oloraplus.compose.cli import compose_command, parse_weights
-from oloraplus.compose.io import read_adapter
+from oloraplus.adapters.adapter_dir import read_adapter
 from oloraplus.errors import AdapterError, ConfigError
 
 

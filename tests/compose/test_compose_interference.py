@@ -12,7 +12,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 from oloraplus.compose.interference import delta_cosine, delta_inner, interference, write_interference
-from oloraplus.compose.io import Adapter, ScaledFactors, read_adapter
+from oloraplus.adapters.adapter_dir import Adapter, ScaledFactors, read_adapter
 
 
 def _random_factors(m, n, r, s, seed):

@@ -10,7 +10,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
-from oloraplus.compose.io import read_adapter
+from oloraplus.adapters.adapter_dir import read_adapter
 from oloraplus.errors import AdapterError
 
 

@@ -8,7 +8,7 @@ import torch
 from compose_helpers import build_llama, hand_merged, logits, make_adapter
 from peft import PeftModel
 
-from oloraplus.compose.io import read_adapter
+from oloraplus.adapters.adapter_dir import read_adapter
 from oloraplus.compose.sum import sum_adapters, write_adapter
 from oloraplus.errors import AdapterError
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from oloraplus.adapters.files import CONFIG_FILE, WEIGHTS_FILE
-from oloraplus.compose.io import read_config, resolve_adapter_dir
+from oloraplus.adapters.adapter_dir import read_config, resolve_adapter_dir
 
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm/config/lora.py: MaxLoRARanks
 VLLM_DEFAULT_MAX_LORA_RANK = 16

@@ -20,6 +20,7 @@ from peft import PeftConfig, PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from oloraplus.adapters import registry
+from oloraplus.adapters.adapter_dir import load_metadata
 from oloraplus.adapters.files import CONFIG_FILE, META_FILE, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE
 from oloraplus.adapters.olora import LoraFactors
 from oloraplus.errors import AdapterError
@@ -110,17 +111,6 @@ def _name_base(path: Path, local: str | None, name: str) -> None:
     card = path / "README.md"  # PEFT's model card names the base by the loaded config's path
     if local and card.is_file():
         atomic_write_text(card, card.read_text(encoding="utf-8").replace(local, name))
-
-
-def load_metadata(path: str | os.PathLike) -> dict | None:
-    """The `extra_metadata` saved with an adapter, or None when there is none."""
-    file = Path(path) / META_FILE
-    if not file.is_file():
-        return None
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{file}: invalid JSON at line {exc.lineno}") from None
 
 
 def check_adapter_weights(path: Path) -> None:

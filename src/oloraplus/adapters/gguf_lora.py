@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oloraplus.compose.io import (ScaledFactors, check_config, module_scale, read_adapter, read_config,
-                                  resolve_adapter_dir)
+from oloraplus.adapters.adapter_dir import (ScaledFactors, adapter_source, check_config, module_scale,
+                                           read_adapter, read_config)
 from oloraplus.errors import AdapterError, ConfigError, ModelError
 from oloraplus.io import atomic_file
 
@@ -79,24 +79,24 @@ def _base_config(model: str) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def export_gguf_lora(run_dir: str | Path, output: str | Path, *, overwrite: bool = False) -> Path:
-    """RUN_DIR/adapter -> a llama.cpp LoRA GGUF at `output`, written to a temp name and renamed."""
+def export_gguf_lora(run_dir: str | Path, output: str | Path, *, overwrite: bool = False,
+                     model: str | None = None) -> Path:
+    """RUN_DIR/adapter (or any PEFT LoRA directory) -> a llama.cpp LoRA GGUF at `output`, written to a temp name
+    and renamed. `model`: `--model`, the base whose config names the layers, instead of the recorded one."""
     import gguf
-
-    from oloraplus.rundir import load_run_config
 
     output = Path(output)
     if output.suffix != ".gguf":
         raise ConfigError(f"--output {output}: expected a .gguf file name")
     if output.exists() and not overwrite:
         raise ConfigError(f"--output {output}: exists; pass --overwrite to replace it")
-    cfg = load_run_config(Path(run_dir))
-    path = resolve_adapter_dir(run_dir)
+    source = adapter_source(run_dir, model)
+    path = source.path
     alpha = check_representable(read_config(path), path)
-    base = _base_config(cfg.model)
+    base = _base_config(source.base_model)
     architecture = (base.get("architectures") or ["?"])[0]
     if architecture not in ARCHITECTURES:
-        raise AdapterError(f"--model {cfg.model}: architecture {architecture} is not mapped to llama.cpp names "
+        raise AdapterError(f"--model {source.base_model}: architecture {architecture} is not mapped to llama.cpp names "
                            f"(supported: {', '.join(ARCHITECTURES)})")
     n_head = base["num_attention_heads"]
     tensors = gguf_lora_tensors(read_adapter(path).modules, n_head, base.get("num_key_value_heads") or n_head)

@@ -1,4 +1,4 @@
-"""`oloraplus merge`: fold a run's adapter into the base weights and write a plain HF model."""
+"""`oloraplus merge`: fold a run's (or any PEFT LoRA directory's) adapter into the base weights; a plain HF model."""
 
 from __future__ import annotations
 
@@ -7,20 +7,24 @@ import tempfile
 from pathlib import Path
 
 from oloraplus import rundir
+from oloraplus.adapters.adapter_dir import adapter_source, check_base
 from oloraplus.io import follow_umask
 
 
-def merge_run(run_dir: str | Path, output: str | Path) -> Path:
-    """Base + adapter → merged safetensors model (+ tokenizer) at `output`, written atomically."""
-    run_dir = Path(run_dir)
+def merge_run(run_dir: str | Path, output: str | Path, model: str | None = None) -> Path:
+    """Base + adapter → merged safetensors model (+ tokenizer) at `output`, written atomically.
+
+    `model`: `--model`, the base to load instead of the one the run or adapter records."""
     output = rundir.check_output_dir(output, what="merged model")
-    cfg = rundir.load_run_config(run_dir)  # both checked before torch and the model load
+    source = adapter_source(run_dir, model)  # both checked before torch and the model load
+    trust = source.run_dir is not None and rundir.load_run_config(source.run_dir).trust_remote_code
 
     from oloraplus import models
     from oloraplus.adapters.export import load_adapter
 
-    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device="cpu")
-    merged = load_adapter(loaded.model, run_dir / rundir.ADAPTER_DIR).merge_and_unload()
+    loaded = models.load_model(source.base_model, trust_remote_code=trust, device="cpu")
+    check_base(loaded.model, source, models.base_fingerprint(loaded.model))
+    merged = load_adapter(loaded.model, source.path).merge_and_unload()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=output.name + ".tmp-", dir=output.parent))
     try:

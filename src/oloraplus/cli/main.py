@@ -7,11 +7,11 @@ import difflib
 import errno
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from oloraplus import __version__
 from oloraplus.adapters import registry
+from oloraplus.adapters.adapter_dir import add_model_argument
 from oloraplus.cli import export, plan as plan_cli
 from oloraplus.compose import cli as compose_cli, study
 from oloraplus.config import KNOWN_AS, TrainConfig, add_arguments, flag, resolve
@@ -54,17 +54,21 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
+    from oloraplus.adapters.adapter_dir import adapter_source
     from oloraplus.console import eval_summary
-    from oloraplus.eval.run_eval import evaluate_run
-    from oloraplus.rundir import load_run_config
+    from oloraplus.eval.run_eval import eval_config, evaluate_run
 
     if args.harness is not None:
         return _harness(args)
     metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                           generate_batch_size=args.generate_batch_size, device=args.device)
-    max_length = load_run_config(Path(args.run_dir)).max_length  # what truncated and dropped the examples
-    print("\n".join(eval_summary(metrics, args.run_dir, args.data, max_length, time.perf_counter() - start)))
+                           generate_batch_size=args.generate_batch_size, device=args.device, model=args.model)
+    source = adapter_source(args.run_dir, args.model)
+    max_length = eval_config(source, args.data).max_length  # what truncated and dropped the examples
+    lines = eval_summary(metrics, args.run_dir, args.data, max_length, time.perf_counter() - start)
+    if source.run_dir is None:  # not a run: nothing was written into the adapter's directory
+        lines[-1] = f"adapter: {source.path} (base {source.base_model}; not a run, nothing written)"
+    print("\n".join(lines))
     return 0
 
 
@@ -77,7 +81,7 @@ def _harness(args: argparse.Namespace) -> int:
         raise ConfigError(f"--harness-limit {args.harness_limit}: must be at least 1")
     results = harness_eval(args.run_dir, parse_tasks(args.harness), data=args.harness_data, limit=args.harness_limit,
                            max_new_tokens=args.max_new_tokens, batch_size=args.generate_batch_size or 8,
-                           device=args.device)
+                           device=args.device, model=args.model)
     for task, row in results.items():
         print(task + ": " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     return 0
@@ -86,7 +90,7 @@ def _harness(args: argparse.Namespace) -> int:
 def _merge(args: argparse.Namespace) -> int:
     from oloraplus.adapters.merge import merge_run
 
-    print(f"merged model written to {merge_run(args.run_dir, args.output)}")
+    print(f"merged model written to {merge_run(args.run_dir, args.output, args.model)}")
     return 0
 
 
@@ -95,7 +99,9 @@ def _compose(args: argparse.Namespace) -> int:
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run, or any PEFT LoRA adapter directory (then give "
+                        "--data; nothing is written into it)")
+    add_model_argument(parser)
     parser.add_argument("--data", default=None, help="evaluate on this data instead of the run's eval split")
     parser.add_argument("--generate", type=int, default=0, metavar="N",
                         help="greedy-generate for N eval examples (batched, KV cache) and report BLEU/ROUGE")
@@ -120,7 +126,8 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _merge_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run, or any PEFT LoRA adapter directory")
+    add_model_argument(parser)
     parser.add_argument("--output", required=True, metavar="DIR")
 
 
@@ -162,11 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     command("eval", _eval, _eval_arguments,
             help="evaluate a run: eval loss, perplexity, BLEU/ROUGE of generations",
             description="Reload RUN_DIR/adapter onto the untouched base and evaluate on the run's eval split (or "
-            "--data). Updates RUN_DIR/metrics.json; with --generate writes RUN_DIR/generations.jsonl.")
+            "--data). Updates RUN_DIR/metrics.json; with --generate writes RUN_DIR/generations.jsonl. Any other PEFT "
+            "LoRA adapter directory (e.g. from compose) is evaluated on --data, with nothing written.")
     command("generate", chat.generate_command, chat.add_generate_arguments,
             help="reply to a prompt (or a file of prompts) with a run's adapter",
             description="Load RUN_DIR's base model and adapter and reply to --prompt (streamed) or to every prompt "
-            "of --prompts FILE (one JSON line {prompt, response} each), using the model's chat template.")
+            "of --prompts FILE (one JSON line {prompt, response} each), using the model's chat template. RUN_DIR may "
+            "be any PEFT LoRA adapter directory (e.g. from compose); its base: --model, else the one it names.")
     command("export", export.export_command, export.add_export_arguments,
             help="export a run's adapter for serving (merged model, llama.cpp GGUF) or check it for vLLM",
             description=_details(export), formatter_class=raw)

@@ -23,7 +23,7 @@ from oloraplus.io import atomic_write_text
 from oloraplus.paths import portable_command
 
 if TYPE_CHECKING:  # torch: imported once the flags and --output have been checked
-    from oloraplus.compose.io import Adapter
+    from oloraplus.adapters.adapter_dir import Adapter
 
 COMPOSE_FILE = "compose.json"
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -74,7 +74,7 @@ def compose_command(inputs: list[str], output: str, weights: str | None, dry_run
     out = Path(output)
     _check_output(out, dry_run)
     from oloraplus.compose.interference import format_table, interference, write_interference
-    from oloraplus.compose.io import read_adapter
+    from oloraplus.adapters.adapter_dir import read_adapter
     from oloraplus.compose.sum import sum_adapters, write_adapter
 
     adapters = [read_adapter(source) for source in inputs]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from oloraplus.compose import HEATMAP_FILE, INTERFERENCE_FILE
-from oloraplus.compose.io import Adapter, ScaledFactors, target_name
+from oloraplus.adapters.adapter_dir import Adapter, ScaledFactors, target_name
 from oloraplus.compose.sum import check_compatible
 from oloraplus.io import atomic_write_text
 

@@ -40,7 +40,7 @@ from oloraplus.paths import portable_path
 
 
 def _write_sum(output: Path, subset: tuple[str, ...]) -> Path:
-    from oloraplus.compose.io import read_adapter
+    from oloraplus.adapters.adapter_dir import read_adapter
     from oloraplus.compose.sum import sum_adapters, write_adapter
 
     adapters = [read_adapter(output / "runs" / name) for name in subset]
@@ -96,7 +96,7 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
 
     from oloraplus import models
     from oloraplus.compose.interference import interference, write_interference
-    from oloraplus.compose.io import read_adapter
+    from oloraplus.adapters.adapter_dir import read_adapter
     from oloraplus.data.tokenize import encode_examples
 
     base = build_config(TrainConfig, spec.base, spec.source)

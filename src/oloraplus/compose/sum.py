@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from oloraplus.adapters.files import CONFIG_FILE, META_FILE, WEIGHTS_FILE
-from oloraplus.compose.io import Adapter, read_adapter, target_name
+from oloraplus.adapters.adapter_dir import Adapter, read_adapter, target_name
 from oloraplus.errors import AdapterError
 from oloraplus.io import follow_umask
 

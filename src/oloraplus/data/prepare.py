@@ -35,11 +35,17 @@ class Prepared:
     fingerprint: str
 
 
-def check_max_length(config: Any, max_length: int, model: str) -> None:
-    """--max-length beyond the model's positions would train on positions it never learned (or crash)."""
+def model_positions(config: Any) -> int | None:
+    """max_position_embeddings of a model config (of its text model, for a multimodal one), when it has one."""
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     positions = getattr(text_config, "max_position_embeddings", None)
-    if isinstance(positions, int) and max_length > positions:
+    return positions if isinstance(positions, int) else None
+
+
+def check_max_length(config: Any, max_length: int, model: str) -> None:
+    """--max-length beyond the model's positions would train on positions it never learned (or crash)."""
+    positions = model_positions(config)
+    if positions is not None and max_length > positions:
         raise ConfigError(f"--max-length {max_length}: above the {positions:,} positions of --model {model} "
                           f"(max_position_embeddings); use --max-length {positions} or less")
 

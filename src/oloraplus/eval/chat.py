@@ -1,5 +1,8 @@
 """`oloraplus generate RUN_DIR`: ask the trained model (or its untouched base) something.
 
+RUN_DIR may also be any PEFT LoRA adapter directory (a composed one, one saved by plain PEFT): its base is the one
+adapter_config.json names, or `--model`.
+
 The prompt is rendered exactly as in training and evaluation (`render_prompt`: the model's chat
 template, else the Alpaca template), so the adapter is asked the way it was taught. Greedy by
 default, which gives the same text as `oloraplus eval`'s batched generation; `--temperature > 0`
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oloraplus.adapters.adapter_dir import add_model_argument
 from oloraplus.data.example import Example
 from oloraplus.data.prompts import render_prompt
 from oloraplus.errors import ConfigError, DataError
@@ -72,22 +76,43 @@ def chat_prompt(tokenizer, text: str) -> str:
     return render_prompt(tokenizer, Example(messages=(("user", text), ("assistant", ""))))
 
 
-def load_for_generation(run_dir: str | Path, *, base_only: bool = False, device: str | None = None):
-    """(model, tokenizer): the run's base model with its adapter (or untouched, `base_only`), in eval mode."""
+def load_for_generation(run_dir: str | Path, *, base_only: bool = False, device: str | None = None,
+                        model: str | None = None):
+    """(model, tokenizer): the base model with the run's (or adapter directory's) adapter, or untouched
+    (`base_only`), in eval mode. `model`: `--model`, the base to load instead of the recorded one."""
     from oloraplus import models
+    from oloraplus.adapters.adapter_dir import adapter_source, check_base
     from oloraplus.adapters.export import load_adapter
-    from oloraplus.eval.run_eval import check_base
-    from oloraplus.rundir import ADAPTER_DIR, load_run_config
+    from oloraplus.rundir import load_run_config
 
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=models.pick_device(device),
-                               quantize=cfg.quantize)
-    model = loaded.model
+    source = adapter_source(run_dir, model)
+    cfg = load_run_config(source.run_dir) if source.run_dir is not None else None
+    loaded = models.load_model(source.base_model, trust_remote_code=bool(cfg and cfg.trust_remote_code),
+                               device=models.pick_device(device), quantize=cfg.quantize if cfg else "none")
+    base = loaded.model
     if not base_only:
-        check_base(run_dir, models.base_fingerprint(model), cfg.model)
-        model = load_adapter(model, run_dir / ADAPTER_DIR)
-    return model.eval(), loaded.tokenizer
+        check_base(base, source, models.base_fingerprint(base))
+        base = load_adapter(base, source.path)
+    return base.eval(), loaded.tokenizer
+
+
+def complete_text_streamer(tokenizer):
+    """transformers' TextStreamer (prints the reply as it decodes, prompt skipped), whose last flush drops a
+    character the token limit cut in half, as `decode_new` does for the returned text. Defined on first use: the
+    CLI imports this module, and transformers takes seconds to import."""
+    from transformers import TextStreamer
+
+    from oloraplus.eval.generate import trim_cut_character
+
+    class CompleteTextStreamer(TextStreamer):
+        def end(self) -> None:
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs) if self.token_cache else ""
+            text = trim_cut_character(self.tokenizer, self.token_cache, text)
+            printable, self.token_cache, self.print_len = text[self.print_len:], [], 0
+            self.next_tokens_are_prompt = True
+            self.on_finalized_text(printable, stream_end=True)
+
+    return CompleteTextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def generate_one(model, tokenizer, prompt: str, sampling: Sampling, streamer: Any = None) -> str:
@@ -114,14 +139,12 @@ def generate_one(model, tokenizer, prompt: str, sampling: Sampling, streamer: An
 
 def generate_replies(model, tokenizer, texts: list[str], sampling: Sampling, stream: bool = False) -> list[str]:
     """Replies to user messages `texts`; greedy lists are decoded in batches, like `oloraplus eval`."""
-    from transformers import TextStreamer
-
     from oloraplus.eval.generate import generate_batched
 
     prompts = [chat_prompt(tokenizer, t) for t in texts]
     if sampling.temperature == 0 and not stream:
         return generate_batched(model, tokenizer, prompts, max_new_tokens=sampling.max_new_tokens)
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    streamer = complete_text_streamer(tokenizer) if stream else None
     return [generate_one(model, tokenizer, p, sampling, streamer) for p in prompts]
 
 
@@ -132,7 +155,8 @@ def generate_command(args: argparse.Namespace) -> int:
         raise ConfigError("--prompt: empty prompt")
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed).validate()
     texts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
-    model, tokenizer = load_for_generation(args.run_dir, base_only=args.base_only, device=args.device)
+    model, tokenizer = load_for_generation(args.run_dir, base_only=args.base_only, device=args.device,
+                                           model=args.model)
     if args.prompt is not None:  # the streamer prints the reply as it is decoded
         generate_replies(model, tokenizer, texts, sampling, stream=True)
         return 0
@@ -142,7 +166,8 @@ def generate_command(args: argparse.Namespace) -> int:
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run, or any PEFT LoRA adapter directory")
+    add_model_argument(parser)
     parser.add_argument("--prompt", default=None, metavar="TEXT", help="one user message; the reply is streamed")
     parser.add_argument("--prompts", default=None, metavar="FILE",
                         help="one prompt per line, or JSON Lines (.jsonl) records with a 'prompt' field")

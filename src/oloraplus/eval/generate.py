@@ -6,11 +6,18 @@ that a batch carries little padding, KV cache on. `generate_one_by_one` runs the
 one prompt at a time with no padding at all; it is the reference the batched path must match.
 `generation_eval` scores the generations against the references (BLEU/ROUGE) for `train --eval-generate`
 and `oloraplus eval --generate`.
+
+A byte-level tokenizer spells a Chinese character or an emoji as 2-4 byte tokens; a reply cut by the token limit
+between them decodes to a trailing U+FFFD. `trim_cut_character` drops it (and only it: a U+FFFD the model wrote
+whole stays), by decoding the last tokens' bytes as UTF-8 and asking whether a character is still pending.
 """
 
 from __future__ import annotations
 
+import codecs
+import functools
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -61,14 +68,57 @@ def _left_padding(tokenizer) -> Iterator[None]:
             tokenizer.pad_token = None
 
 
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte tokens (Llama 2, Mistral, Gemma)
+_MAX_PENDING_BYTES = 3  # a UTF-8 character is at most 4 bytes, so at most 3 can wait for the rest
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, character -> byte (SmolLM2, Llama 3, Qwen spell tokens in it)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _is_byte_level(tokenizer) -> bool:
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    return type(decoder).__name__ == "ByteLevel" or hasattr(tokenizer, "byte_decoder")  # fast, or slow GPT-2
+
+
+def token_bytes(tokenizer, token: str) -> bytes:
+    """The bytes a token stands for: a byte-fallback token, a byte-level BPE token, else its text's UTF-8."""
+    match = _BYTE_FALLBACK.fullmatch(token)
+    if match:
+        return bytes([int(match[1], 16)])
+    alphabet = _byte_level_alphabet() if _is_byte_level(tokenizer) else {}
+    if alphabet and all(char in alphabet for char in token):
+        return bytes(alphabet[char] for char in token)
+    return token.encode("utf-8")
+
+
+def trim_cut_character(tokenizer, ids: Sequence[int], text: str) -> str:
+    """`text` (decoded from `ids`) without the U+FFFD of a multi-byte character whose last bytes were never
+    generated. A U+FFFD is dropped only when the bytes of the last tokens end in an incomplete UTF-8 sequence."""
+    if not text.endswith("\ufffd"):
+        return text
+    special = set(tokenizer.all_special_ids)
+    tail = [i for i in ids if i not in special][-(_MAX_PENDING_BYTES + 1):]  # every token holds >= 1 byte
+    data = b"".join(token_bytes(tokenizer, token) for token in tokenizer.convert_ids_to_tokens(tail))
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    decoder.decode(data, final=False)
+    pending, _ = decoder.getstate()
+    return text[:-1] if pending else text
+
+
 def decode_new(tokenizer, new_ids: torch.Tensor, eos_ids: list[int]) -> str:
-    """Cut at the first end token (pad may not be special), then decode without special tokens."""
+    """Cut at the first end token (pad may not be special), then decode without special tokens and without a
+    character the token limit cut in half."""
     tokens = new_ids.tolist()
     for i, token_id in enumerate(tokens):
         if token_id in eos_ids:
             tokens = tokens[:i]
             break
-    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    return trim_cut_character(tokenizer, tokens, tokenizer.decode(tokens, skip_special_tokens=True)).strip()
 
 
 def _greedy(model, tokenizer, encoded: dict, max_new_tokens: int, eos_ids: list[int]) -> torch.Tensor:

@@ -161,9 +161,9 @@ def run_harness(model, tokenizer, tasks: list[str], *, data: str | None = None, 
 
 def harness_eval(run_dir: str | Path, tasks: list[str], *, data: str | None = None, limit: int | None = None,
                  max_new_tokens: int = 256, batch_size: int = 8, device: str | None = None,
-                 ) -> dict[str, dict[str, Any]]:
-    """Run the harness on RUN_DIR's base + adapter; merge the results into metrics.json["harness"] and write
-    each example (prompt, generation, extracted answer, target, score) to harness_samples.jsonl."""
+                 model: str | None = None) -> dict[str, dict[str, Any]]:
+    """Run the harness on RUN_DIR's base (or `model`) + adapter; merge the results into metrics.json["harness"] and
+    write each example (prompt, generation, extracted answer, target, score) to harness_samples.jsonl."""
     from oloraplus import rundir
     from oloraplus.eval.chat import load_for_generation
     from oloraplus.io import atomic_write_text
@@ -171,8 +171,11 @@ def harness_eval(run_dir: str | Path, tasks: list[str], *, data: str | None = No
 
     task_specs(tasks, data)  # bad flags or data fail before the model loads
     require_lm_eval()
-    model, tokenizer = load_for_generation(run_dir, device=device)
-    results, rows = run_harness(model, tokenizer, tasks, data=data, limit=limit, max_new_tokens=max_new_tokens,
+    if not rundir.is_run(Path(run_dir)):  # the results go into the run's metrics.json
+        raise ConfigError(f"--harness: {run_dir}: not an oloraplus run (no {rundir.CONFIG_FILE}); the harness records "
+                          "its results in a run (evaluate a bare adapter with --data instead)")
+    lm, tokenizer = load_for_generation(run_dir, device=device, model=model)
+    results, rows = run_harness(lm, tokenizer, tasks, data=data, limit=limit, max_new_tokens=max_new_tokens,
                                 batch_size=batch_size)
     for task, row in results.items():
         if task in local_tasks() and data is not None:

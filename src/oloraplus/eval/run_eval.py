@@ -1,7 +1,8 @@
 """`oloraplus eval RUN_DIR`: token-weighted eval loss and BLEU/ROUGE on generated responses of a finished run.
 
 It reloads the saved adapter onto the untouched base, exactly as a user of the adapter would, and merges the
-scores into the run's metrics.json.
+scores into the run's metrics.json. Any other PEFT LoRA adapter directory (composed, trained by plain PEFT) is
+evaluated the same way on `--data`, with the default options; nothing is written into it.
 """
 
 from __future__ import annotations
@@ -12,29 +13,23 @@ from typing import Any
 
 from oloraplus import rundir
 from oloraplus.console import data_lines, plural, say
-from oloraplus.errors import AdapterError
-
-
-def check_base(run_dir: Path, fingerprint: str, model: str) -> None:
-    """An adapter on another base model gives plausible-looking garbage: refuse it."""
-    from oloraplus.adapters.export import load_metadata
-
-    adapter = run_dir / rundir.ADAPTER_DIR
-    recorded = (load_metadata(adapter) or {}).get("base_fingerprint")
-    if recorded and recorded != fingerprint:
-        raise AdapterError(f"{adapter}: trained on another base model (base fingerprint {recorded} "
-                           f"!= {fingerprint} of --model {model})")
+from oloraplus.config import TrainConfig
+from oloraplus.errors import ConfigError
 
 
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int = 0, max_new_tokens: int = 128,
                  batch_size: int | None = None, generate_batch_size: int | None = None,
-                 device: str | None = None) -> dict[str, Any]:
+                 device: str | None = None, model: str | None = None) -> dict[str, Any]:
     """Reload base + adapter, evaluate on the run's eval split (or `data`), merge into metrics.json.
 
-    `device`: as `models.pick_device` (default: the GPU when there is one).
+    `device`: as `models.pick_device` (default: the GPU when there is one). `model`: `--model`, the base to load
+    instead of the recorded one. An adapter directory that is not a run needs `data` and gets nothing written.
     """
-    run_dir = Path(run_dir)
-    cfg = rundir.load_run_config(run_dir)  # a wrong path fails before torch and the model load
+    from oloraplus.adapters.adapter_dir import adapter_source, check_base
+
+    source = adapter_source(run_dir, model)  # a wrong path fails before torch and the model load
+    cfg = eval_config(source, data)
+    run_dir = source.run_dir
 
     from oloraplus.adapters.export import load_adapter
     from oloraplus.data.packing import batch_collator
@@ -49,8 +44,8 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
                    generate_flag="--generate")
     eval_stats = {k: v for k, v in prep.data_stats.items() if k.startswith("eval_") or k in ("examples_available", "plain_text")}
     say(data_lines(eval_stats, cfg.max_length, splits=("eval",))[0])
-    check_base(run_dir, prep.fingerprint, cfg.model)
-    model = load_adapter(prep.loaded.model, run_dir / rundir.ADAPTER_DIR).eval()
+    check_base(prep.loaded.model, source, prep.fingerprint)
+    model = load_adapter(prep.loaded.model, source.path).eval()
     batch = batch_size or cfg.batch_size
     collator = batch_collator(model, prep.loaded.tokenizer.pad_token_id, cfg.max_length, cfg.packing)
     say(f"evaluating {plural(len(prep.eval_dataset), 'example')} ...")
@@ -61,6 +56,22 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, generate: int 
         gen_metrics, rows = generation_eval(model, prep.loaded.tokenizer, prep.eval_examples, generate,
                                             max_new_tokens, generate_batch_size or cfg.generate_batch_size)
         metrics.update(gen_metrics)
-        write_generations(run_dir / rundir.GENERATIONS_FILE, rows)
-    rundir.update_metrics(run_dir, metrics if data is None else {f"eval:{data}": metrics})
+        if run_dir is not None:
+            write_generations(run_dir / rundir.GENERATIONS_FILE, rows)
+    if run_dir is not None:
+        rundir.update_metrics(run_dir, metrics if data is None else {f"eval:{data}": metrics})
     return metrics
+
+
+def eval_config(source, data: str | None) -> TrainConfig:
+    """A run's recorded options (its base replaced by --model); for a bare adapter, the defaults on `data`."""
+    if source.run_dir is not None:
+        return replace(rundir.load_run_config(source.run_dir), model=source.base_model)
+    if data is None:
+        raise ConfigError(f"eval {source.path}: not an oloraplus run, so there is no eval split; pass --data FILE")
+    from oloraplus.data.prepare import model_positions
+    from oloraplus.models import model_config
+
+    positions = model_positions(model_config(source.base_model))  # the default 512 may be more than it has
+    return TrainConfig(model=source.base_model, data=data,
+                       max_length=min(TrainConfig.max_length, positions or TrainConfig.max_length))

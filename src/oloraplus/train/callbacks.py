@@ -1,4 +1,5 @@
-"""Trainer callbacks: the per-step JSONL log and console progress, the periodic token-weighted eval, diagnostics."""
+"""Trainer callbacks: the per-step JSONL log and console progress, the periodic token-weighted eval, diagnostics,
+and where TensorBoard writes."""
 
 from __future__ import annotations
 
@@ -7,11 +8,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from oloraplus.console import progress_enabled, say, use_bar
 from oloraplus.io import append_jsonl
 from oloraplus.optim.ratio import group_lrs
+
+
+def keep_tensorboard_logs(trainer: Trainer, log_dir: Path) -> None:
+    """Send `--report-to tensorboard`'s event files to `log_dir` (RUN/tensorboard/): the Trainer's default is
+    under its output_dir, the run's checkpoints/, which is deleted when the run finishes. A directory the user
+    chose with TENSORBOARD_LOGGING_DIR is kept."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(log_dir)
 
 
 class JsonlLogCallback(TrainerCallback):

@@ -34,7 +34,8 @@ from oloraplus.eval.loss import evaluate_loss
 from oloraplus.io import append_jsonl
 from oloraplus.plan import train_lines as memory_plan
 from oloraplus.train import checkpoint, fsdp
-from oloraplus.train.callbacks import DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback
+from oloraplus.train.callbacks import (DiagnosticsCallback, JsonlLogCallback, PeriodicEvalCallback,
+                                      keep_tensorboard_logs)
 from oloraplus.train.compile import compile_layers, paused
 from oloraplus.train.environment import hardware, package_versions
 from oloraplus.train.plots import plot_losses
@@ -184,6 +185,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.fsdp:
         fsdp.enable(trainer)
     trainer.remove_callback(PrinterCallback)  # the Trainer's raw dicts; JsonlLogCallback prints readable lines
+    keep_tensorboard_logs(trainer, run.work / rundir.TENSORBOARD_DIR)
     if cfg.compile:
         compiled = compile_layers(model, name=f"{cfg.method} on --model {cfg.model}")
     say(f"training {cfg.method} λ={cfg.ratio:g} on {plural(len(prep.train_dataset), 'example')} ...")
