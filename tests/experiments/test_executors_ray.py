@@ -3,6 +3,7 @@ the same results as local, a killed worker retried, a killed driver resumed, a d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -148,10 +149,14 @@ def test_a_killed_driver_is_resumed_by_the_next_one(ray_here, tiny_llama_dir, al
     children = psutil.Process(driver.pid).children(recursive=True)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    finished = {p.name for p in (out / "runs").glob("*") if not p.name.endswith(".partial")}
-    assert 1 <= len(finished) < 4 and (out / "sweep.lock").is_file()
-    gone, alive = psutil.wait_procs(children, timeout=30)
+    core = [p for p in children if not p.name().startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent"))]
+    gone, alive = psutil.wait_procs(core, timeout=30)  # gcs, raylet and the workers share the driver's fate
     assert not alive, [p.cmdline() for p in alive]
+    finished = {p.name for p in (out / "runs").glob("*") if not p.name.endswith(".partial")}  # a worker may finish
+    assert 1 <= len(finished) < 4 and (out / "sweep.lock").is_file()  # its run in the moment the driver is gone
+    for agent in set(children) - set(core):  # Ray's agents may linger a while on a dead GCS: not ours to wait for
+        with contextlib.suppress(psutil.NoSuchProcess):
+            agent.kill()
 
     assert main(["sweep", str(sweep), "--output", str(out), "--executor", "ray"]) == 0
     err = capsys.readouterr().err
