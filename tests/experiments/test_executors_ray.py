@@ -164,3 +164,24 @@ def test_a_killed_driver_is_resumed_by_the_next_one(ray_here, tiny_llama_dir, al
     assert err.count("(finished earlier, skipped)") == len(finished)
     assert err.count(": end on ") == 4 - len(finished)
     assert len(rows(out / "results.csv", TIMING_KEYS)) == 4 and not (out / "sweep.lock").exists()
+
+
+def test_compose_study_on_ray_gives_the_local_study(ray_here, tiny_llama_dir, tmp_path, one_thread):
+    """The study's trainings go to Ray workers; its evaluation stays in the driver: the same numbers as local."""
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma"]
+    domains = {}
+    for name, template in (("repeat", "{w} {w}"), ("shout", "{W}!")):
+        records = [{"instruction": f"Say {w}.", "input": "", "output": template.format(w=w, W=w.upper())}
+                   for w in words * 3]
+        (tmp_path / f"{name}.json").write_text(json.dumps(records))
+        domains[name] = str(tmp_path / f"{name}.json")
+    base = {"model": str(tiny_llama_dir), "method": "lora", "rank": 4, "alpha": 8, "lr": 3e-3, "max_steps": 2,
+            "batch_size": 4, "max_length": 64, "train_size": 8, "eval_size": 4, "seed": 5}
+    spec = write_sweep(tmp_path / "study.yaml", {"base": base, "domains": domains})
+    assert main(["compose-study", str(spec), "--output", str(tmp_path / "local")]) == 0
+    assert main(["compose-study", str(spec), "--output", str(tmp_path / "ray"), "--executor", "ray"]) == 0
+    local, remote = (json.loads((tmp_path / d / "study.json").read_text()) for d in ("local", "ray"))
+    assert list(remote["runs"]) == ["repeat", "shout", "merged"]
+    assert remote["perplexity"] == local["perplexity"] and remote["sums"] == local["sums"]
+    assert {k: v["metrics"]["eval_loss"] for k, v in remote["runs"].items()} == {k: v["metrics"]["eval_loss"]
+                                                                       for k, v in local["runs"].items()}

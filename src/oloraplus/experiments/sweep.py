@@ -278,7 +278,8 @@ def execute(
         adopt_renamed_runs(plan, output)
         # refuse a directory holding other runs before training
         done = [rundir.is_finished(run_path(output, run), run.config, what="sweep") for run in plan.runs]
-        where = {k: v for k, v in _recorded_where(output).items() if k in {r.name for r, d in zip(plan.runs, done) if d}}
+        skipped = {run.name for run, finished in zip(plan.runs, done) if finished}
+        where = {name: ran_on for name, ran_on in _recorded_where(output).items() if name in skipped}
         _write_plan(plan, output, command, executor.executor, where)
         jobs = []
         for index, (run, finished) in enumerate(zip(plan.runs, done), start=1):
