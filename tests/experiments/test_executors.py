@@ -46,9 +46,9 @@ def write_lock(directory: Path, **holder) -> Path:
 def test_flags_come_from_the_dataclass_and_are_checked():
     args = build_parser().parse_args(["sweep", "s.yaml", "--output", "o", "--executor", "slurm", "--retries", "3",
                                       "--gpus-per-run", "1", "--cpus-per-run", "4", "--slurm-partition", "gpu",
-                                      "--slurm-time", "30"])
+                                      "--slurm-time", "30", "--slurm-cluster", "local"])
     assert executor_options(args) == ExecutorConfig(executor="slurm", retries=3, gpus_per_run=1, cpus_per_run=4,
-                                                    slurm_partition="gpu", slurm_time=30)
+                                                    slurm_partition="gpu", slurm_time=30, slurm_cluster="local")
     assert executor_options(build_parser().parse_args(["sweep", "s.yaml", "--output", "o"])) == ExecutorConfig()
 
 
@@ -148,3 +148,45 @@ def test_the_local_executor_stops_at_an_exception_as_before(tmp_path):
     with pytest.raises(RuntimeError, match="a bug"):
         run_jobs(jobs, ExecutorConfig(retries=3), tmp_path)
     assert calls == ["boom"]  # in-process: no retry, the next run does not start
+
+
+def test_without_slurm_the_slurm_executor_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no srun anywhere
+    assert main(["sweep", str(write_sweep(tmp_path / "s.yaml")), "--output", str(tmp_path / "out"),
+                 "--executor", "slurm"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "oloraplus: error: --executor slurm: no Slurm on this machine (srun not found); run the command where "
+        "sbatch works, or pass --slurm-cluster local to run the jobs here")
+    assert not (tmp_path / "out").exists()
+
+
+FAKE_SBATCH = """#!/bin/sh
+# records the batch script it was given and answers as sbatch does
+for last; do :; done
+cp "$last" "{scripts}/$(ls {scripts} | wc -l).sh"
+echo "Submitted batch job 4242"
+"""
+
+
+def test_the_runs_go_to_slurm_as_one_job_array_with_partition_time_and_gpus(tmp_path, monkeypatch):
+    """sbatch and srun are stand-ins that record what they get: one batch script, an array of all the runs."""
+    from oloraplus.experiments.executor_slurm import SlurmBackend
+
+    bin_dir, scripts = tmp_path / "bin", tmp_path / "scripts"
+    bin_dir.mkdir()
+    scripts.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH.format(scripts=scripts))
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cfg = ExecutorConfig(executor="slurm", slurm_partition="gpu", slurm_time=120, gpus_per_run=1, cpus_per_run=8)
+    backend = SlurmBackend(cfg, tmp_path / "executor")
+    for index in range(4):
+        backend.submit(Job(f"run-{index}", f"[{index + 1}/4] run", print), str(tmp_path / f"m{index}.json"))
+    backend._flush()  # sent at the first wait: one sbatch call
+    [script] = [p.read_text() for p in scripts.iterdir()]
+    for line in ("#SBATCH --array=0-3%4", "#SBATCH --partition=gpu", "#SBATCH --time=120",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --job-name=oloraplus"):
+        assert line in script, (line, script)
+    assert sorted(job.name for job in backend.jobs.values()) == [f"run-{i}" for i in range(4)]

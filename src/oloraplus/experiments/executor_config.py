@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 from dataclasses import dataclass
 
 from oloraplus.config import add_arguments, build_config, opt
@@ -54,15 +55,18 @@ class ExecutorConfig:
         return self
 
 
-def require_extra(executor: str) -> None:
-    """Fail in one line naming the extra to install, before anything is planned or written."""
-    if executor not in EXTRAS:
+def require_extra(cfg: ExecutorConfig) -> None:
+    """Fail in one line naming the extra to install (or the missing Slurm), before anything is planned or written."""
+    if cfg.executor not in EXTRAS:
         return
-    module, what = EXTRAS[executor]
+    module, what = EXTRAS[cfg.executor]
     try:
         __import__(module)
     except ImportError:
-        raise ConfigError(f'--executor {executor}: needs {what}: pip install "oloraplus[{executor}]"') from None
+        raise ConfigError(f'--executor {cfg.executor}: needs {what}: pip install "oloraplus[{cfg.executor}]"') from None
+    if cfg.executor == "slurm" and cfg.slurm_cluster == "slurm" and shutil.which("srun") is None:
+        raise ConfigError("--executor slurm: no Slurm on this machine (srun not found); run the command where "
+                          "sbatch works, or pass --slurm-cluster local to run the jobs here")
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +78,7 @@ def executor_options(args: argparse.Namespace) -> ExecutorConfig:
     """The parsed flags as a checked ExecutorConfig, with the extra it needs importable."""
     names = {f.name for f in dataclasses.fields(ExecutorConfig)}
     cfg = build_config(ExecutorConfig, {k: v for k, v in vars(args).items() if k in names}, "command line")
-    require_extra(cfg.validate().executor)
+    require_extra(cfg.validate())
     return cfg
 
 

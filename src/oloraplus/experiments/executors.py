@@ -58,7 +58,7 @@ class LocalBackend:
 
 
 def open_backend(cfg: ExecutorConfig, folder: Path, announce: Callable[[Job, dict[str, str]], None]) -> Backend:
-    require_extra(cfg.executor)
+    require_extra(cfg)
     if cfg.executor == "ray":
         from oloraplus.experiments.executor_ray import RayBackend
 
