@@ -1,6 +1,6 @@
 """`--executor local` against `--executor ray` on this machine: a 6-run tiny sweep, each in its own process.
 
-    python bench/executor_bench.py                        # 6 runs x 40 steps, writes bench/executor_results.md
+    python bench/executor_bench.py                        # 6 runs x 40 and x 200 steps: bench/executor_results.md
     python bench/executor_bench.py --steps 10 --out /tmp/e.md
 
 Arms, one after the other, each a fresh `python -m oloraplus sweep` process: local (the runs one after another in
@@ -94,46 +94,57 @@ def git_commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run (default 40)")
+    parser.add_argument("--steps", default="40,200",
+                        help="optimizer steps per run, one sweep pair per value (default 40,200)")
     parser.add_argument("--out", default=str(BENCH / "executor_results.md"))
     args = parser.parse_args()
+    step_counts = [int(x) for x in args.steps.split(",")]
     load_before = os.getloadavg()
+    arms = {}
     with tempfile.TemporaryDirectory(prefix="oloraplus-executor-bench-") as tmp:
         work = Path(tmp)
-        sweep = make_inputs(work, args.steps)
         startup = ray_startup()
         print(f"ray start-up: import {startup[0]:.1f} s, init {startup[1]:.1f} s, first task {startup[2]:.1f} s",
               flush=True)
-        local = run_arm(sweep, work / "local", [])
-        print(f"local: {local['wall_s']:.1f} s", flush=True)
-        ray = run_arm(sweep, work / "ray", ["--executor", "ray", "--cpus-per-run", "1"])
-        print(f"ray: {ray['wall_s']:.1f} s", flush=True)
+        for steps in step_counts:
+            sweep = make_inputs(work / str(steps), steps)
+            local = run_arm(sweep, work / str(steps) / "local", [])
+            ray = run_arm(sweep, work / str(steps) / "ray", ["--executor", "ray", "--cpus-per-run", "1"])
+            arms[steps] = (local, ray, os.getloadavg()[0])
+            print(f"{steps} steps: local {local['wall_s']:.1f} s, ray {ray['wall_s']:.1f} s", flush=True)
     load_after = os.getloadavg()
-    same = local["rows"] == ray["rows"] and len(local["rows"]) == 6
-    ratio = local["wall_s"] / ray["wall_s"]
     cores = os.cpu_count()
-    text = f"""# Sweeps: `--executor local` vs `--executor ray` on {cores} CPU cores
+    header = " | ".join(f"{steps} steps: local | {steps} steps: ray" for steps in step_counts)
+    rule = " | ".join("--- | ---" for _ in step_counts)
 
-Command: `python bench/executor_bench.py --steps {args.steps}` at commit `{git_commit()}`: a 6-run sweep (method
-olora/lora/pissa × λ 1/4) of a tiny random Llama (hidden 64, 2 blocks; r = 4, {args.steps} steps of batch 4, 16
-eval records), each arm a fresh `python -m oloraplus sweep` process with `OMP_NUM_THREADS=1`; ray: a local Ray of
-the machine's {cores} cores, `--cpus-per-run 1` (two single-threaded runs at a time).
-Machine: {platform.machine()}, {cores} cores, **shared with other jobs**: load average {load_before[0]:.1f} before,
-{load_after[0]:.1f} after (timings are noisy; the ratio compares two arms measured minutes apart).
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(f"{cell(local, 'local')} | {cell(ray, 'ray')}"
+                                           for local, ray, _ in arms.values()) + " |"
 
-| | local | ray |
-| --- | --- | --- |
-| whole sweep, wall clock (s) | {local['wall_s']:.1f} | {ray['wall_s']:.1f} |
-| the runs' own train time, summed (s) | {local['train_s']:.1f} | {ray['train_s']:.1f} |
-| speed-up (local wall / ray wall) | 1.00x | {ratio:.2f}x |
-| results.csv equal (wall-clock columns aside) | | {'yes' if same else '**no**'} |
-
-Ray's start-up, measured apart (`python -c` in its own process): `import ray` {startup[0]:.1f} s,
-`ray.init` as `--executor ray` starts it (127.0.0.1 only, no dashboard) {startup[1]:.1f} s, the first trivial
-task (a worker process started) {startup[2]:.1f} s, `ray.shutdown` {startup[3]:.1f} s: about
-{sum(startup[:3]):.0f} s before the first run can start, paid once per sweep (per round of `tune-ratio`).
-Each Ray worker also imports torch, transformers and PEFT once (the local arm does it once in all).
-"""
+    ratio = {steps: local["wall_s"] / ray["wall_s"] for steps, (local, ray, _) in arms.items()}
+    same = all(local["rows"] == ray["rows"] and len(local["rows"]) == 6 for local, ray, _ in arms.values())
+    lines = [
+        f"# Sweeps: `--executor local` vs `--executor ray` on {cores} CPU cores", "",
+        f"Command: `python bench/executor_bench.py --steps {args.steps}` at commit `{git_commit()}`: a 6-run sweep "
+        "(method olora/lora/pissa × λ 1/4) of a tiny random Llama (hidden 64, 2 blocks; r = 4, batch 4, 16 eval "
+        "records), each arm a fresh `python -m oloraplus sweep` process with `OMP_NUM_THREADS=1`; ray: a local Ray "
+        f"of the machine's {cores} cores, `--cpus-per-run 1` (two single-threaded runs at a time).",
+        f"Machine: {platform.machine()}, {cores} cores, **shared with other jobs**: load average "
+        f"{load_before[0]:.1f} before, " + ", ".join(f"{load:.1f} after the {steps}-step pair"
+                                                   for steps, (_, _, load) in arms.items())
+        + " (with the cores that busy, two runs at a time cannot run twice as fast; timings are noisy).", "",
+        f"| | {header} |", f"| --- | {rule} |",
+        row("whole sweep, wall clock (s)", lambda arm, name: f"{arm['wall_s']:.1f}"),
+        row("the runs' own train time, summed (s)", lambda arm, name: f"{arm['train_s']:.1f}"),
+        "| speed-up (local wall / ray wall) | " + " | ".join(f"1.00x | {ratio[s]:.2f}x" for s in step_counts) + " |",
+        "", f"results.csv of both arms equal (wall-clock columns aside): {'yes' if same else '**no**'}.", "",
+        f"Ray's start-up, measured apart (`python -c` in its own process): `import ray` {startup[0]:.1f} s, "
+        f"`ray.init` as `--executor ray` starts it (127.0.0.1 only, no dashboard) {startup[1]:.1f} s, the first "
+        f"trivial task (a worker process started) {startup[2]:.1f} s, `ray.shutdown` {startup[3]:.1f} s: about "
+        f"{sum(startup[:3]):.0f} s before the first run can start, paid once per sweep (per round of `tune-ratio`). "
+        "Each Ray worker also imports torch, transformers and PEFT once (the local arm does it once in all).", "",
+    ]
+    text = "\n".join(lines)
     Path(args.out).write_text(text, encoding="utf-8")
     print(text)
 
