@@ -21,6 +21,7 @@ from experiment_helpers import FakeTrain
 
 from oloraplus.cli.main import main
 from oloraplus.experiments import executor_ray
+from oloraplus.errors import ConfigError
 from oloraplus.experiments.executor_config import ExecutorConfig
 from oloraplus.experiments.executors import RunFailedError
 from oloraplus.experiments.sweep import run_sweep
@@ -188,3 +189,22 @@ def test_compose_study_on_ray_gives_the_local_study(ray_here, tiny_llama_dir, tm
     assert remote["perplexity"] == local["perplexity"] and remote["sums"] == local["sums"]
     assert {k: v["metrics"]["eval_loss"] for k, v in remote["runs"].items()} == {k: v["metrics"]["eval_loss"]
                                                                        for k, v in local["runs"].items()}
+
+
+def test_a_run_this_machine_cannot_place_is_refused_not_queued_forever(tmp_path, monkeypatch, capsys):
+    """Without a connected Ray, --executor ray starts one of this machine's resources; a GPU run on a CPU-only
+    machine would wait for ever, so it is refused in one line and that Ray stopped (here a stand-in Ray of 2 CPUs:
+    the check, not Ray's start-up, is under test)."""
+    stopped = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(executor_ray, "start_local", lambda: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray, "shutdown", lambda: stopped.append(True))
+    sweep = write_sweep(tmp_path / "s.yaml", FAKE)
+    assert main(["sweep", str(sweep), "--output", str(tmp_path / "out"), "--executor", "ray",
+                 "--gpus-per-run", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--gpus-per-run 1: this machine has 0 GPUs for Ray")
+    assert main(["sweep", str(sweep), "--output", str(tmp_path / "out"), "--executor", "ray",
+                 "--cpus-per-run", "3"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--cpus-per-run 3: this machine has 2 CPUs for Ray")
+    assert stopped == [True, True] and not (tmp_path / "out" / "runs").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from oloraplus.errors import ConfigError
 from oloraplus.experiments.executor_config import ExecutorConfig
 from oloraplus.experiments.worker import Job, Outcome, run_job
 
@@ -54,9 +55,15 @@ class RayBackend:
             ray.init(address=cfg.ray_address, log_to_driver=False, configure_logging=False)
         elif self.owned:
             start_local()
+        have = ray.cluster_resources()
         gpus = cfg.gpus_per_run
         if gpus is None:
-            gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
+            gpus = 1 if have.get("GPU", 0) > 0 else 0
+        if self.owned and not cfg.ray_address:  # this machine's Ray never grows: an unplaceable run waits forever
+            for flag, want, kind in (("--gpus-per-run", gpus, "GPU"), ("--cpus-per-run", cfg.cpus_per_run, "CPU")):
+                if want > have.get(kind, 0):
+                    ray.shutdown()
+                    raise ConfigError(f"{flag} {want}: this machine has {int(have.get(kind, 0))} {kind}s for Ray")
         self.threads = cfg.cpus_per_run
         self.task = ray.remote(run_job).options(num_cpus=cfg.cpus_per_run, num_gpus=gpus, max_retries=0)
         self.refs: dict[Any, Job] = {}
