@@ -30,11 +30,11 @@ from oloraplus.config import TrainConfig, build_config, read_yaml
 from oloraplus.errors import ConfigError, NonFiniteLossError
 from oloraplus.experiments.executor_config import ExecutorConfig
 from oloraplus.experiments.executors import EXECUTOR_DIR, run_jobs
-from oloraplus.experiments.worker import Job, Outcome, train_once
-from oloraplus.experiments.sweeplock import LOCK_FILE, sweep_lock
 from oloraplus.experiments.sweepdir import (
     DEFAULT_BASELINE, PLAN_FILE, RESULTS_FILE, RUNS_DIR, format_value, safe_component,
 )
+from oloraplus.experiments.sweeplock import LOCK_FILE, sweep_lock
+from oloraplus.experiments.worker import Job, Outcome, train_once
 from oloraplus.io import atomic_write_json, atomic_write_text
 
 SWEEP_KEYS = ("base", "grid", "seeds", "baseline")
@@ -298,11 +298,11 @@ def execute(
                     "result, going on") if diverged else ""
 
         run_jobs(jobs, executor, output / EXECUTOR_DIR, on_end=recorded)
-        results = write_results(plan, output)
-        if report:
-            from oloraplus.experiments.report import write_report
+    results = write_results(plan, output)  # every run has finished: a driver after this one would write the same
+    if report:
+        from oloraplus.experiments.report import write_report
 
-            write_report(output)
+        write_report(output)
     return results
 
 
