@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -139,6 +140,14 @@ def plain_file(ws: Workspace, tmp: Path) -> Path:
     return tmp / "file"
 
 
+def locked_sweep(ws: Workspace, tmp: Path) -> Path:
+    """A sweep directory whose lock names a live driver on this host (this test process)."""
+    (tmp / "sweep").mkdir()
+    (tmp / "sweep" / "sweep.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                          "since": "2026-12-02T07:00:00+0000"}))
+    return tmp / "sweep"
+
+
 def run_copy(ws: Workspace, tmp: Path) -> Path:
     return Path(shutil.copytree(ws.run, tmp / "existing"))
 
@@ -261,6 +270,15 @@ CASES: list[tuple[str, Build, list[str]]] = [
      ["--output", "exists and is not empty; choose a new or empty directory"]),
     ("sweep-output-inside-a-run", lambda w, t, o: ["sweep", w.file("s.yaml", "grid: {ratio: [1, 4]}\n"),
                                                    "--output", str(o / "sweep")], ["inside the training run"]),
+    # --- where a sweep's runs train (--executor; docs/cluster.md) ---
+    ("executor-several-gpus", lambda w, t, o: ["sweep", w.file("s.yaml", "grid: {ratio: [1, 4]}\n"), "--output",
+                                               str(o), "--executor", "ray", "--gpus-per-run", "2"],
+     ["--gpus-per-run 2", "torchrun", "one GPU"]),
+    ("executor-ray-address-without-ray", lambda w, t, o: ["tune-ratio", "--grid", "1,4", "--output", str(o),
+                                                          "--ray-address", "auto"],
+     ["--ray-address: only with --executor ray"]),
+    ("sweep-driver-running", lambda w, t, o: ["sweep", w.file("s.yaml", "grid: {ratio: [1, 4]}\n"), "--output",
+                                              str(o)], ["another sweep driver runs on it", f"pid {os.getpid()}"]),
     # --- compose ---
     ("compose-different-bases", lambda w, t, o: ["compose", str(w.run), str(w.other_run), "--output", str(o)],
      ["different base fingerprints"]),
@@ -297,6 +315,7 @@ PRE_EXISTING: dict[str, Callable[[Workspace, Path], Path]] = {
                                    "compose-study-output-is-a-run", "merge-output-is-a-run",
                                    "sweep-output-inside-a-run")},
     "merge-output-not-empty": foreign_dir,
+    "sweep-driver-running": locked_sweep,
     "output-is-a-file": plain_file,
     "eval-truncated-adapter": lambda w, t: w.damaged_run(t, truncate),
     "eval-tampered-header": lambda w, t: w.damaged_run(t, tamper_header),

@@ -264,17 +264,19 @@ def _base_type(tp: Any) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig,
-                  help_overrides: dict[str, str] | None = None) -> None:
+                  help_overrides: dict[str, str] | None = None, config_flag: bool = True) -> None:
     """Generate one flag per field; defaults are suppressed so only given flags override YAML.
 
     `help_overrides` ({field: help}) rewords a field's help for one command (tune-ratio's --output is a search
     directory, not a run directory); the flag, its type and default still come from the field.
+    `config_flag=False` leaves out `--config`, for a second dataclass on a parser that has one (the executor flags).
     """
     help_overrides = help_overrides or {}
     unknown = set(help_overrides) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise ValueError(f"help_overrides: {cls.__name__} has no field {sorted(unknown)[0]!r}")
-    parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file with any of the options below")
+    if config_flag:
+        parser.add_argument("--config", default=argparse.SUPPRESS, help="YAML file with any of the options below")
     for f, tp in _fields(cls):
         tp = _base_type(tp)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}

@@ -8,7 +8,8 @@ import pytest
 from oloraplus import config
 from oloraplus.adapters import registry
 from oloraplus.cli.main import build_parser, main
-from oloraplus.config import TrainConfig, resolve
+from oloraplus.config import TrainConfig, flag, resolve
+from oloraplus.experiments.executor_config import ExecutorConfig
 
 
 COMMANDS = ["train", "plan", "eval", "generate", "export", "merge", "compose", "compose-study", "sweep", "report", "tune-ratio"]
@@ -105,7 +106,8 @@ def test_tune_ratio_takes_every_train_flag_and_rewords_only_output(capsys, monke
     assert {k: v for k, v in tune.items() if k in train and k != "--output"} == {
         k: v for k, v in train.items() if k != "--output"}
     assert tune["--output"][1] == "search directory: rung-<k>/, tune.md, tune.json, tune.png (default: runs/tune-ratio)"
-    assert set(tune) - set(train) == {"--grid", "--min-steps", "--rounds"}
+    executor = {flag(f.name) for f in dataclasses.fields(ExecutorConfig)}
+    assert set(tune) - set(train) == {"--grid", "--min-steps", "--rounds", *executor}
 
 
 def test_every_registered_subcommand_has_a_working_help(capsys, monkeypatch):

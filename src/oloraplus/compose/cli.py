@@ -19,6 +19,7 @@ from oloraplus import __version__, rundir
 from oloraplus.compose import INTERFERENCE_FILE
 from oloraplus.compose.study import run_study
 from oloraplus.errors import AdapterError, ConfigError
+from oloraplus.experiments.executor_config import add_executor_arguments, executor_options
 from oloraplus.io import atomic_write_text
 from oloraplus.paths import portable_command
 
@@ -119,11 +120,13 @@ def compose_command(inputs: list[str], output: str, weights: str | None, dry_run
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC.yaml", help="the study definition")
     parser.add_argument("--output", required=True, metavar="DIR", help="study directory (created; reused to resume)")
+    add_executor_arguments(parser)
 
 
 def study_command(args: argparse.Namespace) -> int:
+    executor = executor_options(args)
     command = portable_command(shlex.join(["oloraplus", "compose-study", args.spec, "--output", args.output]))
-    result = run_study(args.spec, args.output, command=command)
+    result = run_study(args.spec, args.output, command=command, executor=executor)
     for row in result["sums"]:
         cos = "" if row["rms_cosine"] is None else f"  RMS cos {row['rms_cosine']:.4f}"
         print(f"{row['sum']:<30} change vs {row['baseline']}: {row['change_pct']:+.2f} %{cos}")

@@ -18,7 +18,7 @@ Finished runs whose recorded config matches are skipped; one with another config
 
 from __future__ import annotations
 
-import gc
+import functools
 import json
 import shutil
 import sys
@@ -35,6 +35,10 @@ from oloraplus.data.example import Document
 from oloraplus.data.formats import load_examples
 from oloraplus.data.split import split_examples
 from oloraplus.errors import DataError
+from oloraplus.experiments.executor_config import ExecutorConfig
+from oloraplus.experiments.executors import EXECUTOR_DIR, run_jobs
+from oloraplus.experiments.sweeplock import LOCK_FILE, sweep_lock
+from oloraplus.experiments.worker import Job, train_once
 from oloraplus.io import atomic_write_text
 from oloraplus.paths import portable_path
 
@@ -52,23 +56,22 @@ def _write_sum(output: Path, subset: tuple[str, ...]) -> Path:
 
 
 def _train_missing(spec: StudySpec, splits: dict, trainings: list[Training], done: list[bool],
-                   files: dict[str, str], tokenizer) -> None:
+                   files: dict[str, str], tokenizer, output: Path, executor: ExecutorConfig | None) -> None:
     """Write the merged data (checked against the domain records) and train every run not finished earlier."""
-    from oloraplus.train import recipe
-
     seed = build_config(TrainConfig, spec.base, spec.source).seed
     for file, text in files.items():
         if not Path(file).is_file():
             atomic_write_text(file, text)
     for run in trainings[len(spec.domains):]:
         check_merged_file(Path(run.config.data), *merged_split(splits, run.domains, seed), seed, tokenizer)
+    jobs = []
     for index, (run, finished) in enumerate(zip(trainings, done), start=1):
-        note = "  (finished earlier, skipped)" if finished else ""
-        print(f"[{index}/{len(trainings)}] train {run.name} on {label(run.domains)}{note}", file=sys.stderr, flush=True)
-        if not finished:
-            result = recipe.train(run.config)
-            del result  # free the trained model before the next run
-            gc.collect()
+        name = f"[{index}/{len(trainings)}] train {run.name} on {label(run.domains)}"
+        if finished:
+            print(f"{name}  (finished earlier, skipped)", file=sys.stderr, flush=True)
+        else:
+            jobs.append(Job(run.name, name, functools.partial(train_once, run.config)))
+    run_jobs(jobs, executor or ExecutorConfig(), output / EXECUTOR_DIR)
 
 
 def _evaluate_variants(loaded, variants: dict[str, Path | None], heldout: dict, batch_size: int) -> dict:
@@ -87,10 +90,17 @@ def _evaluate_variants(loaded, variants: dict[str, Path | None], heldout: dict, 
     return ppl
 
 
-def run_study(path: str | Path, output: str | Path, *, command: str | None = None) -> dict[str, Any]:
+def run_study(path: str | Path, output: str | Path, *, command: str | None = None,
+              executor: ExecutorConfig | None = None) -> dict[str, Any]:
     """Train what is missing, evaluate every variant on every domain, write the study files; returns study.json."""
     spec = read_spec(path)  # spec and output are checked before torch and the data load
-    output = rundir.check_output_dir(output, what="compose study", own=("study.json", f"data/{MERGED}-*.jsonl"))
+    output = rundir.check_output_dir(output, what="compose study",
+                                     own=("study.json", f"data/{MERGED}-*.jsonl", LOCK_FILE))
+    with sweep_lock(output, what="compose study"):
+        return _study(spec, output, command, executor)
+
+
+def _study(spec: StudySpec, output: Path, command: str | None, executor: ExecutorConfig | None) -> dict[str, Any]:
 
     import torch
 
@@ -113,7 +123,7 @@ def run_study(path: str | Path, output: str | Path, *, command: str | None = Non
     done = [is_finished(run) for run in trainings]  # refuse a directory holding other runs before any work
     loaded = models.load_model(base.model, trust_remote_code=base.trust_remote_code)
     loaded.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    _train_missing(spec, splits, trainings, done, files, loaded.tokenizer)
+    _train_missing(spec, splits, trainings, done, files, loaded.tokenizer, output, executor)
 
     heldout = {d: encode_examples(splits[d][1], loaded.tokenizer, base.max_length, base.train_turns)[0] for d in spec.names}
     variants: dict[str, Path | None] = {"base": None}  # label -> adapter directory

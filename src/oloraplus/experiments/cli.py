@@ -14,6 +14,7 @@ import yaml
 from oloraplus.config import TrainConfig, add_arguments, build_config, resolve
 from oloraplus.errors import ConfigError
 from oloraplus.experiments import tune
+from oloraplus.experiments.executor_config import add_executor_arguments, executor_options
 from oloraplus.experiments.report import format_table, write_report
 from oloraplus.experiments.runs import find_runs
 from oloraplus.experiments.sweep import run_sweep
@@ -59,8 +60,9 @@ def parse_baseline(text: str) -> dict[str, Any]:
 
 
 def sweep_command(args: argparse.Namespace) -> int:
+    executor = executor_options(args)
     command = portable_command(shlex.join(["oloraplus", "sweep", args.sweep_file, "--output", args.output]))
-    results = run_sweep(args.sweep_file, args.output, command=command)
+    results = run_sweep(args.sweep_file, args.output, command=command, executor=executor)
     print(format_table(find_runs(args.output)))
     print(f"\nresults: {results}\nreport:  {Path(args.output) / 'report.md'}")
     return 0
@@ -77,6 +79,7 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def tune_command(args: argparse.Namespace) -> int:
+    executor = executor_options(args)
     cfg = resolve(TrainConfig, args)
     output = cfg.output if cfg.output != TrainConfig.output else DEFAULT_TUNE_OUTPUT
     ignored = [f"--{name.replace('_', '-')}" for name in ("ratio", "max_steps") if name in vars(args)]
@@ -85,7 +88,8 @@ def tune_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
     grid = parse_grid(args.grid) if args.grid else list(tune.DEFAULT_GRID)
     command = "oloraplus " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["tune-ratio"] else None
-    result = tune.tune_ratio(cfg, output, grid=grid, min_steps=args.min_steps, rounds=args.rounds, command=command)
+    result = tune.tune_ratio(cfg, output, grid=grid, min_steps=args.min_steps, rounds=args.rounds, command=command,
+                             executor=executor)
     print(Path(result.output, tune.TUNE_FILE).read_text(encoding="utf-8"))
     print(f"best λ = {format_value(result.best_ratio)}  (eval loss {result.best_loss:.4f}); "
           f"details: {Path(result.output) / tune.TUNE_FILE}")
@@ -95,6 +99,7 @@ def tune_command(args: argparse.Namespace) -> int:
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep definition")
     parser.add_argument("--output", required=True, metavar="DIR", help="sweep directory (created; reused to resume)")
+    add_executor_arguments(parser)
 
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,3 +123,4 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {tune.DEFAULT_MIN_STEPS})")
     parser.add_argument("--rounds", type=int, default=None,
                         help="number of rounds (default: until one λ is left, 4 for 9 values)")
+    add_executor_arguments(parser)

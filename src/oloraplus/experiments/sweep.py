@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import gc
+import functools
 import io
 import itertools
 import json
@@ -28,9 +28,13 @@ from typing import Any, Callable
 from oloraplus import rundir
 from oloraplus.config import TrainConfig, build_config, read_yaml
 from oloraplus.errors import ConfigError, NonFiniteLossError
+from oloraplus.experiments.executor_config import ExecutorConfig
+from oloraplus.experiments.executors import EXECUTOR_DIR, run_jobs
 from oloraplus.experiments.sweepdir import (
     DEFAULT_BASELINE, PLAN_FILE, RESULTS_FILE, RUNS_DIR, format_value, safe_component,
 )
+from oloraplus.experiments.sweeplock import LOCK_FILE, sweep_lock
+from oloraplus.experiments.worker import Job, Outcome, train_once
 from oloraplus.io import atomic_write_json, atomic_write_text
 
 SWEEP_KEYS = ("base", "grid", "seeds", "baseline")
@@ -226,11 +230,25 @@ def write_results(plan: SweepPlan, output: str | Path) -> Path:
     return path
 
 
-def _write_plan(plan: SweepPlan, output: Path, command: str | None) -> None:
+def _write_plan(plan: SweepPlan, output: Path, command: str | None, executor: str = "local",
+                where: dict[str, dict[str, str]] | None = None) -> None:
+    """sweep.json: the plan, the executor and where each finished run trained (host, GPU)."""
+    where = where or {}
     atomic_write_json(output / PLAN_FILE, {
         "source": plan.source, "command": command, "base": plan.base, "varying": list(plan.varying),
-        "baseline": plan.baseline, "runs": [{"name": r.name, "params": r.params} for r in plan.runs],
+        "baseline": plan.baseline, "executor": executor,
+        "runs": [{"name": r.name, "params": r.params, **({"ran_on": where[r.name]} if r.name in where else {})}
+                 for r in plan.runs],
     })
+
+
+def _recorded_where(output: Path) -> dict[str, dict[str, str]]:
+    """Where the runs of an earlier invocation trained, from its sweep.json (kept for runs it finished)."""
+    try:
+        runs = json.loads((output / PLAN_FILE).read_text(encoding="utf-8")).get("runs", [])
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {r["name"]: r["ran_on"] for r in runs if isinstance(r, dict) and isinstance(r.get("ran_on"), dict)}
 
 
 def _default_train(cfg: TrainConfig) -> Any:
@@ -239,37 +257,48 @@ def _default_train(cfg: TrainConfig) -> Any:
     return train(cfg)
 
 
+def train_run(output: str, run: PlannedRun, train_fn: TrainFn | None) -> dict[str, Any] | None:
+    """One run, where a worker picked it up: trains it, or records it as diverged (a result, not a failure)."""
+    try:
+        train_once(run_config(output, run), train_fn or _default_train)
+    except NonFiniteLossError as exc:
+        record_divergence(output, run, exc)
+        return {"diverged_step": exc.step, "diverged_reason": exc.what}
+    return None
+
+
 def execute(
     plan: SweepPlan, output: str | Path, *, train_fn: TrainFn | None = None, report: bool = True,
-    command: str | None = None,
+    command: str | None = None, executor: ExecutorConfig | None = None,
 ) -> Path:
     """Train every unfinished run of `plan` under `output`, refreshing results.csv after each one."""
-    output = rundir.check_output_dir(output, what="sweep", own=(PLAN_FILE, RESULTS_FILE))
-    adopt_renamed_runs(plan, output)
-    # refuse a directory holding other runs before training
-    done = [rundir.is_finished(run_path(output, run), run.config, what="sweep") for run in plan.runs]
-    output.mkdir(parents=True, exist_ok=True)
-    _write_plan(plan, output, command)
-    train_fn = train_fn or _default_train
-    total = len(plan.runs)
-    for index, (run, finished) in enumerate(zip(plan.runs, done), start=1):
-        status = "  (finished earlier, skipped)" if finished else ""
-        print(f"[{index}/{total}] {describe(run.params)}{status}", file=sys.stderr, flush=True)
-        if finished:
-            continue
-        try:
-            trained_model = getattr(train_fn(run_config(output, run)), "model", None)
-        except NonFiniteLossError as exc:
-            record_divergence(output, run, exc)
-            print(f"  diverged at step {exc.step} ({exc.what}); kept as a result, going on", file=sys.stderr,
-                  flush=True)
-            trained_model = None
-        if trained_model is not None:  # free it (PEFT wrappers hold reference cycles) before the next run
-            del trained_model
-            gc.collect()
-            _empty_accelerator_cache()
-        write_results(plan, output)
-    results = write_results(plan, output)
+    executor = executor or ExecutorConfig()
+    output = rundir.check_output_dir(output, what="sweep", own=(PLAN_FILE, RESULTS_FILE, LOCK_FILE))
+    with sweep_lock(output):
+        adopt_renamed_runs(plan, output)
+        # refuse a directory holding other runs before training
+        done = [rundir.is_finished(run_path(output, run), run.config, what="sweep") for run in plan.runs]
+        skipped = {run.name for run, finished in zip(plan.runs, done) if finished}
+        where = {name: ran_on for name, ran_on in _recorded_where(output).items() if name in skipped}
+        _write_plan(plan, output, command, executor.executor, where)
+        jobs = []
+        for index, (run, finished) in enumerate(zip(plan.runs, done), start=1):
+            label = f"[{index}/{len(plan.runs)}] {describe(run.params)}"
+            if finished:
+                print(f"{label}  (finished earlier, skipped)", file=sys.stderr, flush=True)
+            else:
+                jobs.append(Job(run.name, label, functools.partial(train_run, str(output), run, train_fn)))
+
+        def recorded(job: Job, outcome: Outcome) -> str:
+            where[job.name] = outcome.where
+            write_results(plan, output)
+            _write_plan(plan, output, command, executor.executor, where)
+            diverged = outcome.value
+            return (f": diverged at step {diverged['diverged_step']} ({diverged['diverged_reason']}); kept as a "
+                    "result, going on") if diverged else ""
+
+        run_jobs(jobs, executor, output / EXECUTOR_DIR, on_end=recorded)
+    results = write_results(plan, output)  # every run has finished: a driver after this one would write the same
     if report:
         from oloraplus.experiments.report import write_report
 
@@ -294,13 +323,7 @@ def record_divergence(output: str | Path, run: PlannedRun, exc: NonFiniteLossErr
     return paths.final
 
 
-def _empty_accelerator_cache() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def run_sweep(path: str | Path, output: str | Path, *, train_fn: TrainFn | None = None,
-              command: str | None = None) -> Path:
+              command: str | None = None, executor: ExecutorConfig | None = None) -> Path:
     """Plan SWEEP.yaml, train what is missing under `output`, write results.csv and the report."""
-    return execute(plan_sweep(path), output, train_fn=train_fn, command=command)
+    return execute(plan_sweep(path), output, train_fn=train_fn, command=command, executor=executor)

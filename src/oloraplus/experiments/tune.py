@@ -17,9 +17,11 @@ from typing import Sequence
 from oloraplus import rundir
 from oloraplus.config import TrainConfig, check_ratio, to_dict
 from oloraplus.errors import ConfigError
+from oloraplus.experiments.executor_config import ExecutorConfig
 from oloraplus.experiments.report import plural
 from oloraplus.experiments.sweep import TrainFn, execute, plan_from_spec, run_path
 from oloraplus.experiments.sweepdir import format_value
+from oloraplus.experiments.sweeplock import LOCK_FILE, sweep_lock
 from oloraplus.io import atomic_write_json, atomic_write_text
 from oloraplus.markdown import markdown_table
 from oloraplus.paths import portable_command
@@ -72,13 +74,13 @@ def check_grid(grid: Sequence[float]) -> list[float]:
 
 
 def _rung(base: dict, ratios: list[float], index: int, max_steps: int, output: Path,
-          train_fn: TrainFn | None) -> Rung:
+          train_fn: TrainFn | None, executor: ExecutorConfig | None = None) -> Rung:
     spec = {"base": {**base, "max_steps": max_steps}, "grid": {"ratio": ratios}}
     plan = plan_from_spec(spec, f"tune-ratio rung {index}")
     directory = output / f"rung-{index}"
     print(f"round {index}: {plural(len(ratios), 'λ value')} × {plural(max_steps, 'step')} -> {directory}",
           file=sys.stderr, flush=True)
-    execute(plan, directory, train_fn=train_fn, report=False)
+    execute(plan, directory, train_fn=train_fn, report=False, executor=executor)
     losses = {}
     for run in plan.runs:
         loss = rundir.read_metrics(run_path(directory, run)).get("eval_loss")
@@ -89,6 +91,7 @@ def _rung(base: dict, ratios: list[float], index: int, max_steps: int, output: P
 def tune_ratio(
     cfg: TrainConfig, output: str | Path, grid: Sequence[float] = DEFAULT_GRID, min_steps: int = DEFAULT_MIN_STEPS,
     rounds: int | None = None, *, train_fn: TrainFn | None = None, command: str | None = None,
+    executor: ExecutorConfig | None = None,
 ) -> TuneResult:
     """Successive halving over `grid`; writes DIR/tune.md, tune.json and tune.png; returns the best λ."""
     alive = check_grid(grid)
@@ -97,21 +100,22 @@ def tune_ratio(
     rounds = rounds_needed(len(alive)) if rounds is None else rounds
     if rounds < 1:
         raise ConfigError(f"--rounds: must be >= 1, got {rounds}")
-    output = rundir.check_output_dir(output, what="λ search", own=(TUNE_JSON, "rung-0"))
+    output = rundir.check_output_dir(output, what="λ search", own=(TUNE_JSON, "rung-0", LOCK_FILE))
     base = {k: v for k, v in to_dict(cfg).items() if k not in (*rundir.PER_RUN, "ratio", "max_steps")}
     # An auto eval size grows with the steps: fix it at the longest round's, so every round has the same split.
     base["eval_size"] = replace(cfg, max_steps=min_steps * 2 ** (rounds - 1)).eval_examples()
     rungs: list[Rung] = []
-    for index in range(rounds):
-        rungs.append(_rung(base, alive, index, min_steps * 2**index, output, train_fn))
-        if index == rounds - 1:
-            break
-        alive = survivors(rungs[-1].losses)
-        if len(alive) == 1:
-            break
-    best_ratio, best_loss = min(rungs[-1].losses.items(), key=_rank_key)
-    result = TuneResult(best_ratio=best_ratio, best_loss=best_loss, rungs=rungs, output=output)
-    write_tune_report(result, command)
+    with sweep_lock(output, what="λ search"):
+        for index in range(rounds):
+            rungs.append(_rung(base, alive, index, min_steps * 2**index, output, train_fn, executor))
+            if index == rounds - 1:
+                break
+            alive = survivors(rungs[-1].losses)
+            if len(alive) == 1:
+                break
+        best_ratio, best_loss = min(rungs[-1].losses.items(), key=_rank_key)
+        result = TuneResult(best_ratio=best_ratio, best_loss=best_loss, rungs=rungs, output=output)
+        write_tune_report(result, command)
     return result
 
 
