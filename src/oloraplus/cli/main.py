@@ -55,24 +55,27 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from oloraplus.console import eval_summary
-    from oloraplus.eval.run_eval import evaluate_run
+    from oloraplus.eval.run_eval import evaluate_run, parse_eval_size
     from oloraplus.rundir import load_run_config
 
     if args.harness is not None:
         return _harness(args)
     metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                           generate_batch_size=args.generate_batch_size, device=args.device)
+                           generate_batch_size=args.generate_batch_size, device=args.device,
+                           output=args.output, eval_size=parse_eval_size(args.eval_size))
     max_length = load_run_config(Path(args.run_dir)).max_length  # what truncated and dropped the examples
-    print("\n".join(eval_summary(metrics, args.run_dir, args.data, max_length, time.perf_counter() - start)))
+    print("\n".join(eval_summary(metrics, args.run_dir, args.data, max_length, time.perf_counter() - start,
+                                  output=args.output)))
     return 0
 
 
 def _harness(args: argparse.Namespace) -> int:
     from oloraplus.eval.harness import harness_eval, parse_tasks
 
-    if args.data is not None or args.generate:
-        raise ConfigError("--harness runs only the harness tasks: drop --data/--generate (run them separately)")
+    if args.data is not None or args.generate or args.output is not None or args.eval_size is not None:
+        raise ConfigError("--harness runs only the harness tasks: drop --data/--generate/--output/--eval-size (run "
+                          "them separately)")
     if args.harness_limit is not None and args.harness_limit < 1:
         raise ConfigError(f"--harness-limit {args.harness_limit}: must be at least 1")
     results = harness_eval(args.run_dir, parse_tasks(args.harness), data=args.harness_data, limit=args.harness_limit,
@@ -96,7 +99,14 @@ def _compose(args: argparse.Namespace) -> int:
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--data", default=None, help="evaluate on this data instead of the run's eval split")
+    parser.add_argument("--data", default=None, help="evaluate on this data instead of the run's eval split "
+                        "(needs --output: the run's files are never changed)")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="write eval.json (and generations.jsonl) to DIR instead of updating the run's "
+                        "metrics.json; required with --data")
+    parser.add_argument("--eval-size", default=None, metavar="N|all",
+                        help="with --data: score N examples (seeded as the run's split), or all of them in file order "
+                        "(default: the run's eval size)")
     parser.add_argument("--generate", type=int, default=0, metavar="N",
                         help="greedy-generate for N eval examples (batched, KV cache) and report BLEU/ROUGE")
     parser.add_argument("--max-new-tokens", type=int, default=128, metavar="K",
@@ -162,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("eval", _eval, _eval_arguments,
             help="evaluate a run: eval loss, perplexity, BLEU/ROUGE of generations",
             description="Reload RUN_DIR/adapter onto the untouched base and evaluate on the run's eval split (or "
-            "--data). Updates RUN_DIR/metrics.json; with --generate writes RUN_DIR/generations.jsonl.")
+            "--data). The run's own split updates RUN_DIR/metrics.json (with --generate: RUN_DIR/generations.jsonl) "
+            "unless --output DIR is given; --data always writes to --output DIR (eval.json, generations.jsonl).")
     command("generate", chat.generate_command, chat.add_generate_arguments,
             help="reply to a prompt (or a file of prompts) with a run's adapter",
             description="Load RUN_DIR's base model and adapter and reply to --prompt (streamed) or to every prompt "

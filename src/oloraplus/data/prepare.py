@@ -46,12 +46,13 @@ def check_max_length(config: Any, max_length: int, model: str) -> None:
 
 
 def prepare(cfg: TrainConfig, device: str | torch.device | None = None, *, training: bool = True,
-            generate_flag: str = "--eval-generate") -> Prepared:
+            generate_flag: str = "--eval-generate", eval_all: bool = False) -> Prepared:
     """Everything before the adapter; bad model or data fails here, before any file is written.
 
     `device`: where the model loads (`models.load_model`; default the GPU when there is one).
     `training`: warn about what training would learn (placeholders); `eval` passes False.
     `generate_flag`: the flag that asked for `cfg.eval_generate` generations, named if the data cannot have them.
+    `eval_all`: every example is eval data, in file order (`eval --data F --eval-size all`).
     """
     examples = load_examples(cfg.data)  # cheap: a bad file fails before the model loads
     plain = is_plain_text(examples)
@@ -64,8 +65,11 @@ def prepare(cfg: TrainConfig, device: str | torch.device | None = None, *, train
         say(warning)
     say(f"loading {cfg.model} ...")
     loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=device, quantize=cfg.quantize)
-    train_ex, val_ex, eval_ex = split_three(examples, cfg.train_size, cfg.eval_examples(), cfg.val_size,
-                                            cfg.data_seed())
+    if eval_all:  # nothing is trained: the one train example only keeps the statistics below well-defined
+        train_ex, val_ex, eval_ex = list(examples[:1]), [], list(examples)
+    else:
+        train_ex, val_ex, eval_ex = split_three(examples, cfg.train_size, cfg.eval_examples(), cfg.val_size,
+                                                cfg.data_seed())
     encode = ((lambda split: encode_documents(split, loaded.tokenizer, cfg.max_length)) if plain else
               (lambda split: encode_examples(split, loaded.tokenizer, cfg.max_length, cfg.train_turns)))
     (train_ds, train_stats), (eval_ds, eval_stats) = encode(train_ex), encode(eval_ex)
