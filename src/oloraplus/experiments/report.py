@@ -257,10 +257,12 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
     return lines
 
 
-def write_report(directory: str | Path, baseline: dict[str, Any] | None = None, delta_rank: bool = False) -> Path:
+def write_report(directory: str | Path, baseline: dict[str, Any] | None = None, delta_rank: bool = False,
+                 note: str | None = None) -> Path:
     """Write DIR/report.md and DIR/plots/*.png from the finished runs in DIR; returns the report path.
 
     `delta_rank`: also the effective rank of every run's ΔW per layer (slow: reloads the base per run).
+    `note`: a sentence under the title (a select/confirm sweep says where its settings were chosen).
     """
     directory = Path(directory)
     runs = find_runs(directory)
@@ -271,7 +273,7 @@ def write_report(directory: str | Path, baseline: dict[str, Any] | None = None, 
     grouped = group_arms(runs)
     seeds = sorted({run.seed for run in runs})
     ranks = rank_report.collect(directory, runs) if delta_rank else None
-    lines = ["# Sweep report", ""]
+    lines = ["# Sweep report", ""] + ([note, ""] if note else [])
     if plan.get("command"):
         lines += [f"Made by `{portable_command(plan['command'])}`.", ""]
     diverged = [run.name for run in runs if run.diverged]
