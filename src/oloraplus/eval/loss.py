@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from oloraplus import rundir
 from oloraplus.console import track
 from oloraplus.data.collate import SCORED, model_inputs, next_token_targets
 from oloraplus.data.tokenize import IGNORE_INDEX
@@ -106,9 +107,6 @@ def evaluate_loss(
     return {"eval_loss": eval_loss, "perplexity": perplexity, "eval_tokens": n_tokens}
 
 
-VALIDATION_PREFIX = "val_"
-
-
 def validation_metrics(scores: dict[str, float]) -> dict[str, float]:
     """`evaluate_loss` on the validation split, renamed (val_eval_loss, ...) so it never passes for the test loss."""
-    return {VALIDATION_PREFIX + key: value for key, value in scores.items()}
+    return {rundir.VALIDATION_PREFIX + key: value for key, value in scores.items()}

@@ -108,7 +108,8 @@ def tune_command(args: argparse.Namespace) -> int:
     command = "oloraplus " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["tune-ratio"] else None
     result = tune.tune_ratio(cfg, output, grid=grid, min_steps=args.min_steps, rounds=args.rounds, command=command)
     print(Path(result.output, tune.TUNE_FILE).read_text(encoding="utf-8"))
-    print(f"best λ = {format_value(result.best_ratio)}  (eval loss {result.best_loss:.4f}); "
+    print(f"best λ = {format_value(result.best_ratio)}  (validation loss {result.best_loss:.4f}, test loss "
+          f"{result.best_test_loss:.4f}); "
           f"details: {Path(result.output) / tune.TUNE_FILE}")
     return 0
 

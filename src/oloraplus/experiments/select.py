@@ -28,7 +28,6 @@ from typing import Any, Sequence
 
 from oloraplus import rundir
 from oloraplus.errors import ConfigError
-from oloraplus.eval.loss import VALIDATION_PREFIX
 from oloraplus.experiments.sweep import SweepPlan, TrainFn, describe, execute, plan_from_spec, run_path
 from oloraplus.experiments.sweepdir import format_value
 from oloraplus.io import atomic_write_json, atomic_write_text
@@ -132,7 +131,7 @@ def _arm_of(params: dict[str, Any], arm_keys: Sequence[str]) -> tuple:
 def _validation_loss(output: Path, plan: SweepPlan, run_name: str, by: str) -> float:
     run = next(r for r in plan.runs if r.name == run_name)
     path = run_path(output, run)
-    value = rundir.read_metrics(path).get(VALIDATION_PREFIX + by) if rundir.has_metrics(path) else None
+    value = rundir.read_metrics(path).get(rundir.VALIDATION_PREFIX + by) if rundir.has_metrics(path) else None
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
 
 
