@@ -19,7 +19,8 @@ from oloraplus.experiments.sweep import plan_from_spec
 SPEC = {
     "base": {"max_steps": 10, "val_size": 8, "split_seed": 0, "eval_size": 16},
     "grid": {"method": ["olora", "lora"], "lr": [1e-4, 3e-4, 1e-3], "ratio": [0.25, 1, 4, 16]},
-    "select": {"by": "eval_loss", "over": ["lr", "ratio"], "seeds": [1], "b_rate_control": True},
+    "select": {"by": "eval_loss", "over": ["lr", "ratio"], "seeds": [1], "b_rate_control": True,
+               "also": [{"ratio": 1}]},
     "seeds": [11, 12, 13],
     "baseline": {"method": "olora", "ratio": 1},
 }
@@ -44,7 +45,8 @@ def test_the_plan_lists_stage_one_and_what_stage_two_will_run():
     text = "\n".join(select.describe_plan(plan))
     assert "stage 1, select/: 24 runs = 2 arm(s) × 12 cells of lr × ratio × 1 selection seed(s) [1]" in text
     assert "  method-olora_lr-0.0001_ratio-0.25" in text and "  method-lora_lr-0.001_ratio-4" in text
-    assert "× 3 fresh seeds [11, 12, 13] on the test split: 6–12 runs" in text
+    assert "(+ its best cell with ratio=1) (+ its λ = 1 control at η = η_B when λ ≠ 1)" in text
+    assert "× 3 fresh seeds [11, 12, 13] on the test split: 6–18 runs (fewer when choices coincide)" in text
     assert "  arm method=olora" in text and "  arm method=lora" in text
 
 
@@ -52,15 +54,19 @@ def test_select_chooses_on_validation_and_confirms_on_test_with_fresh_seeds(tmp_
     fake = FakeTrain(loss=on_test, val_loss=validation)
     select.run_select_sweep(select.plan_select(SPEC, "s.yaml"), tmp_path / "out", train_fn=fake)
     chosen = json.loads((tmp_path / "out" / "selection.json").read_text())["choices"]
-    assert [(c["arm"], c["cell"]) for c in chosen] == [({"method": "olora"}, {"lr": 3e-4, "ratio": 4.0}),
-                                                      ({"method": "lora"}, {"lr": 1e-3, "ratio": 1.0})]
-    assert chosen[0]["edges"] == [] and chosen[1]["edges"] == ["lr"]  # LoRA's best lr is the grid's largest
+    assert [(c["arm"], c["among"], c["cell"]) for c in chosen] == [
+        ({"method": "olora"}, None, {"lr": 3e-4, "ratio": 4.0}),
+        ({"method": "olora"}, {"ratio": 1}, {"lr": 3e-4, "ratio": 1.0}),  # OLoRA's own rate tuned at λ = 1
+        ({"method": "lora"}, None, {"lr": 1e-3, "ratio": 1.0}),
+        ({"method": "lora"}, {"ratio": 1}, {"lr": 1e-3, "ratio": 1.0})]
+    assert chosen[0]["edges"] == [] and chosen[2]["edges"] == ["lr"]  # LoRA's best lr is the grid's largest
     confirm = [c for c in fake.configs if c.seed in (11, 12, 13)]
     assert len(fake.configs) == 24 + len(confirm)
-    # OLoRA's choice, its B-rate control (λ = 1 at η = 4 × 3e-4) and LoRA's choice (λ = 1: no control), 3 seeds each
+    # OLoRA's choice, its best λ = 1 cell, its B-rate control (λ = 1 at η = 4 × 3e-4) and LoRA's choice (λ = 1: its
+    # own best λ = 1 cell and no control), 3 seeds each
     assert sorted({(c.method, round(c.lr, 12), c.ratio) for c in confirm}) == sorted(
-        {("olora", 3e-4, 4.0), ("olora", 1.2e-3, 1.0), ("lora", 1e-3, 1.0)})
-    assert len(confirm) == 9 and all(c.split_seed == 0 and c.val_size == 8 for c in confirm)
+        {("olora", 3e-4, 4.0), ("olora", 3e-4, 1.0), ("olora", 1.2e-3, 1.0), ("lora", 1e-3, 1.0)})
+    assert len(confirm) == 12 and all(c.split_seed == 0 and c.val_size == 8 for c in confirm)
     selection = (tmp_path / "out" / "selection.md").read_text()
     assert "On the edge of the grid** in lr" in selection and "Chosen: lr=0.0003 ratio=4" in selection
     assert (tmp_path / "out" / "selection-method-olora.png").read_bytes().startswith(b"\x89PNG")
@@ -96,6 +102,8 @@ def test_a_diverged_cell_is_the_worst_not_skipped(tmp_path):
     ({"select": {"over": ["lr"], "seeds": []}}, "select: seeds: expected a non-empty list of different integers"),
     ({"select": {"over": ["lr"], "seeds": [1], "b_rate_control": True}}, "b_rate_control needs lr and ratio in over"),
     ({"select": "lr"}, "select: expected a mapping with by, over, seeds"),
+    ({"select": {"over": ["lr"], "seeds": [1], "also": [{"rank": 8}]}}, "select: also: 'rank' is not one of over"),
+    ({"select": {"over": ["lr"], "seeds": [1], "also": {"lr": 1}}}, "select: also: expected a list of mappings"),
 ])
 def test_bad_select_specs_are_one_line_errors_naming_the_key(tmp_path, capsys, change, match):
     spec = {**SPEC, **change}

@@ -11,7 +11,8 @@ the grid keys not in `over`, here each method) the cell with the lowest mean val
 (`val_eval_loss`) over the selection seeds is chosen; a diverged or missing run counts as the worst.
 Stage 2 (DIR/confirm/, a sweep with its report): each arm's chosen cell with the confirmation seeds, scored
 on the test split. So the numbers reported never chose anything, and every arm had the same chance to be
-lucky. `b_rate_control: true` also confirms, for each chosen cell with λ ≠ 1, the same arm at λ = 1 with
+lucky. `also: [{ratio: 1}]` also confirms each arm's best cell among those with λ = 1 (its own rate tuned
+at plain AdamW). `b_rate_control: true` also confirms, for each chosen cell with λ ≠ 1, the same arm at λ = 1 with
 η = the chosen cell's η_B = λη: "does λ help, or only B's learning rate?". DIR/selection.md records what was
 chosen, the validation loss of every cell (a heat map when `over` has two keys), and cells chosen on the
 edge of the grid (extend the grid and rerun: finished runs are reused).
@@ -33,7 +34,7 @@ from oloraplus.experiments.sweepdir import format_value
 from oloraplus.io import atomic_write_json, atomic_write_text
 from oloraplus.markdown import markdown_table
 
-SELECT_KEYS = ("by", "over", "seeds", "b_rate_control")
+SELECT_KEYS = ("by", "over", "seeds", "b_rate_control", "also")
 SELECTABLE = ("eval_loss",)  # the metrics measured on the validation split
 SELECT_DIR, CONFIRM_DIR = "select", "confirm"
 SELECTION_FILE, SELECTION_JSON = "selection.md", "selection.json"
@@ -45,6 +46,7 @@ class Selection:
     over: tuple[str, ...]
     seeds: tuple[int, ...]
     b_rate_control: bool
+    also: tuple[dict[str, Any], ...] = ()  # each: also confirm the arm's best cell with these values
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Choice:
     cell: dict[str, Any]  # the chosen values of the `over` keys
     loss: float  # mean validation loss over the selection seeds (inf: diverged or missing)
     edges: tuple[str, ...]  # `over` keys whose chosen value is the smallest or largest of the grid
+    among: dict[str, Any] | None = None  # None: the best of every cell; else the best of the cells with these values
 
 
 def _seed_list(value: Any, where: str) -> tuple[int, ...]:
@@ -90,8 +93,16 @@ def parse_selection(spec: dict[str, Any], source: str) -> Selection:
     control = raw.get("b_rate_control", False)
     if not isinstance(control, bool):
         raise ConfigError(f"{where}: b_rate_control: expected true/false, got {control!r}")
-    return Selection(by, tuple(k.replace("-", "_") for k in over), _seed_list(raw.get("seeds"), f"{where}: seeds"),
-                     control)
+    also = raw.get("also") or []
+    if not isinstance(also, list) or not all(isinstance(a, dict) and a for a in also):
+        raise ConfigError(f"{where}: also: expected a list of mappings of over-key: value, e.g. [{{ratio: 1}}]")
+    over = tuple(k.replace("-", "_") for k in over)
+    also = tuple({k.replace("-", "_"): v for k, v in a.items()} for a in also)
+    for a in also:
+        stray = [k for k in a if k not in over]
+        if stray:
+            raise ConfigError(f"{where}: also: '{stray[0]}' is not one of over ({', '.join(over)})")
+    return Selection(by, over, _seed_list(raw.get("seeds"), f"{where}: seeds"), control, also)
 
 
 def plan_select(spec: dict[str, Any], source: str) -> SelectPlan:
@@ -147,17 +158,28 @@ def cell_losses(plan: SelectPlan, output: Path) -> dict[tuple, dict[tuple, float
             for arm, cells in losses.items()}
 
 
+def _matches(cell: tuple, among: dict[str, Any]) -> bool:
+    values = dict(cell)
+    return all(float(values[k]) == float(v) if isinstance(v, (int, float)) else values[k] == v
+               for k, v in among.items())
+
+
 def choose(plan: SelectPlan, output: Path) -> list[Choice]:
-    """Each arm's cell with the lowest mean validation loss (ties: the first in grid order)."""
+    """Each arm's cell with the lowest mean validation loss (ties: the first in grid order), then for each
+    `also` mapping the arm's best cell among those with its values (e.g. the best lr at λ = 1)."""
     choices = []
     for arm, cells in cell_losses(plan, output).items():
-        cell, loss = min(cells.items(), key=lambda item: item[1])  # min keeps the first of equal losses
-        edges = []
-        for index, key in enumerate(plan.selection.over):
-            values = sorted({c[index][1] for c in cells if isinstance(c[index][1], (int, float))})
-            if len(values) > 1 and cell[index][1] in (values[0], values[-1]):
-                edges.append(key)
-        choices.append(Choice(dict(arm), dict(cell), loss, tuple(edges)))
+        for among in (None, *plan.selection.also):
+            pool = {c: v for c, v in cells.items() if among is None or _matches(c, among)}
+            if not pool:
+                continue
+            cell, loss = min(pool.items(), key=lambda item: item[1])  # min keeps the first of equal losses
+            edges = []
+            for index, key in enumerate(plan.selection.over):
+                values = sorted({c[index][1] for c in pool if isinstance(c[index][1], (int, float))})
+                if len(values) > 1 and cell[index][1] in (values[0], values[-1]):
+                    edges.append(key)
+            choices.append(Choice(dict(arm), dict(cell), loss, tuple(edges), among))
     return choices
 
 
@@ -167,7 +189,7 @@ def confirm_spec(plan: SelectPlan, choices: Sequence[Choice]) -> dict[str, Any]:
     for choice in choices:
         point = {**choice.arm, **choice.cell}
         points.append(point)
-        if plan.selection.b_rate_control and float(point["ratio"]) != 1.0:
+        if plan.selection.b_rate_control and choice.among is None and float(point["ratio"]) != 1.0:
             points.append({**point, "ratio": 1.0, "lr": float(point["lr"]) * float(point["ratio"])})  # η = η_B
     unique = [p for i, p in enumerate(points) if p not in points[:i]]
     return {**plan.spec, "grid": [{k: [v] for k, v in p.items()} for p in unique],
@@ -184,10 +206,12 @@ def describe_plan(plan: SelectPlan) -> list[str]:
              f"validation {s.by} (val_size {plan.select.runs[0].config.val_size}, split_seed "
              f"{plan.select.runs[0].config.split_seed})"]
     lines += [f"  {r.name}" for r in plan.select.runs]
-    per_arm = 2 if s.b_rate_control else 1
-    lines.append(f"stage 2, {CONFIRM_DIR}/: each arm's chosen cell{' (+ its λ = 1 control at η = η_B when λ ≠ 1)' if s.b_rate_control else ''}"
-                 f" × {len(plan.confirm_seeds)} fresh seeds {list(plan.confirm_seeds)} on the test split: "
-                 f"{len(arms) * len(plan.confirm_seeds)}–{len(arms) * per_arm * len(plan.confirm_seeds)} runs")
+    per_arm = 1 + len(s.also) + int(s.b_rate_control)
+    extra = "".join(f" (+ its best cell with {describe(a)})" for a in s.also)
+    extra += " (+ its λ = 1 control at η = η_B when λ ≠ 1)" if s.b_rate_control else ""
+    lines.append(f"stage 2, {CONFIRM_DIR}/: each arm's chosen cell{extra} × {len(plan.confirm_seeds)} fresh seeds "
+                 f"{list(plan.confirm_seeds)} on the test split: {len(arms) * len(plan.confirm_seeds)}–"
+                 f"{len(arms) * per_arm * len(plan.confirm_seeds)} runs (fewer when choices coincide)")
     lines += [f"  arm {describe(dict(arm))}" for arm in arms]
     return lines
 
@@ -204,11 +228,14 @@ def write_selection(plan: SelectPlan, output: Path, choices: Sequence[Choice]) -
     for choice in choices:
         arm = tuple(choice.arm.items())
         name = describe(choice.arm) if choice.arm else "all runs"
-        lines += [f"## {name}", "",
+        among = f" among the cells with {describe(choice.among)}" if choice.among else ""
+        lines += [f"## {name}{among}", "",
                   f"Chosen: {describe(choice.cell)} (validation {s.by} {choice.loss:.4f}).", ""]
         if choice.edges:
             lines += [f"**On the edge of the grid** in {', '.join(choice.edges)}: extend the grid past it and rerun "
                       "the same command (finished runs are reused).", ""]
+        if choice.among:
+            continue  # the arm's table and heat map are under its overall choice
         rows = [[describe(dict(cell)), "∞" if not math.isfinite(v) else f"{v:.4f}"]
                 for cell, v in losses[arm].items()]
         lines += [markdown_table(["cell", f"validation {s.by}"], rows), ""]
@@ -222,8 +249,9 @@ def write_selection(plan: SelectPlan, output: Path, choices: Sequence[Choice]) -
     atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
     atomic_write_json(output / SELECTION_JSON, {
         "by": s.by, "over": list(s.over), "selection_seeds": list(s.seeds), "confirm_seeds": list(plan.confirm_seeds),
-        "choices": [{"arm": c.arm, "cell": c.cell, "validation_loss": c.loss if math.isfinite(c.loss) else None,
-                     "edges": list(c.edges)} for c in choices],
+        "choices": [{"arm": c.arm, "among": c.among, "cell": c.cell,
+                     "validation_loss": c.loss if math.isfinite(c.loss) else None, "edges": list(c.edges)}
+                    for c in choices],
     })
     return path
 
