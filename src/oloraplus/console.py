@@ -103,6 +103,8 @@ def split_line(stats: dict[str, Any], split: str) -> str:
 
 
 def data_lines(stats: dict[str, Any], max_length: int, splits: tuple[str, ...] = ("train", "eval")) -> list[str]:
+    if "val_examples" in stats and "val" not in splits:  # --val-size: the validation split is counted too
+        splits = (*splits, "val")
     records = stats.get("examples_available", 0)
     if stats.get("plain_text"):
         head = (f"data: {plural(records, 'plain-text document')} (continued pretraining: loss on every token, "
