@@ -43,6 +43,8 @@ def test_stage_two_confirms_each_choice_its_lambda_one_best_and_its_b_rate_contr
         ("lora", 3e-3, 4.0), ("lora", 3e-3, 1.0), ("lora", 1.2e-2, 1.0)])
     assert len(confirm) == 6 * 5 and {c.seed for c in confirm} == {11, 12, 13, 14, 15}
     assert "On the edge of the grid** in lr" in (tmp_path / "selection.md").read_text()  # LoRA: extend the grid
-    assert (tmp_path / "confirm" / "report.md").is_file()
+    report = (tmp_path / "confirm" / "report.md").read_text()
+    assert "baseline lr=0.0003 method=olora ratio=1" in report  # OLoRA tuned at λ = 1, not the η_B control
+    assert "### Versus the baseline (olora λ=1 lr=0.0003)" in report
     assert sorted(p.name for p in tmp_path.glob("selection-*.png")) == ["selection-method-lora.png",
                                                                         "selection-method-olora.png"]

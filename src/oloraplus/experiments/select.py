@@ -193,7 +193,19 @@ def confirm_spec(plan: SelectPlan, choices: Sequence[Choice]) -> dict[str, Any]:
             points.append({**point, "ratio": 1.0, "lr": float(point["lr"]) * float(point["ratio"])})  # η = η_B
     unique = [p for i, p in enumerate(points) if p not in points[:i]]
     return {**plan.spec, "grid": [{k: [v] for k, v in p.items()} for p in unique],
-            "seeds": list(plan.confirm_seeds)}
+            "seeds": list(plan.confirm_seeds), "baseline": confirm_baseline(plan, choices)}
+
+
+def confirm_baseline(plan: SelectPlan, choices: Sequence[Choice]) -> dict[str, Any]:
+    """The baseline made unambiguous: {method: olora, ratio: 1} could match both OLoRA's tuned λ = 1 cell and a
+    B-rate control, so it takes the `over` values of the first choice it matches (with `also: [{ratio: 1}]`,
+    the arm's own rate tuned at λ = 1)."""
+    baseline = dict(plan.select.baseline)
+    for choice in choices:
+        point = {**choice.arm, **choice.cell}
+        if _matches(tuple(point.items()), {k: v for k, v in baseline.items() if k in point}):
+            return {**baseline, **choice.cell}
+    return baseline
 
 
 def describe_plan(plan: SelectPlan) -> list[str]:
