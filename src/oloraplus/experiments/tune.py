@@ -3,8 +3,9 @@
 Round k trains every surviving λ for `min_steps · 2^k` optimizer steps (each run from scratch,
 so its learning-rate schedule fits its budget) and keeps the better half by validation loss; the λ
 with the lowest validation loss in the last round wins. The validation split (`--val-size`, by default
-as large as the test split) is never the test split, so the best λ's test loss is not chosen by itself. Each round is a sweep in DIR/rung-k/, so an
-interrupted search resumes where it stopped and never retrains a finished run.
+as large as the test split) is never the test split, so the best λ's test loss is not chosen by itself.
+Each round is a sweep in DIR/rung-k/, so an interrupted search resumes where it stopped and never
+retrains a finished run.
 """
 
 from __future__ import annotations
