@@ -29,7 +29,9 @@ from typing import Any, Sequence
 
 from oloraplus import rundir
 from oloraplus.errors import ConfigError
-from oloraplus.experiments.sweep import SweepPlan, TrainFn, describe, execute, plan_from_spec, run_path
+from oloraplus.experiments.sweep import (
+    PlannedRun, SweepPlan, TrainFn, describe, execute, plan_from_spec, run_path,
+)
 from oloraplus.experiments.sweepdir import format_value
 from oloraplus.io import atomic_write_json, atomic_write_text
 from oloraplus.markdown import markdown_table
@@ -139,8 +141,7 @@ def _arm_of(params: dict[str, Any], arm_keys: Sequence[str]) -> tuple:
     return tuple((k, params[k]) for k in arm_keys)
 
 
-def _validation_loss(output: Path, plan: SweepPlan, run_name: str, by: str) -> float:
-    run = next(r for r in plan.runs if r.name == run_name)
+def _validation_loss(output: Path, run: PlannedRun, by: str) -> float:
     path = run_path(output, run)
     value = rundir.read_metrics(path).get(rundir.VALIDATION_PREFIX + by) if rundir.has_metrics(path) else None
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
@@ -152,7 +153,7 @@ def cell_losses(plan: SelectPlan, output: Path) -> dict[tuple, dict[tuple, float
     for run in plan.select.runs:
         arm = _arm_of(run.params, plan.arm_keys)
         cell = tuple((k, run.params[k]) for k in plan.selection.over)
-        value = _validation_loss(output, plan.select, run.name, plan.selection.by)
+        value = _validation_loss(output, run, plan.selection.by)
         losses.setdefault(arm, {}).setdefault(cell, []).append(value)
     return {arm: {cell: statistics.fmean(v) if all(map(math.isfinite, v)) else math.inf for cell, v in cells.items()}
             for arm, cells in losses.items()}
