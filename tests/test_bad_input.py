@@ -220,6 +220,9 @@ CASES: list[tuple[str, Build, list[str]]] = [
     ("rank-larger-than-layer", lambda w, t, o: w.train(o, "--rank", "64"),
      ["--rank 64", "min(out, in)=32", "layers.0"]),
     ("max-steps-zero", lambda w, t, o: w.train(o, "--max-steps", "0"), ["--max-steps", "got 0"]),
+    ("val-size-negative", lambda w, t, o: w.train(o, "--val-size=-5"), ["--val-size: must be >= 0, got -5"]),
+    ("split-seed-below-minus-one", lambda w, t, o: w.train(o, "--split-seed=-3"),
+     ["--split-seed: must be >= 0, or -1 (use --seed), got -3"]),
     ("target-modules-match-nothing", lambda w, t, o: w.train(o, "--target-modules", "qkv_proj"),
      ["--target-modules", "'qkv_proj'", "matches no linear layer"]),
     # --- model ---

@@ -162,6 +162,7 @@ VALID = {
     "max_steps": st.just(-1) | st.integers(1, 10**6),
     "batch_size": st.integers(1, 4096), "grad_accum": st.integers(1, 512), "max_length": st.integers(8, 10**6),
     "train_size": st.integers(1, 10**7), "eval_size": st.integers(0, 10**6), "seed": ints,
+    "val_size": st.integers(0, 10**6), "split_seed": st.just(-1) | st.integers(0, 2**31 - 1),
     "target_modules": st.lists(st.from_regex(r"[a-z_][a-z0-9_.]{0,12}", fullmatch=True), max_size=4),
     "group_by_length": st.booleans(), "response_only_loss": st.booleans(), "packing": st.booleans(),
     "tokens_per_batch": st.integers(0, 10**7), "diagnostics_steps": st.integers(-1, 10**6),
@@ -180,7 +181,7 @@ def valid_value(name: str) -> st.SearchStrategy:
 
 valid_mappings = st.fixed_dictionaries({}, optional={name: valid_value(name) for name in FIELDS})
 EDGES = {"dropout": 0.0, "warmup_ratio": 1.0, "weight_decay": 0.0, "max_length": 8, "max_steps": 1, "rank": 1,
-         "batch_size": 1, "grad_accum": 1, "train_size": 1, "eval_size": 0, "diagnostics_steps": -1, "logging_steps": 1,
+         "batch_size": 1, "grad_accum": 1, "train_size": 1, "eval_size": 0, "val_size": 0, "split_seed": -1, "diagnostics_steps": -1, "logging_steps": 1,
          "eval_steps": 0, "eval_generate": 0, "max_new_tokens": 1, "generate_batch_size": 1, "save_steps": 0,
          "tokens_per_batch": 0, "target_modules": []}  # each range's edge that is still valid
 

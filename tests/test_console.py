@@ -91,3 +91,13 @@ def test_multi_turn_and_plain_text_counts():
     assert console.data_lines(text, 32) == [
         "data: 40 plain-text documents (continued pretraining: loss on every token, packed into rows of 32 tokens); "
         "train 12 rows from 30 documents; eval 1 row from 10 documents"]
+
+
+def test_a_validation_split_is_counted_in_the_data_line():
+    stats = {"examples_available": 50, "train_examples": 20, "eval_examples": 10, "val_examples": 8,
+             "val_truncated": 5, "val_dropped": 0}
+    lines = console.data_lines(stats, 64)
+    assert lines[0] == ("data: 50 records; train 20 examples (0 truncated, 0 dropped); eval 10 examples (0 truncated, "
+                        "0 dropped); val 8 examples (5 truncated, 0 dropped)")
+    assert "val 5 of 8 truncated" in lines[1]
+    assert "; val " not in console.data_lines({k: v for k, v in stats.items() if not k.startswith("val")}, 64)[0]

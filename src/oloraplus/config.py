@@ -83,7 +83,11 @@ class TrainConfig:
     train_size: int = opt(1000, "training examples (capped by the data)")
     eval_size: int = opt(0, "evaluation examples, capped by the data; 0 (auto): 500, or for a short --max-steps run "
                             "max(32, 2 × the examples it trains on) (default: 0)")
+    val_size: int = opt(0, "validation examples, drawn apart from train and the --eval-size test examples; settings "
+                           "are chosen on them (sweep select:, tune-ratio) and the test split reports (0: none)")
     seed: int = opt(42, "seed for data split, adapter init and training")
+    split_seed: int = opt(-1, "seed of the train/validation/test split alone (-1: --seed); fix it when seeds vary so "
+                              "that every seed shares one split and no seed's validation is another's test")
     target_modules: list[str] = opt([], "layer names to adapt, comma-separated; names that match no linear layer are "
                                         "rejected (default: every linear layer in the transformer blocks, never lm_head or "
                                         "the embeddings)")
@@ -155,7 +159,7 @@ class TrainConfig:
                 raise ConfigError(f"{flag(name)}: must be > 0, got {value}")
         non_negative = {"weight_decay": self.weight_decay, "warmup_ratio": self.warmup_ratio,
                         "eval_steps": self.eval_steps, "eval_size": self.eval_size, "eval_generate": self.eval_generate,
-                        "save_steps": self.save_steps,
+                        "val_size": self.val_size, "save_steps": self.save_steps,
                         "tokens_per_batch": self.tokens_per_batch}
         for name, value in non_negative.items():
             if not (_finite(value) and value >= 0):
@@ -166,6 +170,8 @@ class TrainConfig:
             raise ConfigError(f"--max-length: must be >= 8, got {self.max_length}")
         if self.diagnostics_steps < -1:
             raise ConfigError(f"--diagnostics-steps: must be > 0, 0 (auto) or -1 (off), got {self.diagnostics_steps}")
+        if self.split_seed < -1:
+            raise ConfigError(f"--split-seed: must be >= 0, or -1 (use --seed), got {self.split_seed}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"--max-steps: must be > 0 or -1, got {self.max_steps}")
         if not self.output:
@@ -178,6 +184,10 @@ class TrainConfig:
                               "shards, an untested pair); drop one of the two")
         report_targets(self.report_to)
         return self
+
+    def data_seed(self) -> int:
+        """The seed of the train/validation/test split: --split-seed, or --seed when it is -1."""
+        return self.seed if self.split_seed == -1 else self.split_seed
 
     def eval_examples(self) -> int:
         """`eval_size`, with 0 (auto) resolved: a 2-step smoke test should not spend minutes scoring 500 examples.

@@ -103,6 +103,8 @@ def split_line(stats: dict[str, Any], split: str) -> str:
 
 
 def data_lines(stats: dict[str, Any], max_length: int, splits: tuple[str, ...] = ("train", "eval")) -> list[str]:
+    if "val_examples" in stats and "val" not in splits:  # --val-size: the validation split is counted too
+        splits = (*splits, "val")
     records = stats.get("examples_available", 0)
     if stats.get("plain_text"):
         head = (f"data: {plural(records, 'plain-text document')} (continued pretraining: loss on every token, "
@@ -142,8 +144,10 @@ def train_summary(m: dict[str, Any], run_dir: str, max_length: int, wall_s: floa
     return lines + ([warning] if warning else []) + [f"run:   {run_dir}"]
 
 
-def eval_summary(m: dict[str, Any], run_dir: str, data: str | None, max_length: int, wall_s: float) -> list[str]:
-    """The block `oloraplus eval` ends with; `data`: the file given with --data (None: the run's eval split)."""
+def eval_summary(m: dict[str, Any], run_dir: str, data: str | None, max_length: int, wall_s: float,
+                 output: str | None = None) -> list[str]:
+    """The block `oloraplus eval` ends with; `data`: the file given with --data (None: the run's eval split);
+    `output`: where the scores went (None: the run's metrics.json)."""
     source = data if data is not None else "the run's eval split"
     lines = [
         "─" * 60,
@@ -152,4 +156,6 @@ def eval_summary(m: dict[str, Any], run_dir: str, data: str | None, max_length: 
         f"time:  {wall_s:.1f} s",
     ]
     warning = data_warning(m, max_length, splits=("eval",))
-    return lines + ([warning] if warning else []) + [f"run:   {run_dir} (metrics.json updated)"]
+    where = (f"run:   {run_dir} (metrics.json updated)" if output is None
+             else f"scores: {output}/eval.json (the run {run_dir} is unchanged)")
+    return lines + ([warning] if warning else []) + [where]

@@ -29,6 +29,7 @@ METRICS_FILE = "metrics.json"  # written last: a run with metrics finished (trai
 ADAPTER_DIR = "adapter"  # a finished run keeps its PEFT adapter here
 LOG_FILE = "log.jsonl"
 GENERATIONS_FILE = "generations.jsonl"
+VALIDATION_PREFIX = "val_"  # metrics.json keys measured on the validation split (--val-size): val_eval_loss
 HARNESS_SAMPLES_FILE = "harness_samples.jsonl"
 FAILURE_FILE = "failure.json"
 LOSS_PLOT = "loss.png"

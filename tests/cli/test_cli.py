@@ -19,7 +19,7 @@ VALUES = {
     "ohora_init": "paper", "dropout": 0.1, "lr": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.1, "scheduler": "cosine",
     "epochs": 2.0, "max_steps": 7, "batch_size": 2, "grad_accum": 3, "max_length": 64, "train_turns": "last",
     "train_size": 10,
-    "eval_size": 5, "seed": 7, "target_modules": ["q_proj", "v_proj"], "group_by_length": True,
+    "eval_size": 5, "val_size": 6, "seed": 7, "split_seed": 9, "target_modules": ["q_proj", "v_proj"], "group_by_length": True,
     "response_only_loss": False, "packing": False, "tokens_per_batch": 256, "quantize": "nf4",
     "gradient_checkpointing": True, "fsdp": True, "compile": True, "diagnostics_steps": -1,
     "logging_steps": 2, "eval_steps": 3, "eval_generate": 4, "max_new_tokens": 16, "generate_batch_size": 8,

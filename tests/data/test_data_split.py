@@ -56,3 +56,41 @@ def test_too_little_data_or_bad_sizes():
         split_examples(DATA, 0, 5, seed=0)
     with pytest.raises(ConfigError, match="^--eval-size: must be >= 0, got -1$"):
         split_examples(DATA, 5, -1, seed=0)
+
+
+# --- three splits: train, validation (--val-size), test (--eval-size) ---
+
+from oloraplus.data.split import split_three  # noqa: E402
+
+
+def test_three_splits_are_disjoint_and_follow_the_documented_recipe():
+    train, val, test = split_three(DATA, train_size=30, eval_size=10, val_size=15, seed=5)
+    order = list(DATA)
+    random.Random(5).shuffle(order)  # independent reference: test the head, validation the tail, train after test
+    assert test == order[:10] and val == order[-15:] and train == order[10:40]
+    assert not (set(train) & set(val) or set(train) & set(test) or set(val) & set(test))
+
+
+@pytest.mark.parametrize("eval_sizes", [(10, 20), (5, 40), (1, 50)])
+def test_validation_and_test_are_stable_under_a_changed_eval_size(eval_sizes):
+    small, large = (split_three(DATA, 30, size, 15, seed=11) for size in eval_sizes)
+    assert small.validation == large.validation  # choosing on validation is unaffected
+    assert large.test[:len(small.test)] == small.test  # more test examples only add to the test set
+    for splits in (small, large):
+        assert not set(splits.train) & set(splits.validation) and not set(splits.test) & set(splits.validation)
+
+
+def test_no_validation_is_the_old_two_way_split():
+    """--val-size 0 must give old runs exactly the data they trained and were scored on."""
+    for seed in range(5):
+        train, val, test = split_three(DATA, 30, 10, 0, seed)
+        assert val == [] and (train, test) == split_examples(DATA, 30, 10, seed)
+
+
+def test_validation_with_little_data_keeps_every_split_non_empty():
+    train, val, test = split_three(list(range(8)), 30, 10, 10, seed=0)
+    assert (len(train), len(val), len(test)) == (4, 2, 2)
+    with pytest.raises(ConfigError, match="^--val-size: must be >= 0, got -2$"):
+        split_three(DATA, 5, 5, -2, seed=0)
+    with pytest.raises(DataError, match="validate on 1"):
+        split_three(["a", "b"], 5, 5, 5, seed=0)

@@ -79,3 +79,53 @@ def test_eval_command_reloads_the_adapter_and_reproduces_eval_loss(run_dir, caps
 def test_eval_of_a_non_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "not an oloraplus run" in capsys.readouterr().err
+
+
+def _snapshot(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_eval_data_leaves_the_run_byte_identical_and_writes_its_own_directory(run_dir, alpaca_file, tmp_path, capsys):
+    before = _snapshot(run_dir)
+    out = tmp_path / "scores"
+    assert main(["eval", str(run_dir), "--data", str(alpaca_file), "--output", str(out), "--generate", "4",
+                 "--max-new-tokens", "4"]) == 0
+    assert _snapshot(run_dir) == before  # metrics.json, generations.jsonl, everything
+    scores = json.loads((out / "eval.json").read_text())
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert scores["data"] == str(alpaca_file) and scores["run"] == str(run_dir) and len(rows) == 4
+    assert scores["eval_examples"] == 10  # the run's eval size, seeded as its split
+    assert f"{out}/eval.json (the run {run_dir} is unchanged)" in capsys.readouterr().out
+
+
+def test_eval_size_all_scores_every_example_of_the_file(run_dir, alpaca_file, tmp_path):
+    from oloraplus.data.formats import load_examples
+
+    before = _snapshot(run_dir)
+    assert main(["eval", str(run_dir), "--data", str(alpaca_file), "--output", str(tmp_path / "all"),
+                 "--eval-size", "all"]) == 0
+    scores = json.loads((tmp_path / "all" / "eval.json").read_text())
+    assert scores["eval_examples"] == len(load_examples(str(alpaca_file))) == 60 and scores["eval_size"] == "all"
+    assert main(["eval", str(run_dir), "--data", str(alpaca_file), "--output", str(tmp_path / "n"),
+                 "--eval-size", "25"]) == 0
+    assert json.loads((tmp_path / "n" / "eval.json").read_text())["eval_examples"] == 25
+    assert _snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--data", "{data}"], "--data: also pass --output DIR (eval --data never writes into the run"),
+    (["--data", "{data}", "--output", "{run}/scores"], "is inside the training run"),
+    (["--data", "{data}", "--output", "{run}"], "is an oloraplus training run"),
+    (["--data", "{data}", "--output", "{tmp}/o", "--eval-size", "some"],
+     "--eval-size: expected a number of examples >= 1 or 'all', got 'some'"),
+    (["--data", "{data}", "--output", "{tmp}/o", "--eval-size", "0"], "--eval-size: expected a number"),
+    (["--eval-size", "all"], "--eval-size: only with --data"),
+])
+def test_bad_eval_output_flags_exit_2_with_one_line_and_write_nothing(run_dir, alpaca_file, tmp_path, capsys, extra,
+                                                                       match):
+    before = _snapshot(run_dir)
+    argv = [a.format(data=alpaca_file, run=run_dir, tmp=tmp_path) for a in extra]
+    assert main(["eval", str(run_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+    assert _snapshot(run_dir) == before and not (tmp_path / "o").exists()

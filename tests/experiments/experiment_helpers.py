@@ -36,11 +36,14 @@ class FakeTrain:
     """Writes a run the way `train` does (`.partial` then rename) with `objective` as eval loss; counts calls."""
 
     def __init__(self, fail_on_call: int | None = None, loss: Callable[[TrainConfig], float] = objective,
-                 diverges: Callable[[TrainConfig], bool] = lambda cfg: False):
+                 diverges: Callable[[TrainConfig], bool] = lambda cfg: False,
+                 val_loss: Callable[[TrainConfig], float] | None = None):
         self.calls: list[str] = []
+        self.configs: list[TrainConfig] = []
         self.fail_on_call = fail_on_call
         self.loss = loss
         self.diverges = diverges
+        self.val_loss = val_loss  # with --val-size: val_eval_loss (default: the same as the test loss)
 
     def __call__(self, cfg: TrainConfig) -> dict:
         cfg.validate()
@@ -50,6 +53,7 @@ class FakeTrain:
         if self.fail_on_call == len(self.calls) + 1:
             raise KeyboardInterrupt  # killed mid-run: a half-written .partial stays behind
         self.calls.append(Path(cfg.output).name)
+        self.configs.append(cfg)
         if self.diverges(cfg):  # as RatioTrainer does: a log up to the bad step, then the error
             (run.work / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 9.5}) + "\n")
             raise NonFiniteLossError("training stopped at step 2: the loss is not finite (loss nan)",
@@ -59,6 +63,8 @@ class FakeTrain:
         (run.work / "log.jsonl").write_text(json.dumps({"step": steps, "eval_loss": loss}) + "\n")
         metrics = {"method": cfg.method, "ratio": cfg.ratio, "steps": steps, "eval_loss": loss,
                    "train_runtime_s": 0.1 * len(self.calls)}
+        if cfg.val_size:
+            metrics["val_eval_loss"] = self.val_loss(cfg) if self.val_loss else loss
         (run.work / "metrics.json").write_text(json.dumps(metrics))
         rundir.finish(run)
         return metrics

@@ -41,9 +41,9 @@ def sweep_dir(tmp_path: Path) -> Path:
     for seed in SEEDS:
         base = BASE_LOSS[seed]
         arms = {
-            1.0: ([base + 0.3, base + 0.1, base], 40.0 + 2 * (seed - 1), _generations(0.0, [0, 0, 0, 0]), 0.2),
+            1.0: ([base + 0.3, base + 0.1, base], 40.0 + 2 * (seed - 1), _generations(0.0, [0] * 20), 0.2),
             4.0: ([2.5, base - 0.01, {1: 1.90, 2: 2.02, 3: 2.08}[seed]], 41.0 + 2 * (seed - 1),
-                  _generations(5.0, [1, -1, 1, -1]), 0.5),
+                  _generations(5.0, [1, -1] * 10), 0.5),
             0.25: ([2.6, 2.3, {1: 2.05, 2: 2.05, 3: 2.35}[seed]], None, None, 0.05),
         }
         for ratio, (curve, rouge1, generations, distance) in arms.items():
@@ -73,30 +73,33 @@ def test_table_shows_mean_and_std_over_seeds_and_dashes_for_missing_metrics(swee
 
 def test_report_has_paired_intervals_and_verdicts(sweep_dir):
     report = write_report(sweep_dir).read_text()
-    # d = [−0.10, −0.08, −0.12]: mean −0.1, sd 0.02, half-width 4.302653 · 0.02/√3 = 0.049683
-    assert "| olora λ=4 | eval loss | -0.1000 | [-0.1497, -0.0503] | 3 | better |" in report
-    assert "| olora λ=4 | ROUGE-1 | +1.00 | [+1.00, +1.00] | 3 | better |" in report
-    # d = [0.05, −0.05, 0.15]: mean 0.05, sd 0.1, half-width 0.248414
-    assert "| olora λ=0.25 | eval loss | +0.0500 | [-0.1984, +0.2984] | 3 | no significant difference |" in report
-    assert "| lora λ=1 | eval loss | +0.5000 | [–, –] | 1 | too few pairs for a CI |" in report
+    # d = [−0.10, −0.08, −0.12]: mean −0.1, sd 0.02, half-width 4.302653 · 0.02/√3 = 0.049683;
+    # t = 0.1/(0.02/√3) = 8.660, p = 1 − t/√(2 + t²) = 0.0131 (ν = 2); Holm over the 2 eval-loss comparisons: 0.026
+    assert "| olora λ=4 | eval loss | -0.1000 | [-0.1497, -0.0503] | 3 | 0.013 | 0.026 | better |" in report
+    assert "| olora λ=4 | ROUGE-1 | +1.00 | [+1.00, +1.00] | 3 | <0.001 | <0.001 | better |" in report
+    # d = [0.05, −0.05, 0.15]: mean 0.05, sd 0.1, half-width 0.248414; p 0.478, its Holm step (×1) stays 0.478
+    assert "| olora λ=0.25 | eval loss | +0.0500 | [-0.1984, +0.2984] | 3 | 0.478 | 0.478 | no significant difference |" \
+        in report
+    assert "| lora λ=1 | eval loss | +0.5000 | [–, –] | 1 | – | – | too few to tell |" in report
     assert "| olora λ=1 | eval loss" not in report  # the baseline is not compared with itself
-    # per-example: ROUGE-L +5 on each of 4 examples × 3 seeds; BLEU ±1 averages to 0
-    assert "| olora λ=4 | ROUGE-L | +5.00 | [+5.00, +5.00] | 12 | better |" in report
+    assert "eval loss (2 comparisons); ROUGE-1 (1 comparison); ROUGE-L (1 comparison, examples)" in report
+    # per-example: ROUGE-L +5 on each of 20 examples × 3 seeds; BLEU ±1 averages to 0
+    assert "| olora λ=4 | ROUGE-L | +5.00 | [+5.00, +5.00] | 3 × ≥20 | <0.001 | <0.001 | better |" in report
     bleu = next(line for line in report.splitlines() if line.startswith("| olora λ=4 | sentence BLEU |"))
     assert bleu.startswith("| olora λ=4 | sentence BLEU | +0.00 | [-")
-    assert bleu.endswith("| 12 | no significant difference |")
+    assert bleu.endswith("| 3 × ≥20 | 1.000 | 1.000 | no significant difference |")
 
 
 def test_bootstrap_bleu_is_labelled_sentence_bleu_not_the_tables_corpus_bleu(tmp_path):
     for seed in SEEDS:  # corpus BLEU equal (0.00) while every example's sentence BLEU is 1 lower
         for ratio, bleu in ((1.0, 1.0), (4.0, 0.0)):
             generations = [{"index": i, "prompt": "p", "reference": "r", "generation": "g", "bleu": bleu}
-                           for i in range(4)]
+                           for i in range(20)]
             write_run(tmp_path / "runs" / f"olora-{ratio}-{seed}", {"model": "m", "method": "olora", "ratio": ratio,
                       "seed": seed}, {"eval_loss": 2.0, "bleu": 0.0}, generations=generations)
     lines = write_report(tmp_path).read_text().splitlines()
-    assert "| olora λ=4 | corpus BLEU | +0.00 | [+0.00, +0.00] | 3 | no significant difference |" in lines
-    assert "| olora λ=4 | sentence BLEU | -1.00 | [-1.00, -1.00] | 12 | worse |" in lines
+    assert "| olora λ=4 | corpus BLEU | +0.00 | [+0.00, +0.00] | 3 | 1.000 | 1.000 | no significant difference |" in lines
+    assert "| olora λ=4 | sentence BLEU | -1.00 | [-1.00, -1.00] | 3 × ≥20 | <0.001 | <0.001 | worse |" in lines
     assert not any("| BLEU |" in line for line in lines)
     assert any("*sentence* BLEU" in line and "not the corpus BLEU" in line for line in lines)
 
@@ -118,12 +121,14 @@ def test_report_counts_steps_to_the_baselines_final_eval_loss(sweep_dir):
     assert "| olora λ=1 | 2.1000 | 30 | 3/3 |" in report
 
 
-def test_report_says_which_runs_refined_and_which_explored(sweep_dir):
+def test_turn_per_displacement_does_not_restate_lambda(sweep_dir):
+    """The fixture's B moves 10× further at λ = 4 than at λ = 1/4, always turning 2/3 of its movement: the
+    distance grows with λ, the turn per displacement does not, and no regime verdict is drawn."""
     report = write_report(sweep_dir).read_text()
-    assert "| olora λ=0.25 | 0.0500 | 0.0750 | diag_subspace_distance | 0.25 | refined |" in report
-    assert "| olora λ=4 | 0.5000 | 0.7500 | diag_subspace_distance | 2.50 | explored |" in report
-    assert "| olora λ=1 | 0.2000 | 0.3000 | diag_subspace_distance | 1.00 | reference (λ=1) |" in report
-    assert "- refined: olora λ=0.25" in report and "- explored: olora λ=4" in report
+    assert "| olora λ=0.25 | 0.0750 | 0.0500 | 0.667 |" in report
+    assert "| olora λ=1 | 0.3000 | 0.2000 | 0.667 |" in report
+    assert "| olora λ=4 | 0.7500 | 0.5000 | 0.667 |" in report
+    assert "| explored" not in report and "- refined" not in report and "No refined/explored verdict" in report
     assert "| lora λ=1 | –" not in report  # no diagnostics logged for LoRA
 
 
@@ -138,7 +143,7 @@ def test_report_writes_every_plot_it_links(sweep_dir):
 def test_baseline_can_be_chosen_and_a_missing_one_is_reported(sweep_dir):
     report = write_report(sweep_dir, baseline={"method": "lora", "ratio": 1.0}).read_text()
     assert "### Versus the baseline (lora λ=1)" in report
-    assert "| olora λ=4 | eval loss | -0.6000 | [–, –] | 1 | too few pairs for a CI |" in report
+    assert "| olora λ=4 | eval loss | -0.6000 | [–, –] | 1 | – | – | too few to tell |" in report
     report = write_report(sweep_dir, baseline={"method": "pissa"}).read_text()
     assert "No run matches the baseline (method=pissa)" in report
 
@@ -197,3 +202,40 @@ def test_an_option_only_one_method_reads_labels_only_that_methods_arms():
     assert Arm("m", {**params, "method": "ohora", "ohora_init": "paper"}).label == "ohora λ=1 ohora_init=paper lr=0.001"
     assert applies_to("ohora_init", "ohora") and not applies_to("ohora_init", "olora")
     assert applies_to("lr", "lora") and applies_to("not_an_option", "lora")
+
+
+def _three_seed_arms(root: Path, deltas: dict[float, list[float]], diverged: dict[float, int] | None = None) -> Path:
+    """olora λ=1 (baseline, eval loss 2.0 on every seed) and one arm per λ with the given per-seed differences."""
+    for seed in SEEDS:
+        write_run(root / "runs" / f"base-{seed}", {"model": "m", "method": "olora", "ratio": 1.0, "seed": seed},
+                  {"eval_loss": 2.0})
+        for ratio, d in deltas.items():
+            metrics = ({"diverged": True, "diverged_step": 2} if (diverged or {}).get(ratio) == seed
+                       else {"eval_loss": 2.0 + d[seed - 1]})
+            write_run(root / "runs" / f"r{ratio}-{seed}", {"model": "m", "method": "olora", "ratio": ratio,
+                                                          "seed": seed}, metrics)
+    return root
+
+
+def test_holm_withdraws_verdicts_a_single_comparison_would_give(tmp_path):
+    # each arm alone: d = [−0.07, −0.10, −0.13], t = 5.774, p = 1 − t/√(2 + t²) = 0.0287 < 0.05 and the CI excludes 0;
+    # as a family of two, Holm multiplies the smaller by 2 (0.0574): neither is called better
+    d = [-0.07, -0.10, -0.13]
+    report = write_report(_three_seed_arms(tmp_path, {0.25: d, 4.0: d})).read_text()
+    for label in ("olora λ=0.25", "olora λ=4"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {label} | eval loss |"))
+        assert row.endswith("| 3 | 0.029 | 0.057 | no significant difference |"), row
+        assert "[-0.1745, -0.0255]" in row  # the per-comparison interval excludes 0
+    assert "eval loss (2 comparisons)" in report
+
+
+def test_a_diverged_seed_withholds_the_verdict_and_is_counted(tmp_path):
+    d = [-0.10, -0.11, -0.12]
+    clean = write_report(_three_seed_arms(tmp_path / "clean", {4.0: d})).read_text()
+    # t = 0.11/(0.01/√3) = 19.05, p = 1 − t/√(2 + t²) = 0.0028, alone in its family
+    assert "| olora λ=4 | eval loss | -0.1100 | [-0.1348, -0.0852] | 3 | 0.003 | 0.003 | better |" in clean
+    report = write_report(_three_seed_arms(tmp_path / "div", {4.0: d, 16.0: d}, diverged={4.0: 3, 16.0: 1})).read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| olora λ=4 | eval loss |"))
+    assert row.endswith("| 2 | – | – | 1/3 diverged: verdict withheld |"), row  # seeds 1-2 shown, no verdict
+    assert "| olora λ=4 | 3 (1 diverged) |" in report  # the results table counts it too
+    assert "2 comparisons withheld from the families" in report and "none tested" in report

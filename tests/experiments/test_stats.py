@@ -87,3 +87,61 @@ def test_bootstrap_is_reproducible_with_its_fixed_seed():
     d = list(np.random.default_rng(1).normal(0, 1, 50))
     assert stats.bootstrap_interval(d) == stats.bootstrap_interval(d)
     assert stats.bootstrap_interval(d, seed=1) != stats.bootstrap_interval(d, seed=2)
+
+
+def test_paired_t_p_value_matches_the_closed_form_for_two_degrees_of_freedom():
+    # d = [1, 2, 3]: t = 2 / (1/√3) = 2√3; for ν = 2, P(|T| ≤ t) = t / √(2 + t²), so p = 1 − 2√3/√14
+    ci = stats.paired_t_interval([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    assert ci.p == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(14), rel=1e-9)
+    assert stats.paired_t_interval([1.5, 1.5, 1.5], [1.0, 1.0, 1.0]).p == 0.0
+    assert stats.paired_t_interval([1.0, 2.0], [1.0, 2.0]).p == 1.0
+
+
+def test_holm_against_a_hand_worked_example():
+    # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 -> running max 0.06; back in input order
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # capped at 1; an untested comparison (NaN) is not in the family: m = 2
+    adjusted = stats.holm([math.nan, 0.02, 0.6])
+    assert math.isnan(adjusted[0]) and adjusted[1:] == pytest.approx([0.04, 0.6])
+    assert stats.holm([0.5, 0.4, 0.3]) == pytest.approx([0.9, 0.9, 0.9])  # 0.3·3 = 0.9; 0.4·2, 0.5·1 rise to 0.9
+    assert stats.holm([0.6, 0.6]) == [1.0, 1.0]  # capped
+    assert stats.holm([]) == []
+
+
+def test_holm_decides_the_verdict():
+    ci = stats.paired_t_interval([1.90, 1.88, 1.92, 1.90], [2.0, 2.0, 2.0, 2.0])  # raw p ≈ 0.0007
+    assert stats.verdict(ci, higher_is_better=False, adjusted_p=0.03) == stats.BETTER
+    assert stats.verdict(ci, higher_is_better=False, adjusted_p=0.09) == stats.SAME
+
+
+def _seeds_that_disagree(examples: int = 30) -> list[np.ndarray]:
+    """Two seeds clearly worse, one clearly better; examples agree tightly within each seed."""
+    rng = np.random.default_rng(3)
+    return [mean + rng.normal(0.0, 0.3, size=examples) for mean in (-1.0, -1.2, 0.9)]
+
+
+def test_pooling_says_worse_where_a_seed_aware_bootstrap_says_no_difference():
+    per_seed = _seeds_that_disagree()
+    pooled = stats.bootstrap_interval(np.concatenate(per_seed))
+    assert stats.verdict(pooled, higher_is_better=True) == stats.WORSE  # 90 "independent" examples: a tight CI
+    nested = stats.hierarchical_bootstrap(per_seed)
+    assert nested.n == 3 and nested.mean == pytest.approx(np.mean([g.mean() for g in per_seed]))
+    assert nested.low < 0.0 < nested.high and nested.p > 0.05
+    assert stats.verdict(nested, higher_is_better=True) == stats.SAME
+    # the seed-paired t test on the seeds' means agrees with the nested bootstrap
+    seed_means = [g.mean() for g in per_seed]
+    assert stats.verdict(stats.paired_t_interval(seed_means, [0.0] * 3), True) == stats.SAME
+
+
+def test_hierarchical_bootstrap_finds_a_difference_every_seed_agrees_on():
+    rng = np.random.default_rng(5)
+    per_seed = [0.8 + rng.normal(0.0, 0.3, size=30) for _ in range(4)]
+    nested = stats.hierarchical_bootstrap(per_seed)
+    assert nested.low > 0.0 and nested.p < 0.01 and stats.verdict(nested, True) == stats.BETTER
+    constant = stats.hierarchical_bootstrap([[2.0] * 5, [2.0] * 7, [2.0] * 3])
+    assert constant.low == constant.high == constant.mean == 2.0
+    assert stats.hierarchical_bootstrap([[1.0, 2.0]]).n == 1 and stats.hierarchical_bootstrap([]).n == 0
+
+
+def test_too_few_seeds_or_examples_never_give_a_verdict():
+    assert stats.enough(3, 20) and not stats.enough(2, 500) and not stats.enough(5, 19) and stats.enough(3)

@@ -71,7 +71,7 @@ def test_killed_sweep_restarts_and_matches_an_uninterrupted_one(tiny_llama_dir, 
     assert not partial.exists()
     assert _results(tmp_path / "out" / "results.csv") == _results(tmp_path / "ref" / "results.csv")
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "### Refinement vs exploration" in report and "diag_subspace_distance" in report
+    assert "### How far B moved, and how much of it turned" in report and "diag_subspace_distance" in report
 
 
 def test_a_run_that_diverges_under_the_real_trainer_is_kept_as_a_result(tiny_llama_dir, alpaca_file, tmp_path,

@@ -39,7 +39,7 @@ def test_successive_halving_finds_the_known_best_ratio(tmp_path):
     assert "**Best λ = 2**" in text and "| 0.0625 | 5.5000 | – | – | – |" in text
     assert "| 2 | 3.0000 | 2.5000 | 2.2500 | **2.1250** |" in text
     record = json.loads((tmp_path / "tune.json").read_text())
-    assert record["best_ratio"] == 2.0 and record["rounds"][0]["eval_loss"]["16"] == pytest.approx(3.9)
+    assert record["best_ratio"] == 2.0 and record["rounds"][0]["val_eval_loss"]["16"] == pytest.approx(3.9)
     assert (tmp_path / "tune.png").read_bytes().startswith(PNG)
 
 
@@ -111,3 +111,17 @@ def test_tune_report_counts_agree_with_their_nouns(tmp_path):
     text = (tmp_path / "tune.md").read_text()
     assert "round 0 (1 step)" in text and "after 1 step (round 0, against 2 λ values)" in text
     assert "1 steps" not in text and len(result.rungs) == 1
+
+
+def test_the_search_chooses_on_validation_and_only_reports_the_test_loss(tmp_path):
+    """Validation and test disagree: validation's best λ (1/2) wins, test's (8) is not chosen; every run has a
+    validation split as large as its test split, both from the same seed (one split for the whole search)."""
+    fake = FakeTrain(loss=lambda cfg: 2.0 + abs(math.log2(cfg.ratio / 8)),
+                     val_loss=lambda cfg: 2.0 + abs(math.log2(cfg.ratio / 0.5)))
+    result = tune.tune_ratio(TrainConfig(seed=3, eval_size=20), tmp_path, grid=[0.5, 2, 8], min_steps=2, train_fn=fake)
+    assert result.best_ratio == 0.5 and result.best_loss == 2.0 and result.best_test_loss == 6.0
+    assert {(c.val_size, c.eval_size, c.data_seed()) for c in fake.configs} == {(20, 20, 3)}
+    text = (tmp_path / "tune.md").read_text()
+    assert "validation loss 2.0000" in text and "test split, which chose nothing: 6.0000" in text
+    record = json.loads((tmp_path / "tune.json").read_text())
+    assert record["best_test_eval_loss"] == 6.0 and record["val_size"] == 20

@@ -143,9 +143,9 @@ def test_eval_command_prints_its_counts(tiny_llama_dir, mixed_file, tmp_path, ca
     out = tmp_path / "run"
     assert main(flags(tiny_llama_dir, mixed_file, out, "--max-steps", "1")) == 0
     capsys.readouterr()
-    assert main(["eval", str(out), "--data", str(mixed_file)]) == 0
+    assert main(["eval", str(out), "--data", str(mixed_file), "--output", str(tmp_path / "scores")]) == 0
     text = capsys.readouterr().out
-    stored = json.loads((out / "metrics.json").read_text())[f"eval:{mixed_file}"]
+    stored = json.loads((tmp_path / "scores" / "eval.json").read_text())
     assert "evaluating" in text and f"of 24 records in {mixed_file}" in text
     assert (f"eval:  {stored['eval_examples']} examples ({stored['eval_truncated']} truncated, "
             f"{stored['eval_dropped']} dropped)") in text

@@ -56,18 +56,20 @@ def _eval(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from oloraplus.adapters.adapter_dir import adapter_source
     from oloraplus.console import eval_summary
-    from oloraplus.eval.run_eval import eval_config, evaluate_run
+    from oloraplus.eval.run_eval import eval_config, evaluate_run, parse_eval_size
 
     if args.harness is not None:
         return _harness(args)
     metrics = evaluate_run(args.run_dir, data=args.data, generate=args.generate,
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                           generate_batch_size=args.generate_batch_size, device=args.device, model=args.model)
+                           generate_batch_size=args.generate_batch_size, device=args.device,
+                           output=args.output, eval_size=parse_eval_size(args.eval_size), model=args.model)
     source = adapter_source(args.run_dir, args.model)
     max_length = eval_config(source, args.data).max_length  # what truncated and dropped the examples
-    lines = eval_summary(metrics, args.run_dir, args.data, max_length, time.perf_counter() - start)
+    lines = eval_summary(metrics, args.run_dir, args.data, max_length, time.perf_counter() - start,
+                         output=args.output)
     if source.run_dir is None:  # not a run: nothing was written into the adapter's directory
-        lines[-1] = f"adapter: {source.path} (base {source.base_model}; not a run, nothing written)"
+        lines[-1] = f"adapter: {source.path} (base {source.base_model}; not a run, nothing written into it)"
     print("\n".join(lines))
     return 0
 
@@ -75,8 +77,9 @@ def _eval(args: argparse.Namespace) -> int:
 def _harness(args: argparse.Namespace) -> int:
     from oloraplus.eval.harness import harness_eval, parse_tasks
 
-    if args.data is not None or args.generate:
-        raise ConfigError("--harness runs only the harness tasks: drop --data/--generate (run them separately)")
+    if args.data is not None or args.generate or args.output is not None or args.eval_size is not None:
+        raise ConfigError("--harness runs only the harness tasks: drop --data/--generate/--output/--eval-size (run "
+                          "them separately)")
     if args.harness_limit is not None and args.harness_limit < 1:
         raise ConfigError(f"--harness-limit {args.harness_limit}: must be at least 1")
     results = harness_eval(args.run_dir, parse_tasks(args.harness), data=args.harness_data, limit=args.harness_limit,
@@ -100,9 +103,16 @@ def _compose(args: argparse.Namespace) -> int:
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run, or any PEFT LoRA adapter directory (then give "
-                        "--data; nothing is written into it)")
+                        "--data and --output; nothing is written into it)")
     add_model_argument(parser)
-    parser.add_argument("--data", default=None, help="evaluate on this data instead of the run's eval split")
+    parser.add_argument("--data", default=None, help="evaluate on this data instead of the run's eval split "
+                        "(needs --output: the run's files are never changed)")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="write eval.json (and generations.jsonl) to DIR instead of updating the run's "
+                        "metrics.json; required with --data")
+    parser.add_argument("--eval-size", default=None, metavar="N|all",
+                        help="with --data: score N examples (seeded as the run's split), or all of them in file order "
+                        "(default: the run's eval size)")
     parser.add_argument("--generate", type=int, default=0, metavar="N",
                         help="greedy-generate for N eval examples (batched, KV cache) and report BLEU/ROUGE")
     parser.add_argument("--max-new-tokens", type=int, default=128, metavar="K",
@@ -169,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("eval", _eval, _eval_arguments,
             help="evaluate a run: eval loss, perplexity, BLEU/ROUGE of generations",
             description="Reload RUN_DIR/adapter onto the untouched base and evaluate on the run's eval split (or "
-            "--data). Updates RUN_DIR/metrics.json; with --generate writes RUN_DIR/generations.jsonl. Any other PEFT "
-            "LoRA adapter directory (e.g. from compose) is evaluated on --data, with nothing written.")
+            "--data). The run's own split updates RUN_DIR/metrics.json (with --generate: RUN_DIR/generations.jsonl) "
+            "unless --output DIR is given; --data always writes to --output DIR (eval.json, generations.jsonl). Any "
+            "other PEFT LoRA adapter directory (e.g. from compose) is evaluated on --data, nothing written into it.")
     command("generate", chat.generate_command, chat.add_generate_arguments,
             help="reply to a prompt (or a file of prompts) with a run's adapter",
             description="Load RUN_DIR's base model and adapter and reply to --prompt (streamed) or to every prompt "

@@ -15,7 +15,7 @@ from oloraplus.console import say
 from oloraplus.data.formats import load_examples
 from oloraplus.data.placeholders import placeholder_replies, placeholder_warning
 from oloraplus.data.plaintext import encode_documents, is_plain_text, refuse_generation
-from oloraplus.data.split import split_examples
+from oloraplus.data.split import split_three
 from oloraplus.data.tokenize import encode_examples
 from oloraplus.errors import ConfigError
 
@@ -33,6 +33,7 @@ class Prepared:
     eval_dataset: Any
     data_stats: dict
     fingerprint: str
+    val_dataset: Any = None  # the validation split (--val-size), None without one
 
 
 def model_positions(config: Any) -> int | None:
@@ -51,12 +52,13 @@ def check_max_length(config: Any, max_length: int, model: str) -> None:
 
 
 def prepare(cfg: TrainConfig, device: str | torch.device | None = None, *, training: bool = True,
-            generate_flag: str = "--eval-generate") -> Prepared:
+            generate_flag: str = "--eval-generate", eval_all: bool = False) -> Prepared:
     """Everything before the adapter; bad model or data fails here, before any file is written.
 
     `device`: where the model loads (`models.load_model`; default the GPU when there is one).
     `training`: warn about what training would learn (placeholders); `eval` passes False.
     `generate_flag`: the flag that asked for `cfg.eval_generate` generations, named if the data cannot have them.
+    `eval_all`: every example is eval data, in file order (`eval --data F --eval-size all`).
     """
     examples = load_examples(cfg.data)  # cheap: a bad file fails before the model loads
     plain = is_plain_text(examples)
@@ -69,13 +71,15 @@ def prepare(cfg: TrainConfig, device: str | torch.device | None = None, *, train
         say(warning)
     say(f"loading {cfg.model} ...")
     loaded = models.load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=device, quantize=cfg.quantize)
-    train_ex, eval_ex = split_examples(examples, cfg.train_size, cfg.eval_examples(), cfg.seed)
-    if plain:
-        (train_ds, train_stats), (eval_ds, eval_stats) = (encode_documents(split, loaded.tokenizer, cfg.max_length)
-                                                          for split in (train_ex, eval_ex))
+    if eval_all:  # nothing is trained: the one train example only keeps the statistics below well-defined
+        train_ex, val_ex, eval_ex = list(examples[:1]), [], list(examples)
     else:
-        (train_ds, train_stats), (eval_ds, eval_stats) = (
-            encode_examples(split, loaded.tokenizer, cfg.max_length, cfg.train_turns) for split in (train_ex, eval_ex))
+        train_ex, val_ex, eval_ex = split_three(examples, cfg.train_size, cfg.eval_examples(), cfg.val_size,
+                                                cfg.data_seed())
+    encode = ((lambda split: encode_documents(split, loaded.tokenizer, cfg.max_length)) if plain else
+              (lambda split: encode_examples(split, loaded.tokenizer, cfg.max_length, cfg.train_turns)))
+    (train_ds, train_stats), (eval_ds, eval_stats) = encode(train_ex), encode(eval_ex)
+    val_ds, val_stats = encode(val_ex) if val_ex else (None, None)
     stats = {
         "examples_available": len(examples),
         "train_examples": len(train_ds),
@@ -86,10 +90,12 @@ def prepare(cfg: TrainConfig, device: str | torch.device | None = None, *, train
         "eval_dropped": eval_stats.dropped,
         "train_tokens_per_epoch": int(sum(train_ds["length"])),
     }
+    if val_stats is not None:
+        stats.update(val_examples=len(val_ds), val_truncated=val_stats.truncated, val_dropped=val_stats.dropped)
     if plain:  # rows of packed text, not examples: the documents they came from
         stats.update(plain_text=True, train_documents=len(train_ex), eval_documents=len(eval_ex))
     else:
         stats.update(train_turns_lost=train_stats.turns_lost, eval_turns_lost=eval_stats.turns_lost,
                      last_turn_only=train_stats.last_turn_only + eval_stats.last_turn_only,
                      placeholder_replies=placeholders)
-    return Prepared(loaded, eval_ex, train_ds, eval_ds, stats, models.base_fingerprint(loaded.model))
+    return Prepared(loaded, eval_ex, train_ds, eval_ds, stats, models.base_fingerprint(loaded.model), val_ds)

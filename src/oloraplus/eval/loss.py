@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from oloraplus import rundir
 from oloraplus.console import track
 from oloraplus.data.collate import SCORED, model_inputs, next_token_targets
 from oloraplus.data.tokenize import IGNORE_INDEX
@@ -104,3 +105,8 @@ def evaluate_loss(
     eval_loss = float(nll_total.item()) / n_tokens
     perplexity = math.exp(eval_loss) if eval_loss < 700 else math.inf  # exp overflows a float past ~709
     return {"eval_loss": eval_loss, "perplexity": perplexity, "eval_tokens": n_tokens}
+
+
+def validation_metrics(scores: dict[str, float]) -> dict[str, float]:
+    """`evaluate_loss` on the validation split, renamed (val_eval_loss, ...) so it never passes for the test loss."""
+    return {rundir.VALIDATION_PREFIX + key: value for key, value in scores.items()}

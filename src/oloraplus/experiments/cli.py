@@ -11,13 +11,13 @@ from typing import Any
 
 import yaml
 
-from oloraplus.config import TrainConfig, add_arguments, build_config, resolve
+from oloraplus.config import TrainConfig, add_arguments, build_config, read_yaml, resolve
 from oloraplus.errors import ConfigError
-from oloraplus.experiments import tune
+from oloraplus.experiments import select, tune
 from oloraplus.experiments.executor_config import add_executor_arguments, executor_options
 from oloraplus.experiments.report import format_table, write_report
 from oloraplus.experiments.runs import find_runs
-from oloraplus.experiments.sweep import run_sweep
+from oloraplus.experiments.sweep import SweepPlan, plan_sweep, run_sweep
 from oloraplus.experiments.sweepdir import format_value
 from oloraplus.paths import portable_command
 
@@ -28,6 +28,9 @@ SWEEP.yaml:
   grid:     {option: [values]}         cartesian product, or a list of such mappings (their union)
   seeds:    [1, 2, 3]                  crossed with every grid point (optional)
   baseline: {method: olora, ratio: 1}  what the report compares against (this is the default)
+  select:   {by: eval_loss, over: [lr, ratio], seeds: [1]}
+                                       choose each arm's cell on validation (needs base.val_size and
+                                       base.split_seed), then confirm it with `seeds` on test (docs/sweeps.md)
 
 Runs go to DIR/runs/<name>; DIR/results.csv is rewritten after every run, DIR/report.md and
 DIR/plots/ at the end. Run the same command again after an interruption: finished runs are skipped.
@@ -62,10 +65,28 @@ def parse_baseline(text: str) -> dict[str, Any]:
 def sweep_command(args: argparse.Namespace) -> int:
     executor = executor_options(args)
     command = portable_command(shlex.join(["oloraplus", "sweep", args.sweep_file, "--output", args.output]))
-    results = run_sweep(args.sweep_file, args.output, command=command, executor=executor)
-    print(format_table(find_runs(args.output)))
-    print(f"\nresults: {results}\nreport:  {Path(args.output) / 'report.md'}")
+    spec = read_yaml(args.sweep_file) if Path(args.sweep_file).is_file() else None
+    if select.is_select_spec(spec):  # choose on validation, then confirm on test
+        plan = select.plan_select(spec, args.sweep_file)
+        if args.dry_run:
+            print("\n".join(select.describe_plan(plan)))
+            return 0
+        results = select.run_select_sweep(plan, args.output, command=command, executor=executor)
+        report_dir = Path(args.output) / select.CONFIRM_DIR
+    else:
+        if args.dry_run:
+            print("\n".join(describe_sweep(plan_sweep(args.sweep_file))))
+            return 0
+        results = run_sweep(args.sweep_file, args.output, command=command, executor=executor)
+        report_dir = Path(args.output)
+    print(format_table(find_runs(report_dir)))
+    print(f"\nresults: {results}\nreport:  {report_dir / 'report.md'}")
     return 0
+
+
+def describe_sweep(plan: SweepPlan) -> list[str]:
+    """What `sweep --dry-run` prints for a plain sweep: every planned run."""
+    return [f"{len(plan.runs)} runs:", *(f"  {run.name}" for run in plan.runs)]
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -91,7 +112,8 @@ def tune_command(args: argparse.Namespace) -> int:
     result = tune.tune_ratio(cfg, output, grid=grid, min_steps=args.min_steps, rounds=args.rounds, command=command,
                              executor=executor)
     print(Path(result.output, tune.TUNE_FILE).read_text(encoding="utf-8"))
-    print(f"best λ = {format_value(result.best_ratio)}  (eval loss {result.best_loss:.4f}); "
+    print(f"best λ = {format_value(result.best_ratio)}  (validation loss {result.best_loss:.4f}, test loss "
+          f"{result.best_test_loss:.4f}); "
           f"details: {Path(result.output) / tune.TUNE_FILE}")
     return 0
 
@@ -99,6 +121,9 @@ def tune_command(args: argparse.Namespace) -> int:
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sweep_file", metavar="SWEEP.yaml", help="the sweep definition")
     parser.add_argument("--output", required=True, metavar="DIR", help="sweep directory (created; reused to resume)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs the sweep plans (a select: sweep: stage 1's runs and what stage 2 will "
+                        "run) and train nothing")
     add_executor_arguments(parser)
 
 

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from oloraplus.experiments.runs import Arm, Run  # noqa: E402
 from oloraplus.experiments.sweepdir import format_value  # noqa: E402
@@ -151,4 +152,26 @@ def plot_delta_ranks(blocks_by_arm: dict[str, dict[int, float]], path: Path) -> 
     ax.set_ylabel("effective rank of ΔW (mean over the block's layers)")
     ax.grid(alpha=0.3, which="both")
     _legend(ax)
+    return save_figure(fig, path)
+
+
+def plot_heatmap(losses: dict[tuple, float], keys: Sequence[str], path: Path, title: str) -> Path:
+    """Validation loss of every cell of a two-key grid (rows: keys[0], columns: keys[1]); blank where diverged."""
+    rows = sorted({dict(cell)[keys[0]] for cell in losses})
+    cols = sorted({dict(cell)[keys[1]] for cell in losses})
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for cell, value in losses.items():
+        values = dict(cell)
+        grid[rows.index(values[keys[0]]), cols.index(values[keys[1]])] = value if math.isfinite(value) else np.nan
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.5, 0.7 * len(rows) + 1.8), dpi=110)
+    image = ax.imshow(grid, cmap="viridis_r", aspect="auto")
+    for i, j in np.ndindex(grid.shape):
+        ax.text(j, i, "∞" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7,
+                color="white" if np.isnan(grid[i, j]) or grid[i, j] > np.nanmean(grid) else "black")
+    ax.set_xticks(range(len(cols)), [format_value(c) for c in cols])
+    ax.set_yticks(range(len(rows)), [format_value(r) for r in rows])
+    ax.set_xlabel(keys[1])
+    ax.set_ylabel(keys[0])
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax)
     return save_figure(fig, path)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from oloraplus.errors import ConfigError
-from oloraplus.experiments import rank_report, stats
+from oloraplus.experiments import compare, rank_report, stats
 from oloraplus.experiments.runs import (
     Arm, Run, baseline_selector, find_baseline, find_runs, group_arms, read_plan,
 )
@@ -36,12 +36,8 @@ GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "bleu")
 EXAMPLE_TITLES = {"bleu": "sentence BLEU"}
 DASH = "–"
 REPORT_FILE, PLOTS_DIR = "report.md", "plots"
-# A run "explored" when its final distance from the initial basis is >= EXPLORE_FACTOR times that of
-# the λ = 1 run of the same method, "refined" when <= 1/EXPLORE_FACTOR times; otherwise "like λ=1".
-EXPLORE_FACTOR = 1.5
-# The measure that decides: chordal distance span(B_t) vs span(B_0); LoRA (B_0 = 0) has none, so
-# the relative change of B stands in.
-DIAG_PRIORITY = ("diag_subspace_distance", "diag_rel_change_B")
+# How far B turned (span B_t vs span B_0) and how far it moved: their ratio is comparable across λ.
+TURN_KEY, DISPLACEMENT_KEY = "diag_subspace_distance", "diag_rel_change_B"
 
 
 def _fmt(value: float, digits: int, signed: bool = False) -> str:
@@ -75,67 +71,58 @@ def results_table(arms: Sequence[Arm]) -> str:
     return markdown_table(header, rows)
 
 
+def split_note(runs: Sequence[Run]) -> str:
+    """Which split and which seeds the tables' numbers come from, and whether a validation split existed."""
+    seeds = ", ".join(map(str, sorted({run.seed for run in runs})))
+    sizes = sorted({int(n) for run in runs if isinstance(n := run.metrics.get("eval_examples"), int)})
+    test = f"the test split ({'/'.join(map(str, sizes))} examples)" if sizes else "the test split"
+    note = f"Numbers from {test}, seeds {seeds}."
+    val_sizes = sorted({int(run.config.get("val_size") or 0) for run in runs})
+    if val_sizes == [0]:
+        return note + (" These runs have no validation split (`--val-size 0`; runs from before it existed read "
+                       "the same): any setting chosen among them was chosen on these test numbers.")
+    return note + (" Settings are chosen on the separate validation split (`--val-size` "
+                   f"{'/'.join(str(v) for v in val_sizes if v)}; `val_eval_loss` in results.csv), never on these.")
+
+
 def format_table(runs: Sequence[Run]) -> str:
     """The main results table(s), one per model, as Markdown (printed by `sweep` and `report`)."""
     return "\n\n".join(f"model: {portable_path(model)}\n\n{results_table(arms)}"
                        for model, arms in group_arms(runs).items())
 
 
-def _common_seeds(arm: Arm, base: Arm) -> list[int]:
-    return sorted(set(arm.by_seed()) & set(base.by_seed()))
+def _p(value: float) -> str:
+    return DASH if not math.isfinite(value) else ("<0.001" if value < 0.001 else f"{value:.3f}")
 
 
-def seed_differences(arm: Arm, base: Arm, metric: str) -> stats.Interval:
-    """Paired over the seeds both arms ran: t interval of candidate − baseline."""
-    a, b = arm.by_seed(), base.by_seed()
-    pairs = [(a[s].metrics.get(metric), b[s].metrics.get(metric)) for s in _common_seeds(arm, base)]
-    pairs = [(x, y) for x, y in pairs if isinstance(x, (int, float)) and isinstance(y, (int, float))]
-    return stats.paired_t_interval([x for x, _ in pairs], [y for _, y in pairs])
+def _ci(interval: stats.Interval, digits: int) -> str:
+    return f"[{_fmt(interval.low, digits, True)}, {_fmt(interval.high, digits, True)}]"
 
 
-def _score(record: dict[str, Any], metric: str) -> float | None:
-    value = record.get(metric)
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def example_differences(arm: Arm, base: Arm, metric: str) -> list[float]:
-    """Per-example candidate − baseline scores, paired by eval example within each seed, pooled over seeds."""
-    differences: list[float] = []
-    a, b = arm.by_seed(), base.by_seed()
-    for seed in _common_seeds(arm, base):
-        cand, ref = a[seed].generations, b[seed].generations
-        if len(cand) == len(ref) and all(x.get("prompt") == y.get("prompt") for x, y in zip(cand, ref)):
-            pairs = list(zip(cand, ref))
-        else:
-            by_prompt = {y.get("prompt"): y for y in ref}
-            pairs = [(x, by_prompt[x.get("prompt")]) for x in cand if x.get("prompt") in by_prompt]
-        for x, y in pairs:
-            sx, sy = _score(x, metric), _score(y, metric)
-            if sx is not None and sy is not None:
-                differences.append(sx - sy)
-    return differences
-
-
-def comparison_rows(arms: Sequence[Arm], base: Arm) -> tuple[list[list[str]], list[list[str]]]:
-    """Rows of the seed-paired table and of the example-bootstrap table, every arm vs the baseline."""
+def comparison_rows(arms: Sequence[Arm], base: Arm) -> tuple[list[list[str]], list[list[str]], str]:
+    """Rows of the seed-paired table and of the seed-then-example bootstrap table, and the sentence naming the
+    families of comparisons (see `compare`)."""
+    digits = {title: d for _, title, _, d in METRICS} | {EXAMPLE_TITLES.get(k, t): d for k, t, _, d in METRICS}
+    found = compare.compare(arms, base, [(k, t, h) for k, t, h, _ in METRICS],
+                            {k: EXAMPLE_TITLES.get(k, t) for k, t, _, _ in METRICS if k in GENERATION_METRICS})
     seed_rows, boot_rows = [], []
-    for arm in arms:
-        if arm is base:
-            continue
-        for key, title, higher, digits in METRICS:
-            interval = seed_differences(arm, base, key)
-            if interval.n:
-                ci = f"[{_fmt(interval.low, digits, True)}, {_fmt(interval.high, digits, True)}]"
-                seed_rows.append([arm.label, title, _fmt(interval.mean, digits, True), ci, str(interval.n),
-                                  stats.verdict(interval, higher)])
-            if key in GENERATION_METRICS:
-                diffs = example_differences(arm, base, key)
-                if diffs:
-                    boot = stats.bootstrap_interval(diffs)
-                    ci = f"[{_fmt(boot.low, digits, True)}, {_fmt(boot.high, digits, True)}]"
-                    boot_rows.append([arm.label, EXAMPLE_TITLES.get(key, title), _fmt(boot.mean, digits, True), ci,
-                                      str(boot.n), stats.verdict(boot, higher)])
-    return seed_rows, boot_rows
+    for c in found:
+        d = digits[c.metric]
+        cells = [c.label, c.metric, _fmt(c.interval.mean, d, True), _ci(c.interval, d)]
+        p_values = [_p(c.interval.p), _p(c.adjusted_p)] if c.tested else [DASH, DASH]  # withheld: no p to misread
+        if c.test == compare.SEEDS:
+            seed_rows.append([*cells, str(c.interval.n), *p_values, c.verdict])
+        else:
+            boot_rows.append([*cells, f"{c.interval.n} × ≥{c.examples}", *p_values, c.verdict])
+    families = [f"{metric} ({plural(m, 'comparison')}{', ' + test if test == compare.EXAMPLES else ''})"
+                for test in (compare.SEEDS, compare.EXAMPLES)
+                for metric, m in compare.family_sizes(found, test).items() if m]
+    withheld = sum(1 for c in found if not c.tested)
+    family = ("Families of comparisons (each arm against the baseline; Holm-adjusted within each): "
+              + ("; ".join(families) if families else "none tested") + "."
+              + (f" {plural(withheld, 'comparison')} withheld from the families (reason in the verdict)."
+                 if withheld else ""))
+    return seed_rows, boot_rows, family
 
 
 def steps_to_reach(run: Run, target: float) -> int | None:
@@ -148,7 +135,7 @@ def steps_rows(arms: Sequence[Arm], base: Arm) -> list[tuple[str, float | None, 
     rows = []
     targets = {seed: run.metrics.get("eval_loss") for seed, run in base.by_seed().items()}
     for arm in arms:
-        seeds = [s for s in _common_seeds(arm, base) if isinstance(targets[s], (int, float))]
+        seeds = [s for s in compare.common_seeds(arm, base) if isinstance(targets[s], (int, float))]
         if not seeds:
             continue
         reached = [steps_to_reach(arm.by_seed()[s], float(targets[s])) for s in seeds]
@@ -164,55 +151,42 @@ def _mean_diag(arm: Arm, key: str) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
-def classify(value: float, reference: float) -> str:
-    """'explored' / 'refined' / 'like λ=1' from value / reference against EXPLORE_FACTOR."""
-    if not (math.isfinite(value) and math.isfinite(reference)) or reference <= 0:
-        return DASH
-    ratio = value / reference
-    if ratio >= EXPLORE_FACTOR:
-        return "explored"
-    if ratio <= 1.0 / EXPLORE_FACTOR:
-        return "refined"
-    return "like λ=1"
+def turn_per_displacement(run: Run) -> float:
+    """Subspace distance of span(B_t) from span(B_0) per unit relative displacement ‖B_t − B_0‖/‖B_0‖.
+
+    Under AdamW B's displacement grows with its rate λη, so the distance alone restates λ; per unit of
+    displacement it says which share of B's movement left its initial subspace (to first order it does not
+    depend on how far B moved), which λ does not fix. Both are the layer means the diagnostics log.
+    """
+    diag = run.final_diagnostics()
+    distance, moved = diag.get(TURN_KEY, math.nan), diag.get(DISPLACEMENT_KEY, math.nan)
+    return distance / moved if math.isfinite(distance) and math.isfinite(moved) and moved > 0 else math.nan
 
 
 def refinement_section(arms: Sequence[Arm], plot: str | None) -> list[str]:
-    keys = sorted({k for arm in arms for r in arm.runs for k in r.final_diagnostics()},
-                  key=lambda k: (DIAG_PRIORITY.index(k) if k in DIAG_PRIORITY else len(DIAG_PRIORITY), k))
+    keys = sorted({k for arm in arms for r in arm.runs for k in r.final_diagnostics()})
     if not keys:
         return []
-    rows, verdicts = [], {"refined": [], "explored": [], "like λ=1": []}
+    rows = []
     for arm in arms:
         if not any(run.final_diagnostics() for run in arm.runs):
             continue  # e.g. LoRA: B_0 = 0, nothing to measure against
-        ref = next((a for a in arms if a.line_label == arm.line_label and a.ratio == 1.0), None)
-        decided, measure, relative = DASH, DASH, math.nan
-        for key in DIAG_PRIORITY:
-            value, reference = _mean_diag(arm, key), _mean_diag(ref, key) if ref else math.nan
-            if math.isfinite(value) and math.isfinite(reference) and reference > 0:
-                decided, measure, relative = classify(value, reference), key, value / reference
-                break
-        if arm is ref:
-            decided = "reference (λ=1)"
-        elif decided in verdicts:
-            verdicts[decided].append(arm.label)
-        rows.append([arm.label, *(_fmt(_mean_diag(arm, k), 4) for k in keys), measure,
-                     _fmt(relative, 2), decided])
+        turns = [t for t in map(turn_per_displacement, arm.runs) if math.isfinite(t)]
+        rows.append([arm.label, *(_fmt(_mean_diag(arm, k), 4) for k in keys),
+                     _fmt(statistics.fmean(turns), 3) if turns else DASH])
     lines = [
-        "### Refinement vs exploration", "",
-        f"Final adapter diagnostics (mean over seeds). A run **explored** when its distance from the initial "
-        f"basis is at least {EXPLORE_FACTOR:g}× that of the λ=1 run of the same method, **refined** when at most "
-        f"1/{EXPLORE_FACTOR:g} of it, otherwise it behaves like λ=1. The distance is `diag_subspace_distance` "
-        "(chordal distance between span(B_t) and span(B_0): 0 = same subspace, 1 = orthogonal), or "
-        "`diag_rel_change_B` where the former is undefined (LoRA starts from B_0 = 0).", "",
-        markdown_table(["method", *keys, "measure", "× λ=1", "behaviour"], rows), "",
+        "### How far B moved, and how much of it turned", "",
+        "Final adapter diagnostics (layer means, then the mean over seeds). `diag_subspace_distance` is the chordal "
+        "distance between span(B_t) and span(B_0) (0 = same subspace, 1 = orthogonal), `diag_rel_change_B` the "
+        "relative displacement ‖B_t − B_0‖/‖B_0‖. Under AdamW B's displacement grows with its learning rate λη, so "
+        "a larger distance at a larger λ restates λ; **turn per displacement** (distance ÷ displacement, per run) "
+        "is the share of B's movement that left its initial subspace, comparable across λ. No refined/explored "
+        "verdict is drawn from these numbers.", "",
+        markdown_table(["method", *keys, "turn per displacement"], rows), "",
     ]
-    for name, members in verdicts.items():
-        if members:
-            lines.append(f"- {name}: {', '.join(members)}")
     if plot:
-        lines += ["", f"![final diagnostics against λ]({plot})"]
-    return lines + [""]
+        lines += [f"![final diagnostics against λ]({plot})", ""]
+    return lines
 
 
 def _describe_selector(selector: dict[str, Any]) -> str:
@@ -226,7 +200,7 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
 
     rel = Path(PLOTS_DIR)
     lines = [f"## Model: {portable_path(model)}", "", "### Results (mean ± std over seeds)", "",
-             results_table(arms), ""]
+             split_note([run for arm in arms for run in arm.runs]), "", results_table(arms), ""]
     present = [key for key, _, _, _ in METRICS if any(arm.values(key) for arm in arms)]
     plots.plot_loss_curves(arms, plots_dir / f"loss-curves{suffix}.png", portable_path(model))
     plots.plot_against_ratio(arms, present, plots_dir / f"metrics-vs-ratio{suffix}.png", "")
@@ -238,20 +212,27 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
         lines += [f"No run matches the baseline ({_describe_selector(selector)}): set `baseline:` in the sweep "
                   "file or pass `--baseline` to `oloraplus report`.", ""]
     else:
-        seed_rows, boot_rows = comparison_rows(arms, base)
+        seed_rows, boot_rows, family = comparison_rows(arms, base)
         lines += [f"### Versus the baseline ({base.label})", "",
                   "Paired over seeds (same seed = same data split and init seed): mean of candidate − baseline "
-                  f"with a 95% Student-t interval. Eval loss: lower is better; ROUGE/BLEU (0–100): higher is better. "
-                  f"A verdict needs the interval to exclude 0.", ""]
+                  f"with a 95% Student-t interval and the paired t-test's p. Eval loss: lower is better; ROUGE/BLEU "
+                  f"(0–100): higher is better. {family} A verdict needs the Holm-adjusted p below "
+                  f"{1 - stats.LEVEL:.2f}; the interval is per comparison (not adjusted). No verdict from fewer "
+                  f"than {stats.MIN_SEEDS} seeds ('{stats.TOO_FEW}'); a comparison where either side diverged on a "
+                  "common seed shows 'k/n diverged' and no verdict.", ""]
         if seed_rows:
-            lines += [markdown_table(["method", "metric", "Δ mean", "95% CI", "seeds", "verdict"], seed_rows), ""]
+            lines += [markdown_table(["method", "metric", "Δ mean", "95% CI", "seeds", "p", "Holm p", "verdict"],
+                                     seed_rows), ""]
         if boot_rows:
-            lines += ["Paired over eval examples (examples of every common seed pooled; percentile bootstrap, "
-                      f"{stats.RESAMPLES} resamples, seed {stats.BOOTSTRAP_SEED}). Each example is scored on its own: "
-                      "ROUGE F1 as above, but *sentence* BLEU, the mean of per-example BLEU scores, which is not the "
-                      "corpus BLEU of the tables above (corpus BLEU pools n-gram counts over all examples, so it "
-                      "can be 0.00 while sentence BLEU differs):", "",
-                      markdown_table(["method", "metric", "Δ mean", "95% CI", "examples", "verdict"], boot_rows), ""]
+            lines += ["Paired over eval examples within each seed: a bootstrap that resamples seeds, then examples "
+                      f"within each drawn seed ({stats.RESAMPLES} resamples, seed {stats.BOOTSTRAP_SEED}; every seed "
+                      f"weighs the same), so the variance between seeds counts. No verdict from fewer than "
+                      f"{stats.MIN_SEEDS} seeds or {stats.MIN_EXAMPLES} examples per seed. Each example is scored on "
+                      "its own: ROUGE F1 as above, but *sentence* BLEU, the mean of per-example BLEU scores, which is "
+                      "not the corpus BLEU of the tables above (corpus BLEU pools n-gram counts over all examples, so "
+                      "it can be 0.00 while sentence BLEU differs):", "",
+                      markdown_table(["method", "metric", "Δ mean", "95% CI", "seeds × examples", "p", "Holm p",
+                                      "verdict"], boot_rows), ""]
         steps = steps_rows(arms, base)
         if steps:
             plots.plot_steps_to_target([(label, mean) for label, mean, _, _ in steps],
@@ -276,10 +257,12 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
     return lines
 
 
-def write_report(directory: str | Path, baseline: dict[str, Any] | None = None, delta_rank: bool = False) -> Path:
+def write_report(directory: str | Path, baseline: dict[str, Any] | None = None, delta_rank: bool = False,
+                 note: str | None = None) -> Path:
     """Write DIR/report.md and DIR/plots/*.png from the finished runs in DIR; returns the report path.
 
     `delta_rank`: also the effective rank of every run's ΔW per layer (slow: reloads the base per run).
+    `note`: a sentence under the title (a select/confirm sweep says where its settings were chosen).
     """
     directory = Path(directory)
     runs = find_runs(directory)
@@ -290,7 +273,7 @@ def write_report(directory: str | Path, baseline: dict[str, Any] | None = None, 
     grouped = group_arms(runs)
     seeds = sorted({run.seed for run in runs})
     ranks = rank_report.collect(directory, runs) if delta_rank else None
-    lines = ["# Sweep report", ""]
+    lines = ["# Sweep report", ""] + ([note, ""] if note else [])
     if plan.get("command"):
         lines += [f"Made by `{portable_command(plan['command'])}`.", ""]
     diverged = [run.name for run in runs if run.diverged]

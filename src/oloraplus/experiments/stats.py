@@ -6,9 +6,15 @@ mean(d) ± t_{1−α/2, n−1} · sd(d) / √n. Student-t quantiles are computed
 exact closed-form CDF for integer degrees of freedom (Abramowitz & Stegun 26.7.3 and 26.7.4),
 inverted by bisection; beyond 10 000 degrees of freedom the normal quantile is used (|error| < 1e-4).
 
-Examples: generation metrics also exist per eval example, so resampling the paired per-example
-differences with replacement and taking percentiles of the resampled means gives a bootstrap CI
-(Efron & Tibshirani 1993, ch. 13) that needs only one seed.
+Examples: generation metrics also exist per eval example. Pooling the examples of every seed as if
+they were independent ignores the variance between seeds (a seed changes the init and the batch order,
+and the whole run with it), so `hierarchical_bootstrap` resamples seeds first, then examples within
+each drawn seed (Davison & Hinkley 1997, §3.8; Saravanan et al. 2020), and takes percentiles of the
+resampled means.
+
+Many comparisons: a report tests every arm against the baseline, one family per metric; `holm`
+adjusts their p-values (Holm 1979) so the chance of any false "better"/"worse" in a family stays at
+most 1 − LEVEL. No verdict comes from fewer than MIN_SEEDS seeds or MIN_EXAMPLES examples per seed.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ import numpy as np
 LEVEL = 0.95
 RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
+MIN_SEEDS, MIN_EXAMPLES = 3, 20  # fewer seeds (or examples per seed): "too few to tell", never a verdict
 BETTER, WORSE, SAME = "better", "worse", "no significant difference"
-TOO_FEW = "too few pairs for a CI"
+TOO_FEW = "too few to tell"
 _EXACT_DF_LIMIT = 10_000
 
 
@@ -36,6 +43,7 @@ class Interval:
     low: float
     high: float
     n: int
+    p: float = math.nan  # two-sided p-value of "no difference" (NaN: not tested)
 
 
 def t_cdf_two_sided(t: float, df: int) -> float:
@@ -88,7 +96,8 @@ def _check_pairs(candidate: Sequence[float], baseline: Sequence[float]) -> list[
 
 
 def paired_t_interval(candidate: Sequence[float], baseline: Sequence[float], level: float = LEVEL) -> Interval:
-    """mean(d) ± t_{(1+level)/2, n−1} · sd(d)/√n over paired values; NaN bounds for fewer than 2 pairs."""
+    """mean(d) ± t_{(1+level)/2, n−1} · sd(d)/√n over paired values, and the paired t-test's two-sided p;
+    NaN bounds for fewer than 2 pairs."""
     d = _check_pairs(candidate, baseline)
     n = len(d)
     if n == 0:
@@ -96,8 +105,27 @@ def paired_t_interval(candidate: Sequence[float], baseline: Sequence[float], lev
     mean = statistics.fmean(d)
     if n < 2:
         return Interval(mean, math.nan, math.nan, n)
-    half = t_quantile((1.0 + level) / 2.0, n - 1) * statistics.stdev(d) / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n)
+    se = statistics.stdev(d) / math.sqrt(n)
+    half = t_quantile((1.0 + level) / 2.0, n - 1) * se
+    if se > 0:
+        p = 1.0 - t_cdf_two_sided(abs(mean) / se, n - 1)
+    else:  # every pair differs by the same amount
+        p = 1.0 if mean == 0 else 0.0
+    return Interval(mean, mean - half, mean + half, n, max(p, 0.0))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: the k-th smallest of m is multiplied by
+    m − k + 1 (k from 1), made non-decreasing along the sorted order and capped at 1. NaN stays NaN and is
+    not counted in m (an untested comparison is not part of the family)."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(tested)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for k, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - k) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def bootstrap_interval(
@@ -116,11 +144,51 @@ def bootstrap_interval(
     return Interval(float(d.mean()), float(means[cut]), float(means[resamples - 1 - cut]), n)
 
 
-def verdict(interval: Interval, higher_is_better: bool) -> str:
-    """'better' / 'worse' when the CI excludes 0 (in the metric's good direction), else no difference."""
+def hierarchical_bootstrap(
+    per_seed: Sequence[Sequence[float]], resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED, level: float = LEVEL,
+) -> Interval:
+    """Percentile CI of the mean paired difference, resampling seeds, then examples within each drawn seed.
+
+    `per_seed`: one list of per-example differences (candidate − baseline) for each seed. The statistic is
+    the mean over seeds of each seed's mean, so every seed weighs the same; `n` is the number of seeds and
+    `p` the two-sided bootstrap p-value 2·min(P*(Δ ≤ 0), P*(Δ ≥ 0)), each share counted as (1 + k)/(1 + B).
+    """
+    groups = [np.asarray(g, dtype=np.float64) for g in per_seed if len(g)]
+    n = len(groups)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(np.mean([g.mean() for g in groups]))
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, n)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for b, drawn in enumerate(rng.integers(0, n, size=(resamples, n))):
+        means[b] = np.mean([groups[j][rng.integers(0, groups[j].size, size=groups[j].size)].mean() for j in drawn])
+    means.sort()
+    cut = int(math.floor(resamples * (1.0 - level) / 2.0))
+    below, above = int(np.sum(means <= 0.0)), int(np.sum(means >= 0.0))
+    p = min(1.0, 2.0 * (1 + min(below, above)) / (1 + resamples))
+    return Interval(mean, float(means[cut]), float(means[resamples - 1 - cut]), n, p)
+
+
+def enough(seeds: int, examples_per_seed: int | None = None) -> bool:
+    """At least MIN_SEEDS seeds (and MIN_EXAMPLES examples in each, where examples are compared)."""
+    return seeds >= MIN_SEEDS and (examples_per_seed is None or examples_per_seed >= MIN_EXAMPLES)
+
+
+def verdict(interval: Interval, higher_is_better: bool, adjusted_p: float | None = None,
+            alpha: float = 1.0 - LEVEL) -> str:
+    """'better' / 'worse' (in the metric's good direction) when the test rejects "no difference", else SAME.
+
+    With `adjusted_p` (Holm) the adjusted p-value decides; without it, the interval excluding 0 does.
+    """
     if interval.n < 2 or math.isnan(interval.low) or math.isnan(interval.high):
         return TOO_FEW
-    if interval.low <= 0.0 <= interval.high:
+    if adjusted_p is not None:
+        significant = not math.isnan(adjusted_p) and adjusted_p < alpha
+    else:
+        significant = not interval.low <= 0.0 <= interval.high
+    if not significant:
         return SAME
-    improved = interval.low > 0.0 if higher_is_better else interval.high < 0.0
+    improved = interval.mean > 0.0 if higher_is_better else interval.mean < 0.0
     return BETTER if improved else WORSE

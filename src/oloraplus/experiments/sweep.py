@@ -117,7 +117,9 @@ def _seeds(value: Any, source: str) -> list[int] | None:
 
 def plan_from_spec(spec: dict[str, Any], source: str) -> SweepPlan:
     """Validate a sweep mapping and expand it into named, fully resolved runs (creates nothing)."""
-    unknown = [k for k in spec if k not in SWEEP_KEYS]
+    if "select" in spec:  # stage 1 and 2 are planned by experiments/select.py, never as one grid
+        raise ConfigError(f"{source}: select: a select/confirm sweep runs with `oloraplus sweep`, in two stages")
+    unknown = [k for k in spec if k not in (*SWEEP_KEYS, "select")]
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key '{unknown[0]}' (expected {', '.join(SWEEP_KEYS)})")
     base = _check_mapping(spec.get("base") or {}, f"{source}: base")

@@ -1,9 +1,11 @@
 """`oloraplus tune-ratio`: find a good λ by successive halving (Jamieson & Talwalkar 2016).
 
 Round k trains every surviving λ for `min_steps · 2^k` optimizer steps (each run from scratch,
-so its learning-rate schedule fits its budget) and keeps the better half by eval loss; the λ
-with the lowest eval loss in the last round wins. Each round is a sweep in DIR/rung-k/, so an
-interrupted search resumes where it stopped and never retrains a finished run.
+so its learning-rate schedule fits its budget) and keeps the better half by validation loss; the λ
+with the lowest validation loss in the last round wins. The validation split (`--val-size`, by default
+as large as the test split) is never the test split, so the best λ's test loss is not chosen by itself.
+Each round is a sweep in DIR/rung-k/, so an interrupted search resumes where it stopped and never
+retrains a finished run.
 """
 
 from __future__ import annotations
@@ -35,15 +37,21 @@ TUNE_FILE, TUNE_JSON, TUNE_PLOT = "tune.md", "tune.json", "tune.png"
 class Rung:
     index: int
     max_steps: int
-    losses: dict[float, float]  # λ -> final eval loss
+    losses: dict[float, float]  # λ -> final validation loss (what chooses)
+    test_losses: dict[float, float]  # λ -> final eval loss on the test split (reported, never chooses)
 
 
 @dataclass(frozen=True)
 class TuneResult:
     best_ratio: float
-    best_loss: float
+    best_loss: float  # validation
     rungs: list[Rung]
     output: Path
+    val_size: int = 0
+
+    @property
+    def best_test_loss(self) -> float:
+        return self.rungs[-1].test_losses.get(self.best_ratio, math.nan)
 
 
 def rounds_needed(count: int) -> int:
@@ -81,11 +89,13 @@ def _rung(base: dict, ratios: list[float], index: int, max_steps: int, output: P
     print(f"round {index}: {plural(len(ratios), 'λ value')} × {plural(max_steps, 'step')} -> {directory}",
           file=sys.stderr, flush=True)
     execute(plan, directory, train_fn=train_fn, report=False, executor=executor)
-    losses = {}
+    losses, test_losses = {}, {}
     for run in plan.runs:
-        loss = rundir.read_metrics(run_path(directory, run)).get("eval_loss")
-        losses[run.config.ratio] = float(loss) if isinstance(loss, (int, float)) else math.nan
-    return Rung(index=index, max_steps=max_steps, losses=losses)
+        metrics = rundir.read_metrics(run_path(directory, run))
+        losses[run.config.ratio], test_losses[run.config.ratio] = (
+            float(v) if isinstance(v, (int, float)) else math.nan
+            for v in (metrics.get(rundir.VALIDATION_PREFIX + "eval_loss"), metrics.get("eval_loss")))
+    return Rung(index=index, max_steps=max_steps, losses=losses, test_losses=test_losses)
 
 
 def tune_ratio(
@@ -104,6 +114,7 @@ def tune_ratio(
     base = {k: v for k, v in to_dict(cfg).items() if k not in (*rundir.PER_RUN, "ratio", "max_steps")}
     # An auto eval size grows with the steps: fix it at the longest round's, so every round has the same split.
     base["eval_size"] = replace(cfg, max_steps=min_steps * 2 ** (rounds - 1)).eval_examples()
+    base["val_size"] = cfg.val_size or base["eval_size"]  # λ is chosen on validation, never on the test split
     rungs: list[Rung] = []
     with sweep_lock(output, what="λ search"):
         for index in range(rounds):
@@ -114,7 +125,8 @@ def tune_ratio(
             if len(alive) == 1:
                 break
         best_ratio, best_loss = min(rungs[-1].losses.items(), key=_rank_key)
-        result = TuneResult(best_ratio=best_ratio, best_loss=best_loss, rungs=rungs, output=output)
+        result = TuneResult(best_ratio=best_ratio, best_loss=best_loss, rungs=rungs, output=output,
+                            val_size=base["val_size"])
         write_tune_report(result, command)
     return result
 
@@ -136,19 +148,23 @@ def write_tune_report(result: TuneResult, command: str | None = None) -> Path:
     if command:
         lines += [f"Made by `{portable_command(command)}`.", ""]
     lines += [
-        f"**Best λ = {format_value(result.best_ratio)}**: eval loss {result.best_loss:.4f} after "
-        f"{plural(last.max_steps, 'step')} (round {last.index}, against {plural(len(last.losses), 'λ value')}).", "",
+        f"**Best λ = {format_value(result.best_ratio)}**: validation loss {result.best_loss:.4f} after "
+        f"{plural(last.max_steps, 'step')} (round {last.index}, against {plural(len(last.losses), 'λ value')}); "
+        f"its eval loss on the test split, which chose nothing: {result.best_test_loss:.4f}.", "",
         "Each round trains the surviving λ values from scratch with twice the previous step budget and keeps the "
-        "better half by eval loss ('–': eliminated earlier). Runs: `rung-<k>/runs/`.", "",
+        f"better half by the eval loss on the validation split ({plural(result.val_size, 'example')}, disjoint "
+        "from the test split; the table's numbers; '–': eliminated earlier). Runs: `rung-<k>/runs/`.", "",
         markdown_table(header, rows), "", f"![eval loss against λ per round]({TUNE_PLOT})", "",
     ]
     path = result.output / TUNE_FILE
     atomic_write_text(path, "\n".join(lines))
     atomic_write_json(result.output / TUNE_JSON, {
-        "best_ratio": result.best_ratio, "best_eval_loss": result.best_loss,
+        "best_ratio": result.best_ratio, "best_val_eval_loss": result.best_loss,
+        "best_test_eval_loss": result.best_test_loss, "val_size": result.val_size,
         "command": command and portable_command(command),
         "rounds": [{"index": r.index, "max_steps": r.max_steps,
-                    "eval_loss": {format_value(k): v for k, v in sorted(r.losses.items())}} for r in result.rungs],
+                    "val_eval_loss": {format_value(k): v for k, v in sorted(r.losses.items())},
+                    "eval_loss": {format_value(k): v for k, v in sorted(r.test_losses.items())}} for r in result.rungs],
     })
     _plot(result)
     return path
@@ -165,7 +181,7 @@ def _plot(result: TuneResult) -> None:
     ax.axvline(result.best_ratio, color="gray", linestyle="--", linewidth=1,
                label=f"best λ = {format_value(result.best_ratio)}")
     plots.set_ratio_axis(ax, sorted(result.rungs[0].losses))
-    ax.set_ylabel("final eval loss (nats/token)")
+    ax.set_ylabel("final validation loss (nats/token)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     plots.save_figure(fig, result.output / TUNE_PLOT)

@@ -30,7 +30,7 @@ from oloraplus.data.packing import batch_collator
 from oloraplus.data.prepare import prepare
 from oloraplus.errors import ConfigError
 from oloraplus.eval.generate import generation_eval, write_generations
-from oloraplus.eval.loss import evaluate_loss
+from oloraplus.eval.loss import evaluate_loss, validation_metrics
 from oloraplus.io import append_jsonl
 from oloraplus.plan import train_lines as memory_plan
 from oloraplus.train import checkpoint, fsdp
@@ -202,6 +202,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     if compiled is not None:
         say(compiled.summary())
     final_eval = evaluate(model)
+    if prep.val_dataset is not None:  # --val-size: the loss settings are chosen on (sweep select:, tune-ratio)
+        say(f"validating on {plural(len(prep.val_dataset), 'example')} ...")
+        final_eval.update(validation_metrics(evaluate_loss(model, prep.val_dataset, collator, cfg.batch_size)))
     state = trainer.state
     generations: list = []
     if cfg.eval_generate:

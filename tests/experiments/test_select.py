@@ -1,0 +1,132 @@
+"""select: in a sweep: choose each arm's cell on validation with its own seeds, confirm it on test with fresh ones."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from experiment_helpers import FakeTrain
+
+from oloraplus.cli.main import main
+from oloraplus.config import TrainConfig
+from oloraplus.errors import ConfigError
+from oloraplus.experiments import select
+from oloraplus.experiments.sweep import plan_from_spec
+
+SPEC = {
+    "base": {"max_steps": 10, "val_size": 8, "split_seed": 0, "eval_size": 16},
+    "grid": {"method": ["olora", "lora"], "lr": [1e-4, 3e-4, 1e-3], "ratio": [0.25, 1, 4, 16]},
+    "select": {"by": "eval_loss", "over": ["lr", "ratio"], "seeds": [1], "b_rate_control": True,
+               "also": [{"ratio": 1}]},
+    "seeds": [11, 12, 13],
+    "baseline": {"method": "olora", "ratio": 1},
+}
+
+
+def validation(cfg: TrainConfig) -> float:
+    """Validation optimum: OLoRA at lr 3e-4, λ = 4; LoRA at lr 1e-3 (the grid's edge), λ = 1."""
+    best = {"olora": (3e-4, 4.0), "lora": (1e-3, 1.0)}[cfg.method]
+    return 2.0 + abs(math.log10(cfg.lr / best[0])) + 0.1 * abs(math.log2(cfg.ratio / best[1]))
+
+
+def on_test(cfg: TrainConfig) -> float:
+    """The test split disagrees on purpose: there λ = 1/4 looks best for every arm."""
+    return 2.0 + 0.1 * abs(math.log2(cfg.ratio / 0.25)) + 0.01 * cfg.seed
+
+
+def test_the_plan_lists_stage_one_and_what_stage_two_will_run():
+    plan = select.plan_select(SPEC, "s.yaml")
+    assert len(plan.select.runs) == 2 * 3 * 4  # arms × cells × one selection seed
+    assert plan.arm_keys == ("method",) and {r.config.seed for r in plan.select.runs} == {1}
+    assert all(r.config.val_size == 8 and r.config.split_seed == 0 for r in plan.select.runs)
+    text = "\n".join(select.describe_plan(plan))
+    assert "stage 1, select/: 24 runs = 2 arm(s) × 12 cells of lr × ratio × 1 selection seed(s) [1]" in text
+    assert "  method-olora_lr-0.0001_ratio-0.25" in text and "  method-lora_lr-0.001_ratio-4" in text
+    assert "(+ its best cell with ratio=1) (+ its λ = 1 control at η = η_B when λ ≠ 1)" in text
+    assert "× 3 fresh seeds [11, 12, 13] on the test split: 6–18 runs (fewer when choices coincide)" in text
+    assert "  arm method=olora" in text and "  arm method=lora" in text
+
+
+def test_select_chooses_on_validation_and_confirms_on_test_with_fresh_seeds(tmp_path):
+    fake = FakeTrain(loss=on_test, val_loss=validation)
+    select.run_select_sweep(select.plan_select(SPEC, "s.yaml"), tmp_path / "out", train_fn=fake)
+    chosen = json.loads((tmp_path / "out" / "selection.json").read_text())["choices"]
+    assert [(c["arm"], c["among"], c["cell"]) for c in chosen] == [
+        ({"method": "olora"}, None, {"lr": 3e-4, "ratio": 4.0}),
+        ({"method": "olora"}, {"ratio": 1}, {"lr": 3e-4, "ratio": 1.0}),  # OLoRA's own rate tuned at λ = 1
+        ({"method": "lora"}, None, {"lr": 1e-3, "ratio": 1.0}),
+        ({"method": "lora"}, {"ratio": 1}, {"lr": 1e-3, "ratio": 1.0})]
+    assert chosen[0]["edges"] == [] and chosen[2]["edges"] == ["lr"]  # LoRA's best lr is the grid's largest
+    confirm = [c for c in fake.configs if c.seed in (11, 12, 13)]
+    assert len(fake.configs) == 24 + len(confirm)
+    # OLoRA's choice, its best λ = 1 cell, its B-rate control (λ = 1 at η = 4 × 3e-4) and LoRA's choice (λ = 1: its
+    # own best λ = 1 cell and no control), 3 seeds each
+    assert sorted({(c.method, round(c.lr, 12), c.ratio) for c in confirm}) == sorted(
+        {("olora", 3e-4, 4.0), ("olora", 3e-4, 1.0), ("olora", 1.2e-3, 1.0), ("lora", 1e-3, 1.0)})
+    assert len(confirm) == 12 and all(c.split_seed == 0 and c.val_size == 8 for c in confirm)
+    selection = (tmp_path / "out" / "selection.md").read_text()
+    assert "On the edge of the grid** in lr" in selection and "Chosen: lr=0.0003 ratio=4" in selection
+    assert (tmp_path / "out" / "selection-method-olora.png").read_bytes().startswith(b"\x89PNG")
+    report = (tmp_path / "out" / "confirm" / "report.md").read_text()
+    assert "Settings chosen on the validation split with seeds 1" in report and "fresh seeds 11, 12, 13" in report
+    assert "Numbers from the test split" in report and "Settings are chosen on the separate validation split" in report
+    # a rerun trains nothing
+    again = FakeTrain(loss=on_test, val_loss=validation)
+    select.run_select_sweep(select.plan_select(SPEC, "s.yaml"), tmp_path / "out", train_fn=again)
+    assert again.calls == []
+
+
+def test_a_diverged_cell_is_the_worst_not_skipped(tmp_path):
+    spec = {**SPEC, "grid": {"method": ["olora"], "lr": [1e-4, 3e-4], "ratio": [1, 4]}, "seeds": [11, 12, 13]}
+    fake = FakeTrain(loss=on_test, val_loss=validation, diverges=lambda cfg: cfg.ratio == 4.0 and cfg.lr == 3e-4)
+    plan = select.plan_select(spec, "s.yaml")
+    select.run_select_sweep(plan, tmp_path / "out", train_fn=fake)
+    losses = select.cell_losses(plan, tmp_path / "out" / "select")[()]  # one method: one arm, named by nothing
+    assert losses[(("lr", 3e-4), ("ratio", 4.0))] == math.inf  # the validation optimum diverged
+    chosen = json.loads((tmp_path / "out" / "selection.json").read_text())["choices"][0]["cell"]
+    assert chosen == {"lr": 3e-4, "ratio": 1.0}
+    assert "| lr=0.0003 ratio=4 | ∞ |" in (tmp_path / "out" / "selection.md").read_text()
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"base": {"max_steps": 10, "split_seed": 0}}, "select: needs base.val_size >= 1"),
+    ({"base": {"max_steps": 10, "val_size": 8}}, "select: needs base.split_seed (>= 0)"),
+    ({"seeds": [1, 11]}, "seeds: 1 also in select.seeds; the confirmation seeds must be fresh"),
+    ({"seeds": None}, "seeds: give the confirmation seeds"),
+    ({"select": {"over": ["rank"], "seeds": [1]}}, "select: over: 'rank' is not a grid key with more than one value"),
+    ({"select": {"by": "rougeL", "over": ["lr"], "seeds": [1]}}, "by: 'rougeL' is not measured on the validation split"),
+    ({"select": {"over": ["lr"], "seeds": [1], "pick": "min"}}, "select: unknown key 'pick'"),
+    ({"select": {"over": ["lr"], "seeds": []}}, "select: seeds: expected a non-empty list of different integers"),
+    ({"select": {"over": ["lr"], "seeds": [1], "b_rate_control": True}}, "b_rate_control needs lr and ratio in over"),
+    ({"select": "lr"}, "select: expected a mapping with by, over, seeds"),
+    ({"select": {"over": ["lr"], "seeds": [1], "also": [{"rank": 8}]}}, "select: also: 'rank' is not one of over"),
+    ({"select": {"over": ["lr"], "seeds": [1], "also": {"lr": 1}}}, "select: also: expected a list of mappings"),
+])
+def test_bad_select_specs_are_one_line_errors_naming_the_key(tmp_path, capsys, change, match):
+    spec = {**SPEC, **change}
+    with pytest.raises(ConfigError) as error:
+        select.plan_select(spec, "s.yaml")
+    assert str(error.value).startswith("s.yaml: ") and match in str(error.value)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["sweep", str(path), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_plan_from_spec_refuses_select_and_dry_run_lists_runs(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="select: a select/confirm sweep runs with `oloraplus sweep`"):
+        plan_from_spec(SPEC, "s.yaml")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(SPEC))
+    assert main(["sweep", str(path), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "stage 1, select/: 24 runs" in capsys.readouterr().out and not (tmp_path / "out").exists()
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump({"grid": {"ratio": [1, 4]}, "seeds": [1, 2]}))
+    assert main(["sweep", str(plain), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["4 runs:", "  ratio-1_seed-1", "  ratio-1_seed-2",
+                                                    "  ratio-4_seed-1", "  ratio-4_seed-2"]
+    assert not (tmp_path / "out").exists()
