@@ -91,7 +91,7 @@ def test_generate_on_a_plain_peft_adapter_and_with_model(adapters, tiny_llama_di
     torch.testing.assert_close(_logits(model), _logits(reference), atol=1e-6, rtol=0)
 
 
-def test_eval_on_a_composed_adapter_writes_nothing_into_it(adapters, tiny_llama_dir, alpaca_file, capsys):
+def test_eval_on_a_composed_adapter_writes_nothing_into_it(adapters, tiny_llama_dir, alpaca_file, tmp_path, capsys):
     from oloraplus.data.packing import batch_collator
     from oloraplus.data.prepare import prepare
     from oloraplus.eval.loss import evaluate_loss
@@ -99,10 +99,12 @@ def test_eval_on_a_composed_adapter_writes_nothing_into_it(adapters, tiny_llama_
     root, reference = adapters
     before = _snapshot(root / "composed")
     assert main(["eval", str(root / "composed"), "--data", str(alpaca_file), "--generate", "2",
-                 "--max-new-tokens", "4", "--device", "cpu"]) == 0
+                 "--max-new-tokens", "4", "--device", "cpu", "--output", str(tmp_path / "evals")]) == 0
     out = capsys.readouterr().out
     assert _snapshot(root / "composed") == before
     assert "not a run, nothing written" in out
+    written = json.loads((tmp_path / "evals" / "eval.json").read_text())
+    assert written["eval_loss"] > 0 and (tmp_path / "evals" / "generations.jsonl").is_file()
 
     # eval's defaults for a bare adapter, --max-length capped at the tiny model's 256 positions
     cfg = replace(TrainConfig(model=str(tiny_llama_dir), data=str(alpaca_file)), train_size=1, max_length=256)

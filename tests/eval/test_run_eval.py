@@ -113,7 +113,7 @@ def test_eval_size_all_scores_every_example_of_the_file(run_dir, alpaca_file, tm
 
 
 @pytest.mark.parametrize(("extra", "match"), [
-    (["--data", "{data}"], "--data: also pass --output DIR (eval --data never writes into the run"),
+    (["--data", "{data}"], "--data: also pass --output DIR (eval --data never writes into"),
     (["--data", "{data}", "--output", "{run}/scores"], "is inside the training run"),
     (["--data", "{data}", "--output", "{run}"], "is an oloraplus training run"),
     (["--data", "{data}", "--output", "{tmp}/o", "--eval-size", "some"],
