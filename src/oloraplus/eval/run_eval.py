@@ -17,9 +17,14 @@ from oloraplus.errors import AdapterError
 
 def check_base(run_dir: Path, fingerprint: str, model: str) -> None:
     """An adapter on another base model gives plausible-looking garbage: refuse it."""
+    check_adapter_base(run_dir / rundir.ADAPTER_DIR, fingerprint, model)
+
+
+def check_adapter_base(adapter: Path, fingerprint: str, model: str) -> None:
+    """`check_base` for an adapter directory (`oloraplus.api.load_adapter` too): refuse one whose recorded base
+    fingerprint differs from `fingerprint`, the base it is about to load onto (named `model`)."""
     from oloraplus.adapters.export import load_metadata
 
-    adapter = run_dir / rundir.ADAPTER_DIR
     recorded = (load_metadata(adapter) or {}).get("base_fingerprint")
     if recorded and recorded != fingerprint:
         raise AdapterError(f"{adapter}: trained on another base model (base fingerprint {recorded} "
