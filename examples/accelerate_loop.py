@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup, set_seed
 
-from common import collator, load_base, model_path, parser, prompt_completion, reload_check, run, tokenized
+from example_common import collator, load_base, model_path, parser, prompt_completion, reload_check, run, tokenized
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

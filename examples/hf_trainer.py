@@ -14,7 +14,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import set_seed
 
-from common import collator, load_base, model_path, parser, prompt_completion, reload_check, run, tokenized
+from example_common import collator, load_base, model_path, parser, prompt_completion, reload_check, run, tokenized
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import oloraplus  # before transformers: it quiets an import-time warning of bit
 from datasets import Dataset
 from transformers import set_seed
 
-from common import load_base, model_path, parser, prompt_completion, reload_check, run
+from example_common import load_base, model_path, parser, prompt_completion, reload_check, run
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

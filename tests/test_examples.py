@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,12 +25,6 @@ def _args(tiny_llama_dir, alpaca_file, out, *extra) -> list[str]:
     return ["--model", str(tiny_llama_dir), "--data", str(alpaca_file), *TINY, "--output", str(out), *extra]
 
 
-def _run_script(name: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, env=env,
-                          timeout=300)
-
-
 def test_trl_example(examples, tiny_llama_dir, alpaca_file, tmp_path, one_thread):
     pytest.importorskip("trl")
     result = examples("trl_sft").main(_args(tiny_llama_dir, alpaca_file, tmp_path / "trl", "--packing"))
@@ -49,16 +41,19 @@ def test_hf_trainer_example_and_its_search(examples, tiny_llama_dir, alpaca_file
     assert set(search["best"]) == {"ratio", "learning_rate"} and search["best_eval_loss"] > 0
 
 
-def test_accelerate_example_as_a_script(tiny_llama_dir, alpaca_file, tmp_path):
-    done = _run_script("accelerate_loop.py", *_args(tiny_llama_dir, alpaca_file, tmp_path / "loop", "--method", "eva"))
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+def test_accelerate_example(examples, tiny_llama_dir, alpaca_file, tmp_path, one_thread):
+    result = examples("accelerate_loop").main(_args(tiny_llama_dir, alpaca_file, tmp_path / "loop", "--method", "eva"))
     assert result["reload_max_abs_logit_diff"] < 1e-5 and result["last_loss"] > 0
     assert (tmp_path / "loop" / "adapter_model.safetensors").is_file()
 
 
-def test_example_bad_input_is_one_line_exit_2(tiny_llama_dir, alpaca_file, tmp_path):
-    done = _run_script("hf_trainer.py", *_args(tiny_llama_dir, alpaca_file, tmp_path / "bad", "--ratio", "0"))
-    assert done.returncode == 2
-    assert done.stderr.strip() == "hf_trainer.py: error: --ratio: λ must be a finite number > 0, got 0.0"
+def test_example_bad_input_is_one_line_exit_2(examples, tiny_llama_dir, alpaca_file, tmp_path, monkeypatch, capsys):
+    """As the scripts run from a shell (`run(main)`), before the model loads."""
+    script = examples("hf_trainer")
+    monkeypatch.setattr(sys, "argv", ["hf_trainer.py", *_args(tiny_llama_dir, alpaca_file, tmp_path / "bad",
+                                                              "--ratio", "0")])
+    with pytest.raises(SystemExit) as caught:
+        script.run(script.main)
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == "hf_trainer.py: error: --ratio: λ must be a finite number > 0, got 0.0\n"
     assert not (tmp_path / "bad").exists()
