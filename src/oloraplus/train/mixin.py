@@ -77,14 +77,19 @@ class RatioOptimizerMixin:
 
 
 @dataclass
-class OLoRAPlusTrainingArguments(TrainingArguments):
-    """TrainingArguments plus λ: B factors learn at λ × learning_rate."""
+class RatioArguments:
+    """λ as a field of an arguments dataclass: put it before TrainingArguments (or TRL's SFTConfig) in the bases."""
 
     ratio: float = ratio_field()
 
     def __post_init__(self) -> None:
         self.ratio = check_ratio(self.ratio)
         super().__post_init__()
+
+
+@dataclass
+class OLoRAPlusTrainingArguments(RatioArguments, TrainingArguments):
+    """TrainingArguments plus λ (`ratio`): B factors learn at λ × learning_rate."""
 
 
 class OLoRAPlusTrainer(RatioOptimizerMixin, Trainer):

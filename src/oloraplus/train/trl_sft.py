@@ -15,9 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-from oloraplus.config import check_ratio
 from oloraplus.errors import ConfigError, MissingExtraError
-from oloraplus.train.mixin import RatioOptimizerMixin, ratio_field
+from oloraplus.train.mixin import RatioArguments, RatioOptimizerMixin
 
 try:
     from trl import SFTConfig, SFTTrainer
@@ -33,14 +32,8 @@ FUSED_HEAD_OUTPUTS = ("log_probs", "entropy", "is_top1")
 
 
 @dataclass
-class OLoRAPlusSFTConfig(SFTConfig):
-    """SFTConfig plus λ: B factors learn at λ × learning_rate."""
-
-    ratio: float = ratio_field()
-
-    def __post_init__(self) -> None:
-        self.ratio = check_ratio(self.ratio)
-        super().__post_init__()
+class OLoRAPlusSFTConfig(RatioArguments, SFTConfig):
+    """SFTConfig plus λ (`ratio`): B factors learn at λ × learning_rate."""
 
 
 ModelInit = Callable[..., torch.nn.Module]
