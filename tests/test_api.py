@@ -181,6 +181,21 @@ def test_api_adapter_from_another_base_is_refused(tmp_path):
     assert not any("lora_" in n for n, _ in other.named_modules())  # refused before anything was attached
 
 
+def test_save_finds_the_adapter_inside_a_ddp_style_wrapper(tmp_path, one_thread):
+    """accelerate/DDP wrap the model as `.module`: the record (and so the base-relative conversion) is still found."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model = oloraplus.add_adapter(tiny_llama(seed=3), "olora", rank=4, alpha=8)
+    _train_a_few_steps(model, steps=1)
+    assert oloraplus.adapter_record(Wrapper(model)) is oloraplus.adapter_record(model)
+    path = oloraplus.save_adapter(Wrapper(model), tmp_path / "adapter")
+    assert_reproduces_on_untouched_base(model, PeftModel.from_pretrained(tiny_llama(seed=3), path), 8)
+
+
 def test_save_refuses_a_model_without_adapter(tmp_path):
     with pytest.raises(AdapterError, match="LlamaForCausalLM has no adapter"):
         oloraplus.save_adapter(tiny_llama(), tmp_path / "adapter")
