@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trained = accelerator.unwrap_model(model)
         oloraplus.save_adapter(trained, args.output)  # base-relative: PeftModel.from_pretrained on the base
         tokenizer.save_pretrained(args.output)
-        result["reload_max_abs_logit_diff"] = reload_check(trained, args.output, path)
+        result.update(reload_check(trained, args.output, path))
     return result
 
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = trainer.train()
     trainer.save_model(args.output)  # base-relative adapter + tokenizer
     return {"train_loss": result.training_loss, "output": args.output,
-            "reload_max_abs_logit_diff": reload_check(trainer.model, args.output, path)}
+            **reload_check(trainer.model, args.output, path)}
 
 
 if __name__ == "__main__":
