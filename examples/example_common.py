@@ -72,17 +72,20 @@ def collator(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[dict]], dict]
 
 
 def reload_check(trained: torch.nn.Module, adapter_dir: str | Path, base_path: str) -> dict[str, float]:
-    """The saved adapter on a fresh, untouched base (plain PEFT) against the trained model: the largest logit
-    difference, and the largest logit for scale (float32 rounding of the shifted base grows with depth)."""
+    """The saved adapter on a fresh, untouched base (plain PEFT) against the trained model, both evaluated in
+    float64: the largest logit difference (what the float32 shifted base W − s·B0·A0 lost to rounding, which no
+    adapter can carry) and the largest logit, for scale. In float32 the evaluation's own rounding, amplified over
+    a deep model's layers, adds more than that (up to ~5e-4 of the largest logit on SmolLM2-135M)."""
+    import copy
+
     from peft import PeftModel
 
-    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32),
-                                       str(adapter_dir)).eval()
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float64),
+                                       str(adapter_dir)).double().eval()  # the adapter too
+    reference = copy.deepcopy(trained).cpu().double().eval()
     ids = torch.arange(3, 35).reshape(2, 16)
-    trained.eval()
     with torch.no_grad():
-        expected = trained(input_ids=ids.to(next(trained.parameters()).device)).logits.cpu()
-        got = loaded(input_ids=ids).logits
+        expected, got = reference(input_ids=ids).logits, loaded(input_ids=ids).logits
     return {"reload_max_abs_logit_diff": (got - expected).abs().max().item(),
             "max_abs_logit": expected.abs().max().item()}
 
