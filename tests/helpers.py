@@ -17,3 +17,14 @@ def group_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dic
     for group in optimizer.param_groups:
         groups[group["name"]] = [names[id(p)] for p in group["params"]]
     return groups
+
+
+def assert_reproduces_on_untouched_base(trained: torch.nn.Module, loaded: torch.nn.Module, rank: int) -> None:
+    """A saved adapter, loaded onto a fresh copy of the base, gives the trained model's logits (to 1e-5) and has the
+    expected saved rank (2r for OLoRA/PiSSA: the base-relative [At; A0], [Bt, −B0])."""
+    assert loaded.peft_config[loaded.active_adapter].r == rank
+    ids = torch.arange(3, 35).reshape(2, 16)
+    trained.eval(), loaded.eval()
+    with torch.no_grad():
+        expected, got = trained(input_ids=ids).logits, loaded(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

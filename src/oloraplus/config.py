@@ -136,8 +136,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Reject values that would fail later, naming the flag."""
-        if self.method not in METHODS:
-            raise ConfigError(f"--method: unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        check_method(self.method)
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler: unknown {self.scheduler!r}; choose from {', '.join(SCHEDULERS)}")
         if self.quantize not in QUANTIZE:
@@ -232,6 +231,13 @@ def _finite(value: float) -> bool:
         return math.isfinite(value)
     except OverflowError:
         return False
+
+
+def check_method(method: str) -> str:
+    """--method: a registered adapter method. Checked here for the config and for `oloraplus.api.add_adapter`."""
+    if method not in METHODS:
+        raise ConfigError(f"--method: unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return method
 
 
 def check_ratio(ratio: float) -> float:

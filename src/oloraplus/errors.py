@@ -39,3 +39,10 @@ class NonFiniteLossError(OloraError):
         """What `failure.json` keeps: enough to decide how to restart without reading the log."""
         return {"error": self.what, "step": self.step, "loss": self.loss, "message": str(self),
                 "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None}
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """An optional extra is not installed: the message names the `pip install "oloraplus[extra]"` that adds it."""
+
+    def __init__(self, feature: str, extra: str):
+        super().__init__(f'{feature} needs the {extra} extra: pip install "oloraplus[{extra}]"')

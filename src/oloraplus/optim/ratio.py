@@ -55,7 +55,7 @@ def ratio_param_groups(model: torch.nn.Module, lr: float, ratio: float, weight_d
 def build_optimizer(
     model: torch.nn.Module, lr: float, ratio: float, weight_decay: float = 0.0, **adamw_kwargs
 ) -> torch.optim.AdamW:
-    """The AdamW that training runs (`RatioTrainer.create_optimizer`); fused into one kernel per step on CUDA."""
+    """The AdamW that training runs (`RatioOptimizerMixin.create_optimizer`); fused into one kernel per step on CUDA."""
     groups = ratio_param_groups(model, lr, ratio, weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters")

@@ -21,8 +21,8 @@ from transformers.trainer_callback import DefaultFlowCallback
 
 from oloraplus.data.collate import REAL_TOKENS, model_inputs
 from oloraplus.errors import NonFiniteLossError
-from oloraplus.optim.ratio import build_optimizer
 from oloraplus.train import checkpoint, fsdp
+from oloraplus.train.mixin import RatioOptimizerMixin
 from oloraplus.eval.fast_loss import response_only_loss, supports_response_only_loss
 
 LOSS_STATE = "oloraplus_loss_state-{rank}.json"  # per process: each one accumulates its own pending loss
@@ -100,8 +100,9 @@ class _RestoreLossState(TrainerCallback):
         self.trainer.restore_loss_state()
 
 
-class RatioTrainer(Trainer):
-    """Trainer whose optimizer puts every A factor at η and every B factor at λη (LoRA+/OLoRA+)."""
+class RatioTrainer(RatioOptimizerMixin, Trainer):
+    """Trainer whose optimizer puts every A factor at η and every B factor at λη (LoRA+/OLoRA+): the public mixin's
+    (`oloraplus.train.mixin`), with λ from `ratio=`."""
 
     def __init__(self, *args, ratio: float = 1.0, response_only: bool = True, **kwargs):
         self.ratio = ratio
@@ -118,15 +119,6 @@ class RatioTrainer(Trainer):
         flow = next((i for i, cb in enumerate(handler) if isinstance(cb, DefaultFlowCallback)), -1)
         handler.insert(flow + 1, self.watch)
         self.add_callback(_RestoreLossState(self))
-
-    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        if self.optimizer is None:
-            opt_model = self.model if model is None else model
-            self.optimizer = build_optimizer(
-                opt_model, self.args.learning_rate, self.ratio, self.args.weight_decay,
-                betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
-            )
-        return self.optimizer
 
     def stop_non_finite(self, step: int, what: str, loss: float) -> None:
         last = checkpoint.last_checkpoint(self.args.output_dir)
