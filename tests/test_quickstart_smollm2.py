@@ -16,9 +16,12 @@ ARMS = {0.25: "olora λ=0.25", 1.0: "olora λ=1", 4.0: "olora λ=4"}  # OLoRA+ r
 
 
 def _results_table(report: str) -> list[str]:
-    """The report's main table (mean ± std over seeds), header and rule included."""
+    """The report's main table (mean ± std over seeds), header and rule included; the line above it says which
+    split and seeds its numbers come from."""
     section = report.split("### Results (mean ± std over seeds)\n\n", 1)[1]
-    return section.split("\n\n", 1)[0].splitlines()
+    provenance, table = section.split("\n\n", 2)[:2]
+    assert provenance.startswith("Numbers from the test split"), provenance
+    return table.splitlines()
 
 
 @requires_smollm2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,7 +18,10 @@ def merge_run(run_dir: str | Path, output: str | Path, model: str | None = None)
     `model`: `--model`, the base to load instead of the one the run or adapter records."""
     output = rundir.check_output_dir(output, what="merged model")
     source = adapter_source(run_dir, model)  # both checked before torch and the model load
-    trust = source.run_dir is not None and rundir.load_run_config(source.run_dir).trust_remote_code
+    cfg = rundir.load_run_config(source.run_dir) if source.run_dir is not None else None
+    trust = cfg is not None and cfg.trust_remote_code
+    if cfg is not None and cfg.quantize != "none":  # it recorded the quantized base's fingerprint: shapes only
+        source = dataclasses.replace(source, fingerprint=None)
 
     from oloraplus import models
     from oloraplus.adapters.export import load_adapter
