@@ -124,15 +124,20 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     return target
 
 
+def gguf_source(source: str) -> Path | None:
+    """The GGUF file `--model` names (an alias's, or a .gguf path), else None: a directory or a hub id."""
+    if source in ALIASES:
+        return alias_gguf(source)
+    if source.endswith(".gguf"):
+        if not Path(source).is_file():
+            raise ModelError(f"--model {source}: file not found")
+        return Path(source)
+    return None
+
+
 def resolve_model_path(source: str) -> str:
     """Map `--model` to a local directory or a hub id, converting GGUF files on first use."""
-    gguf: Path | None = None
-    if source in ALIASES:
-        gguf = alias_gguf(source)
-    elif source.endswith(".gguf"):
-        gguf = Path(source)
-        if not gguf.is_file():
-            raise ModelError(f"--model {source}: file not found")
+    gguf = gguf_source(source)
     if gguf is not None:
         target = converted_gguf_dir(gguf.resolve())
         if not (target / "config.json").is_file():
@@ -184,14 +189,8 @@ def model_config(source: str, trust_remote_code: bool = False):
     settings it limits are checked against before the weights load."""
     from transformers import AutoConfig
 
-    gguf = None
     try:
-        if source in ALIASES:
-            gguf = alias_gguf(source)
-        elif source.endswith(".gguf"):
-            gguf = Path(source)
-            if not gguf.is_file():
-                raise ModelError(f"--model {source}: file not found")
+        gguf = gguf_source(source)
         if gguf is not None:  # a converted copy's config.json, else the header: nothing converted for a config
             converted = converted_gguf_dir(gguf.resolve())
             if (converted / "config.json").is_file():
