@@ -178,9 +178,10 @@ def adapter_activation(method: str, rank: int, layer: Layer, tokens: int) -> int
 def stacked_a_copies(method: str, rank: int, adapted: tuple[Layer, ...]) -> int:
     """Elements of the stacked A's that LoRA-family layers computed with their siblings save (adapters/lean.py:
     one cat of q/k/v's A's, one of gate/up's); the cast copies in a lower compute dtype are not planned."""
-    from oloraplus.adapters.lean import LEAN_METHODS, SHARED_INPUT
+    from oloraplus.adapters import registry
+    from oloraplus.adapters.lean import SHARED_INPUT
 
-    if method not in LEAN_METHODS:
+    if not registry.get(method).composable:  # the methods whose layers are PEFT's plain LoRA Linear
         return 0
     parents: dict[tuple[str, int], list[Layer]] = {}
     for layer in adapted:

@@ -37,7 +37,6 @@ MASK_HOOK = "_oloraplus_packed_mask_hook"  # attribute of the decoder holding th
 SIBLINGS = "_lean_siblings"  # attribute of a LeanLinear: the layers reading its input, itself included
 # Sibling layers that read one input in Llama-like decoders (attention: q/k/v; MLP: gate/up).
 SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-LEAN_METHODS = ("lora", "olora", "pissa", "eva")  # methods whose layers are PEFT's plain LoRA Linear
 
 
 class LeanLinear(LoraLinear):
@@ -49,7 +48,7 @@ class LeanLinear(LoraLinear):
             return super().forward(x, *args, **kwargs)
         parts = self._lean_parts(x, name)
         if parts is not None:
-            out = self._shared_output(x) if self.__dict__.get(SIBLINGS) else None  # see make_lean_, unshare_
+            out = self._shared_output(x, parts) if self.__dict__.get(SIBLINGS) else None  # make_lean_, unshare_
             return lora_linears(x, [parts])[0] if out is None else out
         A, B, s = self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name]  # (r, in), (out, r)
         result = self.base_layer(x)  # another base (Conv1D, ...) or dropout: PEFT's autograd, four ops fewer
@@ -84,8 +83,9 @@ class LeanLinear(LoraLinear):
         base = self.base_layer
         return base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name])
 
-    def _shared_output(self, x: torch.Tensor) -> torch.Tensor | None:
-        """This layer's output for `x` computed with its siblings' (`SIBLINGS`), or None: compute it alone.
+    def _shared_output(self, x: torch.Tensor, parts: Layer) -> torch.Tensor | None:
+        """This layer's output for `x` (its `_lean_parts` are `parts`) computed with its siblings' (`SIBLINGS`), or
+        None: compute it alone.
 
         Siblings read one input (q/k/v; gate/up): the first one called computes all their outputs in one node
         (`lora_linears`: the A's stacked into one matmul, one backward) and leaves each sibling its output and the
@@ -102,11 +102,11 @@ class LeanLinear(LoraLinear):
             for m in siblings:
                 m._lean_input, m._lean_output, m.__dict__[SIBLINGS] = None, None, ()
             return None
-        parts = [m._lean_parts(x) for m in siblings]
-        if any(p is None for p in parts) or len({(p[2].dtype, p[3].dtype) for p in parts}) != 1:
+        every = [parts if m is self else m._lean_parts(x) for m in siblings]
+        if any(p is None for p in every) or len({(p[2].dtype, p[3].dtype) for p in every}) != 1:
             return None
         mine = None
-        for m, y in zip(siblings, lora_linears(x, parts)):
+        for m, y in zip(siblings, lora_linears(x, every)):
             if m is self:
                 mine = y
             else:
