@@ -171,7 +171,9 @@ def adapter_activation(method: str, rank: int, layer: Layer, tokens: int) -> int
 
         return tokens * r_high_for(m, n) ** 2  # the Kronecker matvec's middle product
     if method == "dora":
-        return tokens * (rank + 2 * m) + m * n + m  # A·x, the base and LoRA outputs; W + s·B·A and its norm
+        # A·x, the base and LoRA outputs; the detached norm of W + s·B·A and m/‖·‖ (PEFT frees the weight itself
+        # inside the forward: one layer's m·n at a time, not planned)
+        return tokens * (rank + 2 * m) + 2 * m
     return tokens * rank  # A·x, which B's gradient needs
 
 
