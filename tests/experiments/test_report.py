@@ -74,17 +74,22 @@ def test_table_shows_mean_and_std_over_seeds_and_dashes_for_missing_metrics(swee
 def test_report_has_paired_intervals_and_verdicts(sweep_dir):
     report = write_report(sweep_dir).read_text()
     # d = [−0.10, −0.08, −0.12]: mean −0.1, sd 0.02, half-width 4.302653 · 0.02/√3 = 0.049683;
-    # t = 0.1/(0.02/√3) = 8.660, p = 1 − t/√(2 + t²) = 0.0131 (ν = 2); Holm over the 2 eval-loss comparisons: 0.026
-    assert "| olora λ=4 | eval loss | -0.1000 | [-0.1497, -0.0503] | 3 | 0.013 | 0.026 | better |" in report
-    assert "| olora λ=4 | ROUGE-1 | +1.00 | [+1.00, +1.00] | 3 | <0.001 | <0.001 | better |" in report
-    # d = [0.05, −0.05, 0.15]: mean 0.05, sd 0.1, half-width 0.248414; p 0.478, its Holm step (×1) stays 0.478
-    assert "| olora λ=0.25 | eval loss | +0.0500 | [-0.1984, +0.2984] | 3 | 0.478 | 0.478 | no significant difference |" \
-        in report
-    assert "| lora λ=1 | eval loss | +0.5000 | [–, –] | 1 | – | – | too few to tell |" in report
+    # t = 0.1/(0.02/√3) = 8.660, p = 1 − t/√(2 + t²) = 0.0131 (ν = 2); Holm over the 2 eval-loss comparisons: 0.026.
+    # Adjusted CI, family of 2: level 1 − 0.05/2 = 0.975, t with A(t|2) = t/√(2 + t²) = 0.975: t² = 2·0.975²/(1 − 0.975²),
+    # t = 6.205263, half-width 6.205263 · 0.02/√3 = 0.071652
+    assert ("| olora λ=4 | eval loss | -0.1000 | [-0.1497, -0.0503] | [-0.1717, -0.0283] | 3 | 0.013 | 0.026 | better |"
+            in report)
+    assert "| olora λ=4 | ROUGE-1 | +1.00 | [+1.00, +1.00] | [+1.00, +1.00] | 3 | <0.001 | <0.001 | better |" in report
+    # d = [0.05, −0.05, 0.15]: mean 0.05, sd 0.1, half-width 0.248414 (adjusted 6.205263 · 0.1/√3 = 0.358261);
+    # p 0.478, its Holm step (×1) stays 0.478
+    assert ("| olora λ=0.25 | eval loss | +0.0500 | [-0.1984, +0.2984] | [-0.3083, +0.4083] | 3 | 0.478 | 0.478 "
+            "| no significant difference |") in report
+    assert "| lora λ=1 | eval loss | +0.5000 | [–, –] | – | 1 | – | – | too few to tell |" in report
     assert "| olora λ=1 | eval loss" not in report  # the baseline is not compared with itself
     assert "eval loss (2 comparisons); ROUGE-1 (1 comparison); ROUGE-L (1 comparison, examples)" in report
     # per-example: ROUGE-L +5 on each of 20 examples × 3 seeds; BLEU ±1 averages to 0
-    assert "| olora λ=4 | ROUGE-L | +5.00 | [+5.00, +5.00] | 3 × ≥20 | <0.001 | <0.001 | better |" in report
+    assert "| olora λ=4 | ROUGE-L | +5.00 | [+5.00, +5.00] | [+5.00, +5.00] | 3 × ≥20 | <0.001 | <0.001 | better |" \
+        in report
     bleu = next(line for line in report.splitlines() if line.startswith("| olora λ=4 | sentence BLEU |"))
     assert bleu.startswith("| olora λ=4 | sentence BLEU | +0.00 | [-")
     assert bleu.endswith("| 3 × ≥20 | 1.000 | 1.000 | no significant difference |")
@@ -98,8 +103,10 @@ def test_bootstrap_bleu_is_labelled_sentence_bleu_not_the_tables_corpus_bleu(tmp
             write_run(tmp_path / "runs" / f"olora-{ratio}-{seed}", {"model": "m", "method": "olora", "ratio": ratio,
                       "seed": seed}, {"eval_loss": 2.0, "bleu": 0.0}, generations=generations)
     lines = write_report(tmp_path).read_text().splitlines()
-    assert "| olora λ=4 | corpus BLEU | +0.00 | [+0.00, +0.00] | 3 | 1.000 | 1.000 | no significant difference |" in lines
-    assert "| olora λ=4 | sentence BLEU | -1.00 | [-1.00, -1.00] | 3 × ≥20 | <0.001 | <0.001 | worse |" in lines
+    assert ("| olora λ=4 | corpus BLEU | +0.00 | [+0.00, +0.00] | [+0.00, +0.00] | 3 | 1.000 | 1.000 "
+            "| no significant difference |") in lines
+    assert "| olora λ=4 | sentence BLEU | -1.00 | [-1.00, -1.00] | [-1.00, -1.00] | 3 × ≥20 | <0.001 | <0.001 | worse |" \
+        in lines
     assert not any("| BLEU |" in line for line in lines)
     assert any("*sentence* BLEU" in line and "not the corpus BLEU" in line for line in lines)
 
@@ -143,7 +150,7 @@ def test_report_writes_every_plot_it_links(sweep_dir):
 def test_baseline_can_be_chosen_and_a_missing_one_is_reported(sweep_dir):
     report = write_report(sweep_dir, baseline={"method": "lora", "ratio": 1.0}).read_text()
     assert "### Versus the baseline (lora λ=1)" in report
-    assert "| olora λ=4 | eval loss | -0.6000 | [–, –] | 1 | – | – | too few to tell |" in report
+    assert "| olora λ=4 | eval loss | -0.6000 | [–, –] | – | 1 | – | – | too few to tell |" in report
     report = write_report(sweep_dir, baseline={"method": "pissa"}).read_text()
     assert "No run matches the baseline (method=pissa)" in report
 
@@ -226,6 +233,8 @@ def test_holm_withdraws_verdicts_a_single_comparison_would_give(tmp_path):
         row = next(line for line in report.splitlines() if line.startswith(f"| {label} | eval loss |"))
         assert row.endswith("| 3 | 0.029 | 0.057 | no significant difference |"), row
         assert "[-0.1745, -0.0255]" in row  # the per-comparison interval excludes 0
+        # the family's simultaneous interval (level 0.975: t = 6.205263, half-width 6.205263 · 0.03/√3) does not
+        assert "| [-0.1745, -0.0255] | [-0.2075, +0.0075] |" in row
     assert "eval loss (2 comparisons)" in report
 
 
@@ -233,7 +242,8 @@ def test_a_diverged_seed_withholds_the_verdict_and_is_counted(tmp_path):
     d = [-0.10, -0.11, -0.12]
     clean = write_report(_three_seed_arms(tmp_path / "clean", {4.0: d})).read_text()
     # t = 0.11/(0.01/√3) = 19.05, p = 1 − t/√(2 + t²) = 0.0028, alone in its family
-    assert "| olora λ=4 | eval loss | -0.1100 | [-0.1348, -0.0852] | 3 | 0.003 | 0.003 | better |" in clean
+    assert ("| olora λ=4 | eval loss | -0.1100 | [-0.1348, -0.0852] | [-0.1348, -0.0852] | 3 | 0.003 | 0.003 "
+            "| better |") in clean  # a family of one: the adjusted interval is the interval
     report = write_report(_three_seed_arms(tmp_path / "div", {4.0: d, 16.0: d}, diverged={4.0: 3, 16.0: 1})).read_text()
     row = next(line for line in report.splitlines() if line.startswith("| olora λ=4 | eval loss |"))
     assert row.endswith("| 2 | – | – | 1/3 diverged: verdict withheld |"), row  # seeds 1-2 shown, no verdict

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
 
 import numpy as np
@@ -145,3 +146,23 @@ def test_hierarchical_bootstrap_finds_a_difference_every_seed_agrees_on():
 
 def test_too_few_seeds_or_examples_never_give_a_verdict():
     assert stats.enough(3, 20) and not stats.enough(2, 500) and not stats.enough(5, 19) and stats.enough(3)
+
+
+def test_adjusted_level_is_bonferronis_and_its_interval_excludes_0_exactly_when_m_times_p_is_below_alpha():
+    assert stats.adjusted_level(1) == pytest.approx(0.95) and stats.adjusted_level(4) == pytest.approx(0.9875)
+    with pytest.raises(ValueError):
+        stats.adjusted_level(0)
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(300):
+        n, m = rng.randint(3, 8), rng.randint(1, 6)
+        shift = rng.uniform(-1.0, 1.0)
+        baseline = [rng.gauss(0.0, 1.0) for _ in range(n)]
+        candidate = [b + shift + rng.gauss(0.0, 0.5) for b in baseline]
+        p = stats.paired_t_interval(candidate, baseline).p
+        adjusted = stats.paired_t_interval(candidate, baseline, level=stats.adjusted_level(m))
+        if abs(m * p - 0.05) < 1e-6:
+            continue  # on the boundary either answer is right
+        assert (not adjusted.low <= 0.0 <= adjusted.high) == (m * p < 0.05), (n, m, p, adjusted)
+        checked += 1
+    assert checked > 250

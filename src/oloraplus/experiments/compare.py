@@ -4,7 +4,8 @@ Two tests per metric, each its own family of comparisons (one per arm that is no
 - **seeds**: the arm's and the baseline's final metric paired by seed, a paired t-test over the seeds;
 - **examples** (generation metrics): per-example differences paired by prompt within each seed, a bootstrap
   that resamples seeds, then examples within them (`stats.hierarchical_bootstrap`), so seeds count as seeds.
-Within a family the p-values are Holm-adjusted and a verdict needs the adjusted p below 1 − LEVEL.
+Within a family the p-values are Holm-adjusted and a verdict needs the adjusted p below 1 − LEVEL; each tested
+comparison also gets the family's simultaneous interval (`stats.adjusted_level`: Bonferroni over the family).
 A comparison is withheld from its family, with the reason shown, when a common seed diverged in either arm
 ("k/n diverged": a NaN loss is the worst outcome and has no difference to average) or when there are fewer
 than MIN_SEEDS seeds or MIN_EXAMPLES examples per seed ("too few to tell").
@@ -35,6 +36,8 @@ class Comparison:
     examples: int = 0  # fewest examples in any seed (EXAMPLES)
     reason: str = ""
     adjusted_p: float = math.nan
+    adjusted: stats.Interval | None = None  # the family's simultaneous interval (tested comparisons only)
+    samples: Any = None  # what `interval` was computed from: (candidate, baseline) or the per-seed differences
 
     @property
     def tested(self) -> bool:
@@ -112,19 +115,30 @@ def compare(arms: Sequence[Arm], base: Arm, metrics: Sequence[tuple[str, str, bo
             if cand or (diverged_seeds(arm, base) and key == metrics[0][0]):  # a fully diverged arm: one row
                 interval = stats.paired_t_interval(cand, ref)
                 out.append(Comparison(arm.label, title, SEEDS, interval, higher,
-                                      reason=_reason(arm, base, interval.n, None)))
+                                      reason=_reason(arm, base, interval.n, None), samples=(cand, ref)))
             if key in example_titles:
                 per_seed = example_differences(arm, base, key)
                 if per_seed:
                     interval = stats.hierarchical_bootstrap(per_seed)
                     fewest = min(len(d) for d in per_seed)
                     out.append(Comparison(arm.label, example_titles[key], EXAMPLES, interval, higher, examples=fewest,
-                                          reason=_reason(arm, base, interval.n, fewest)))
+                                          reason=_reason(arm, base, interval.n, fewest), samples=per_seed))
     for family in {(c.metric, c.test) for c in out}:
         members = [c for c in out if (c.metric, c.test) == family]
         for c, adjusted in zip(members, stats.holm([c.interval.p if c.tested else math.nan for c in members])):
             c.adjusted_p = adjusted
+        tested = sum(c.tested for c in members)
+        for c in members:
+            if c.tested:
+                c.adjusted = _interval_at(c, stats.adjusted_level(tested))
     return out
+
+
+def _interval_at(c: Comparison, level: float) -> stats.Interval:
+    """`c`'s interval recomputed at another level, by the same test (the bootstrap with the same resamples)."""
+    if c.test == SEEDS:
+        return stats.paired_t_interval(*c.samples, level=level)
+    return stats.hierarchical_bootstrap(c.samples, level=level)
 
 
 def family_sizes(comparisons: Sequence[Comparison], test: str) -> dict[str, int]:

@@ -108,7 +108,8 @@ def comparison_rows(arms: Sequence[Arm], base: Arm) -> tuple[list[list[str]], li
     seed_rows, boot_rows = [], []
     for c in found:
         d = digits[c.metric]
-        cells = [c.label, c.metric, _fmt(c.interval.mean, d, True), _ci(c.interval, d)]
+        cells = [c.label, c.metric, _fmt(c.interval.mean, d, True), _ci(c.interval, d),
+                 _ci(c.adjusted, d) if c.adjusted is not None else DASH]
         p_values = [_p(c.interval.p), _p(c.adjusted_p)] if c.tested else [DASH, DASH]  # withheld: no p to misread
         if c.test == compare.SEEDS:
             seed_rows.append([*cells, str(c.interval.n), *p_values, c.verdict])
@@ -217,11 +218,14 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
                   "Paired over seeds (same seed = same data split and init seed): mean of candidate − baseline "
                   f"with a 95% Student-t interval and the paired t-test's p. Eval loss: lower is better; ROUGE/BLEU "
                   f"(0–100): higher is better. {family} A verdict needs the Holm-adjusted p below "
-                  f"{1 - stats.LEVEL:.2f}; the interval is per comparison (not adjusted). No verdict from fewer "
+                  f"{1 - stats.LEVEL:.2f}. '95% CI' is per comparison; 'adjusted CI' covers every comparison of "
+                  "its family at once with probability ≥ 95% (Bonferroni's level 1 − 0.05/m, as Holm adjusts tests, "
+                  "not intervals), so a Holm verdict can stand where it still reaches 0. No verdict from fewer "
                   f"than {stats.MIN_SEEDS} seeds ('{stats.TOO_FEW}'); a comparison where either side diverged on a "
                   "common seed shows 'k/n diverged' and no verdict.", ""]
         if seed_rows:
-            lines += [markdown_table(["method", "metric", "Δ mean", "95% CI", "seeds", "p", "Holm p", "verdict"],
+            lines += [markdown_table(["method", "metric", "Δ mean", "95% CI", "adjusted CI", "seeds", "p", "Holm p",
+                                      "verdict"],
                                      seed_rows), ""]
         if boot_rows:
             lines += ["Paired over eval examples within each seed: a bootstrap that resamples seeds, then examples "
@@ -231,7 +235,7 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
                       "its own: ROUGE F1 as above, but *sentence* BLEU, the mean of per-example BLEU scores, which is "
                       "not the corpus BLEU of the tables above (corpus BLEU pools n-gram counts over all examples, so "
                       "it can be 0.00 while sentence BLEU differs):", "",
-                      markdown_table(["method", "metric", "Δ mean", "95% CI", "seeds × examples", "p", "Holm p",
+                      markdown_table(["method", "metric", "Δ mean", "95% CI", "adjusted CI", "seeds × examples", "p", "Holm p",
                                       "verdict"], boot_rows), ""]
         steps = steps_rows(arms, base)
         if steps:

@@ -14,7 +14,11 @@ resampled means.
 
 Many comparisons: a report tests every arm against the baseline, one family per metric; `holm`
 adjusts their p-values (Holm 1979) so the chance of any false "better"/"worse" in a family stays at
-most 1 − LEVEL. No verdict comes from fewer than MIN_SEEDS seeds or MIN_EXAMPLES examples per seed.
+most 1 − LEVEL. Holm adjusts tests, not intervals, so each comparison's adjusted interval is Bonferroni's
+(`adjusted_level`: level 1 − α/m for a family of m), which covers all m differences at once with probability
+at least LEVEL: the choice R's emmeans makes when asked for Holm-adjusted intervals. Holm's step-down test is
+more powerful than Bonferroni's, so a Holm "better" can have an adjusted interval that still reaches 0; the
+verdict follows Holm. No verdict comes from fewer than MIN_SEEDS seeds or MIN_EXAMPLES examples per seed.
 """
 
 from __future__ import annotations
@@ -126,6 +130,14 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - k) * p))
         adjusted[i] = running
     return adjusted
+
+
+def adjusted_level(family: int, level: float = LEVEL) -> float:
+    """The per-comparison level whose intervals cover all `family` differences at once with probability at
+    least `level` (Bonferroni: 1 − (1 − level)/m)."""
+    if family < 1:
+        raise ValueError(f"a family holds at least 1 comparison, got {family}")
+    return 1.0 - (1.0 - level) / family
 
 
 def bootstrap_interval(
