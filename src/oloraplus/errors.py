@@ -28,6 +28,8 @@ class AdapterError(OloraError):
 class NonFiniteLossError(OloraError):
     """Training diverged (a NaN/inf loss or weight): the message names the step; earlier checkpoints are kept."""
 
+    same_on_every_rank = True  # the ranks agree on it (one all-reduce), so under torchrun rank 0 alone says it
+
     def __init__(self, message: str, *, what: str, step: int, loss: float, last_checkpoint: Path | None):
         super().__init__(message)
         self.what = what

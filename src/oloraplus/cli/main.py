@@ -15,6 +15,7 @@ from oloraplus.adapters.adapter_dir import add_model_argument
 from oloraplus.cli import export, plan as plan_cli
 from oloraplus.compose import cli as compose_cli, study
 from oloraplus.config import KNOWN_AS, TrainConfig, add_arguments, flag, resolve
+from oloraplus.console import is_main
 from oloraplus.errors import ConfigError, OloraError
 from oloraplus.eval import chat
 from oloraplus.experiments import cli as experiments_cli
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args)
     except OloraError as exc:
-        print(f"oloraplus: error: {exc}", file=sys.stderr)
+        if is_main() or not getattr(exc, "same_on_every_rank", False):  # one line, not one per rank
+            print(f"oloraplus: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, read-only, permissions: the run dir itself is left as it was
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
