@@ -42,7 +42,11 @@ def test_stage_two_confirms_each_choice_its_lambda_one_best_and_its_b_rate_contr
         ("olora", 3e-4, 0.25), ("olora", 3e-4, 1.0), ("olora", 7.5e-5, 1.0),  # OLoRA+, OLoRA tuned, λ=1 at η_B
         ("lora", 3e-3, 4.0), ("lora", 3e-3, 1.0), ("lora", 1.2e-2, 1.0)])
     assert len(confirm) == 6 * 5 and {c.seed for c in confirm} == {11, 12, 13, 14, 15}
-    assert "On the edge of the grid** in lr" in (tmp_path / "selection.md").read_text()  # LoRA: extend the grid
+    # LoRA's choice (3e-3, λ = 4) and its best λ = 1 cell lay on the lr edge: the grid went one step past each
+    # (9e-3, worse), so neither is on the edge any more
+    extra = [(c.method, c.lr, c.ratio) for c in fake.configs if c.seed == 1][40:]
+    assert extra == [("lora", 9e-3, 4.0), ("lora", 9e-3, 1.0)]
+    assert "On the edge" not in (tmp_path / "selection.md").read_text()
     report = (tmp_path / "confirm" / "report.md").read_text()
     assert "baseline lr=0.0003 method=olora ratio=1" in report  # OLoRA tuned at λ = 1, not the η_B control
     assert "### Versus the baseline (olora λ=1 lr=0.0003)" in report

@@ -104,6 +104,8 @@ def test_a_diverged_cell_is_the_worst_not_skipped(tmp_path):
     ({"select": "lr"}, "select: expected a mapping with by, over, seeds"),
     ({"select": {"over": ["lr"], "seeds": [1], "also": [{"rank": 8}]}}, "select: also: 'rank' is not one of over"),
     ({"select": {"over": ["lr"], "seeds": [1], "also": {"lr": 1}}}, "select: also: expected a list of mappings"),
+    ({"select": {"over": ["lr"], "seeds": [1], "extend": -1}}, "select: extend: expected how many steps past"),
+    ({"select": {"over": ["lr"], "seeds": [1], "extend": True}}, "select: extend: expected how many steps past"),
 ])
 def test_bad_select_specs_are_one_line_errors_naming_the_key(tmp_path, capsys, change, match):
     spec = {**SPEC, **change}
@@ -130,3 +132,56 @@ def test_plan_from_spec_refuses_select_and_dry_run_lists_runs(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["4 runs:", "  ratio-1_seed-1", "  ratio-1_seed-2",
                                                     "  ratio-4_seed-1", "  ratio-4_seed-2"]
     assert not (tmp_path / "out").exists()
+
+
+def lora_beyond_the_grid(optimum: float):
+    """Validation optimum: OLoRA inside the grid (lr 3e-4, λ = 4); LoRA at λ = 1 and lr `optimum`, past 1e-3."""
+    def val(cfg: TrainConfig) -> float:
+        best = {"olora": (3e-4, 4.0), "lora": (optimum, 1.0)}[cfg.method]
+        return 2.0 + abs(math.log10(cfg.lr / best[0])) + 0.1 * abs(math.log2(cfg.ratio / best[1]))
+    return val
+
+
+def test_the_next_value_continues_the_grids_own_step():
+    assert select._step([1e-4, 3e-4, 1e-3], 1e-3) == 3.33e-3  # ×(1e-3/3e-4), 3 significant digits
+    assert select._step([1e-4, 3e-4, 1e-3], 1e-4) == 3.33e-5
+    assert select._step([0.0625, 0.25, 1, 4, 16], 16) == 64 and select._step([0.0625, 0.25, 1, 4, 16], 0.0625) == 0.0156
+    assert select._step([-1.0, 0.0, 1.0], 1.0) == 2.0  # not all positive: the arithmetic step
+
+
+def test_extend_pushes_a_choice_on_the_edge_past_the_grid_until_it_is_inside(tmp_path):
+    spec = {**SPEC, "select": {**SPEC["select"], "extend": 2}}
+    fake = FakeTrain(loss=on_test, val_loss=lora_beyond_the_grid(5e-3))
+    select.run_select_sweep(select.plan_select(spec, "s.yaml"), tmp_path / "out", train_fn=fake)
+    stage1 = [(c.method, c.lr, c.ratio) for c in fake.configs if c.seed == 1]
+    # LoRA chose lr 1e-3 (the edge): 3.33e-3 trained at its chosen λ = 1, chosen (edge again), then 1.11e-2; now
+    # 3.33e-3 is inside (|log10(3.33e-3/5e-3)| = 0.18 < |log10(1.11e-2/5e-3)| = 0.35) and the search stops
+    assert stage1[24:] == [("lora", 3.33e-3, 1.0), ("lora", 1.11e-2, 1.0)]
+    chosen = json.loads((tmp_path / "out" / "selection.json").read_text())["choices"]
+    assert chosen[2] == {"arm": {"method": "lora"}, "among": None, "cell": {"lr": 3.33e-3, "ratio": 1.0},
+                         "validation_loss": pytest.approx(2.0 + abs(math.log10(3.33e-3 / 5e-3))), "edges": []}
+    confirm = {(c.method, c.lr, c.ratio) for c in fake.configs if c.seed == 11}
+    assert ("lora", 3.33e-3, 1.0) in confirm and ("lora", 1e-3, 1.0) not in confirm
+    selection = (tmp_path / "out" / "selection.md").read_text()
+    assert "| lr=0.00333 ratio=1 | 2.1765 |" in selection and "On the edge" not in selection.split("## method=lora")[1]
+    again = FakeTrain(loss=on_test, val_loss=lora_beyond_the_grid(5e-3))
+    select.run_select_sweep(select.plan_select(spec, "s.yaml"), tmp_path / "out", train_fn=again)
+    assert again.calls == []  # the extension is planned again from the finished runs: nothing new to train
+
+
+def test_extend_stops_after_its_steps_and_the_edge_is_reported(tmp_path):
+    spec = {**SPEC, "select": {**SPEC["select"], "extend": 1}}
+    fake = FakeTrain(loss=on_test, val_loss=lora_beyond_the_grid(0.1))
+    select.run_select_sweep(select.plan_select(spec, "s.yaml"), tmp_path / "out", train_fn=fake)
+    assert [(c.method, c.lr) for c in fake.configs if c.seed == 1][24:] == [("lora", 3.33e-3)]
+    chosen = json.loads((tmp_path / "out" / "selection.json").read_text())["choices"]
+    assert chosen[2]["cell"] == {"lr": 3.33e-3, "ratio": 1.0} and chosen[2]["edges"] == ["lr"]
+    assert "On the edge of the grid** in lr" in (tmp_path / "out" / "selection.md").read_text()
+
+
+def test_a_grid_key_with_one_value_reaches_the_confirmation(tmp_path):
+    """`method: [lora]` does not vary, so it names no arm; the confirmed point must still set it."""
+    spec = {**SPEC, "grid": {"method": ["lora"], "lr": [1e-4, 1e-3], "ratio": [1, 4]}}
+    fake = FakeTrain(loss=on_test, val_loss=validation)
+    select.run_select_sweep(select.plan_select(spec, "s.yaml"), tmp_path / "out", train_fn=fake)
+    assert {c.method for c in fake.configs} == {"lora"} and len(fake.configs) > 4

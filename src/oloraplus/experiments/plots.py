@@ -156,17 +156,22 @@ def plot_delta_ranks(blocks_by_arm: dict[str, dict[int, float]], path: Path) -> 
 
 
 def plot_heatmap(losses: dict[tuple, float], keys: Sequence[str], path: Path, title: str) -> Path:
-    """Validation loss of every cell of a two-key grid (rows: keys[0], columns: keys[1]); blank where diverged."""
+    """Validation loss of every cell of a two-key grid (rows: keys[0], columns: keys[1]): '∞' where diverged,
+    blank where no run was planned (a grid extended past its edge from one cell)."""
     rows = sorted({dict(cell)[keys[0]] for cell in losses})
     cols = sorted({dict(cell)[keys[1]] for cell in losses})
     grid = np.full((len(rows), len(cols)), np.nan)
+    planned = np.zeros(grid.shape, dtype=bool)
     for cell, value in losses.items():
         values = dict(cell)
-        grid[rows.index(values[keys[0]]), cols.index(values[keys[1]])] = value if math.isfinite(value) else np.nan
+        where = rows.index(values[keys[0]]), cols.index(values[keys[1]])
+        grid[where] = value if math.isfinite(value) else np.nan
+        planned[where] = True
     fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.5, 0.7 * len(rows) + 1.8), dpi=110)
     image = ax.imshow(grid, cmap="viridis_r", aspect="auto")
     for i, j in np.ndindex(grid.shape):
-        ax.text(j, i, "∞" if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=7,
+        label = ("∞" if planned[i, j] else "") if np.isnan(grid[i, j]) else f"{grid[i, j]:.3f}"
+        ax.text(j, i, label, ha="center", va="center", fontsize=7,
                 color="white" if np.isnan(grid[i, j]) or grid[i, j] > np.nanmean(grid) else "black")
     ax.set_xticks(range(len(cols)), [format_value(c) for c in cols])
     ax.set_yticks(range(len(rows)), [format_value(r) for r in rows])

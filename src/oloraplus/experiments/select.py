@@ -15,11 +15,15 @@ lucky. `also: [{ratio: 1}]` also confirms each arm's best cell among those with 
 at plain AdamW). `b_rate_control: true` also confirms, for each chosen cell with λ ≠ 1, the same arm at λ = 1 with
 η = the chosen cell's η_B = λη: "does λ help, or only B's learning rate?". DIR/selection.md records what was
 chosen, the validation loss of every cell (a heat map when `over` has two keys), and cells chosen on the
-edge of the grid (extend the grid and rerun: finished runs are reused).
+edge of the grid. `extend: N` pushes the grid past such an edge by itself: the chosen cell moved one step further
+along that key (the grid's own step: ×3 after 1e-3, 3e-3; ×4 after 4, 16), trained, and chosen again, at most N
+steps past each end of the original grid, before stage 2 starts. Without it (N = 0) extend the grid by hand and
+rerun: finished runs are reused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import sys
@@ -31,13 +35,13 @@ from oloraplus import rundir
 from oloraplus.errors import ConfigError
 from oloraplus.experiments.executor_config import ExecutorConfig
 from oloraplus.experiments.sweep import (
-    PlannedRun, SweepPlan, TrainFn, describe, execute, plan_from_spec, run_path,
+    PlannedRun, SweepPlan, TrainFn, describe, execute, grid_points, plan_from_spec, run_path,
 )
 from oloraplus.experiments.sweepdir import format_value
 from oloraplus.io import atomic_write_json, atomic_write_text
 from oloraplus.markdown import markdown_table
 
-SELECT_KEYS = ("by", "over", "seeds", "b_rate_control", "also")
+SELECT_KEYS = ("by", "over", "seeds", "b_rate_control", "also", "extend")
 SELECTABLE = ("eval_loss",)  # the metrics measured on the validation split
 SELECT_DIR, CONFIRM_DIR = "select", "confirm"
 SELECTION_FILE, SELECTION_JSON = "selection.md", "selection.json"
@@ -50,6 +54,7 @@ class Selection:
     seeds: tuple[int, ...]
     b_rate_control: bool
     also: tuple[dict[str, Any], ...] = ()  # each: also confirm the arm's best cell with these values
+    extend: int = 0  # steps a chosen cell on the grid's edge may push the grid past each end of each key
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class SelectPlan:
     confirm_seeds: tuple[int, ...]
     select: SweepPlan  # stage 1: every cell × the selection seeds
     arm_keys: tuple[str, ...]  # grid keys that name an arm (not in `over`, not seed)
+    grid_keys: tuple[str, ...] = ()  # every grid key, varying or not (a confirmed point sets them all)
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,11 @@ def parse_selection(spec: dict[str, Any], source: str) -> Selection:
         stray = [k for k in a if k not in over]
         if stray:
             raise ConfigError(f"{where}: also: '{stray[0]}' is not one of over ({', '.join(over)})")
-    return Selection(by, over, _seed_list(raw.get("seeds"), f"{where}: seeds"), control, also)
+    extend = raw.get("extend", 0)
+    if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
+        raise ConfigError(f"{where}: extend: expected how many steps past the grid's edge (an integer >= 0), "
+                          f"got {extend!r}")
+    return Selection(by, over, _seed_list(raw.get("seeds"), f"{where}: seeds"), control, also, extend)
 
 
 def plan_select(spec: dict[str, Any], source: str) -> SelectPlan:
@@ -135,7 +145,8 @@ def plan_select(spec: dict[str, Any], source: str) -> SelectPlan:
     if selection.b_rate_control and not {"lr", "ratio"} <= set(selection.over):
         raise ConfigError(f"{source}: select: b_rate_control needs lr and ratio in over")
     arm_keys = tuple(k for k in grid_keys if k not in selection.over)
-    return SelectPlan(source, rest, selection, confirm, stage, arm_keys)
+    every_key = tuple(k for k in grid_points(rest.get("grid") or {}, source)[1] if k != "seed")
+    return SelectPlan(source, rest, selection, confirm, stage, arm_keys, every_key)
 
 
 def _arm_of(params: dict[str, Any], arm_keys: Sequence[str]) -> tuple:
@@ -185,11 +196,73 @@ def choose(plan: SelectPlan, output: Path) -> list[Choice]:
     return choices
 
 
+def grid_point(plan: SelectPlan, arm: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
+    """Every grid key's value for the stage-1 cell (arm, cell): a key with one value in the grid does not vary,
+    so it is in neither, yet a point planned without it would fall back to the default (e.g. method: olora)."""
+    wanted = {**arm, **cell}
+    run = next(r for r in plan.select.runs if all(r.params.get(k) == v for k, v in wanted.items()))
+    return {**{k: getattr(run.config, k) for k in plan.grid_keys}, **wanted}
+
+
+def _step(values: Sequence[float], chosen: float) -> float | None:
+    """The next value past `chosen`, an end of the sorted `values`, at the grid's own last step: geometric when
+    every value is positive (1e-3 → 3e-3 → 9e-3), else arithmetic; rounded to 3 significant digits."""
+    inner = values[1] if chosen == values[0] else values[-2]
+    if all(v > 0 for v in values):
+        following = chosen * (chosen / inner)
+    else:
+        following = chosen + (chosen - inner)
+    following = float(f"{following:.3g}")
+    return following if following not in values else None
+
+
+def extensions(plan: SelectPlan, original: SweepPlan, choices: Sequence[Choice]) -> list[dict[str, Any]]:
+    """Grid points that push each choice on the grid's edge one step past it, while fewer than `extend` steps
+    lie past that end of the original grid (issue 22: "extended wherever an arm's best cell lies on the grid's
+    edge"); empty when no choice is on an edge or every edge has used its steps."""
+    planned = [{k: v for k, v in r.params.items() if k != "seed"} for r in plan.select.runs]
+    points: list[dict[str, Any]] = []
+    for choice in choices:
+        for key in choice.edges:
+            first = [r.params[key] for r in original.runs]
+            low, high = min(first), max(first)
+            values = sorted({c[key] for c in _pool(plan, choice)})
+            chosen = choice.cell[key]
+            past = [v for v in values if (v < low if chosen == values[0] else v > high)]
+            if len(past) >= plan.selection.extend:
+                continue
+            following = _step(values, chosen)
+            if following is None:
+                continue
+            point = {**grid_point(plan, choice.arm, choice.cell), key: following}
+            varying = {k: point[k] for k in (*plan.arm_keys, *plan.selection.over)}
+            if varying not in planned and point not in points:
+                points.append(point)
+    return points
+
+
+def _pool(plan: SelectPlan, choice: Choice) -> list[dict[str, Any]]:
+    """The `over` values of the cells the choice was made among (its arm's; those matching `among`)."""
+    cells = [{k: r.params[k] for k in plan.selection.over} for r in plan.select.runs
+             if all(r.params.get(k) == v for k, v in choice.arm.items())]
+    return [c for c in cells if choice.among is None or _matches(tuple(c.items()), choice.among)]
+
+
+def extended(plan: SelectPlan, points: Sequence[dict[str, Any]]) -> SelectPlan:
+    """`plan` with stage 1 grown by `points` (the grid becomes the union of the old grid and one sub-grid per
+    point; the runs already planned keep their names, so finished ones are reused)."""
+    grid = plan.spec.get("grid") or {}
+    grid = [*(grid if isinstance(grid, list) else [grid]), *({k: [v] for k, v in p.items()} for p in points)]
+    spec = {**plan.spec, "grid": grid}
+    stage = plan_from_spec({**spec, "seeds": list(plan.selection.seeds)}, plan.source)
+    return dataclasses.replace(plan, spec=spec, select=stage)
+
+
 def confirm_spec(plan: SelectPlan, choices: Sequence[Choice]) -> dict[str, Any]:
     """The stage-2 sweep: each chosen cell (plus its B-rate control) × the confirmation seeds."""
     points: list[dict[str, Any]] = []
     for choice in choices:
-        point = {**choice.arm, **choice.cell}
+        point = grid_point(plan, choice.arm, choice.cell)
         points.append(point)
         if plan.selection.b_rate_control and choice.among is None and float(point["ratio"]) != 1.0:
             points.append({**point, "ratio": 1.0, "lr": float(point["lr"]) * float(point["ratio"])})  # η = η_B
@@ -227,6 +300,9 @@ def describe_plan(plan: SelectPlan) -> list[str]:
                  f"{list(plan.confirm_seeds)} on the test split: {len(arms) * len(plan.confirm_seeds)}–"
                  f"{len(arms) * per_arm * len(plan.confirm_seeds)} runs (fewer when choices coincide)")
     lines += [f"  arm {describe(dict(arm))}" for arm in arms]
+    if s.extend:
+        lines.insert(len(plan.select.runs) + 1, f"  (+ up to {s.extend} step(s) past each end of {' and '.join(s.over)} "
+                     "for a cell chosen on the grid's edge)")
     return lines
 
 
@@ -275,8 +351,17 @@ def run_select_sweep(plan: SelectPlan, output: str | Path, *, train_fn: TrainFn 
     """Stage 1, the choice, stage 2 and its report; rerunning resumes (finished runs are skipped)."""
     output = rundir.check_output_dir(output, what="select/confirm sweep", own=(SELECTION_JSON, SELECT_DIR))
     print(f"stage 1: selection on validation -> {output / SELECT_DIR}", file=sys.stderr, flush=True)
-    execute(plan.select, output / SELECT_DIR, train_fn=train_fn, report=False, command=command, executor=executor)
-    choices = choose(plan, output / SELECT_DIR)
+    original = plan.select
+    while True:
+        execute(plan.select, output / SELECT_DIR, train_fn=train_fn, report=False, command=command,
+                executor=executor)
+        choices = choose(plan, output / SELECT_DIR)
+        grow = extensions(plan, original, choices)
+        if not grow:
+            break
+        print(f"stage 1: {len(grow)} chosen cell(s) on the grid's edge; extending past it: "
+              + "; ".join(describe(p) for p in grow), file=sys.stderr, flush=True)
+        plan = extended(plan, grow)
     write_selection(plan, output, choices)
     for choice in choices:
         print(f"  chose {describe(choice.arm)}: {describe(choice.cell)} (validation {choice.loss:.4f})"

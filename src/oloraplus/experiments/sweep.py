@@ -83,7 +83,7 @@ def _check_mapping(value: Any, where: str) -> dict[str, Any]:
     return normalised
 
 
-def _grid_points(grid: Any, source: str) -> tuple[list[dict[str, Any]], list[str]]:
+def grid_points(grid: Any, source: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Every grid point (union of the sub-grids' cartesian products) and the grid keys in order."""
     subgrids = grid if isinstance(grid, list) else [grid]
     points: list[dict[str, Any]] = []
@@ -123,7 +123,7 @@ def plan_from_spec(spec: dict[str, Any], source: str) -> SweepPlan:
     if unknown:
         raise ConfigError(f"{source}: unknown top-level key '{unknown[0]}' (expected {', '.join(SWEEP_KEYS)})")
     base = _check_mapping(spec.get("base") or {}, f"{source}: base")
-    points, grid_keys = _grid_points(spec.get("grid") or {}, source)
+    points, grid_keys = grid_points(spec.get("grid") or {}, source)
     seeds = _seeds(spec.get("seeds"), source)
     if seeds is not None:
         if "seed" in grid_keys or "seed" in base:
