@@ -15,12 +15,12 @@ from experiment_helpers import FakeTrain
 
 from oloraplus.cli.main import build_parser, main
 from oloraplus.errors import ConfigError
-from oloraplus.experiments import sweeplock
+from oloraplus.experiments import executors, sweeplock
 from oloraplus.experiments.executor_config import ExecutorConfig, executor_options
 from oloraplus.experiments.executors import run_jobs
 from oloraplus.experiments.sweep import run_sweep
 from oloraplus.experiments.sweeplock import LOCK_FILE, sweep_lock
-from oloraplus.experiments.worker import Job
+from oloraplus.experiments.worker import Job, Outcome
 
 SPEC = {"base": {"rank": 4, "max_steps": 8}, "grid": {"ratio": [0.5, 2]}}
 
@@ -190,3 +190,47 @@ def test_the_runs_go_to_slurm_as_one_job_array_with_partition_time_and_gpus(tmp_
                  "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --job-name=oloraplus"):
         assert line in script, (line, script)
     assert sorted(job.name for job in backend.jobs.values()) == [f"run-{i}" for i in range(4)]
+
+
+class ScriptedBackend:
+    """Two slots: each poll finishes the oldest running job and starts the next queued one, as Ray does when a
+    run ends and its core goes to the next run between two looks of the driver."""
+
+    name = "scripted"
+
+    def __init__(self):
+        self.queued: list[tuple[Job, str]] = []
+        self.running: list[Job] = []
+
+    def submit(self, job: Job, marker: str) -> None:
+        self.queued.append((job, marker))
+
+    def _start(self) -> None:
+        job, marker = self.queued.pop(0)
+        Path(marker).write_text(json.dumps({"host": "h", "gpu": "cpu"}))
+        self.running.append(job)
+
+    def wait(self, timeout: float):
+        finished = []
+        if self.running:
+            job = self.running.pop(0)
+            finished.append((job, Outcome("h", "cpu", 1.0)))
+        while self.queued and len(self.running) < 2:
+            self._start()
+        return finished
+
+    def close(self) -> None:
+        pass
+
+
+def test_progress_lines_never_count_a_job_that_has_ended(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(executors, "open_backend", lambda cfg, folder, announce: ScriptedBackend())
+    monkeypatch.setattr(executors, "require_extra", lambda cfg: None)
+    jobs = [Job(f"j{i}", f"[{i}/4] j{i}", lambda: None) for i in range(1, 5)]
+    run_jobs(jobs, ExecutorConfig(executor="ray"), tmp_path)
+    lines = [line.split("] ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    assert lines == [
+        "j1: start on h (cpu); 1 running, 0 of 4 done", "j2: start on h (cpu); 2 running, 0 of 4 done",
+        "j1: end on h (cpu) after 1.0 s, 1 of 4 done", "j3: start on h (cpu); 2 running, 1 of 4 done",
+        "j2: end on h (cpu) after 1.0 s, 2 of 4 done", "j4: start on h (cpu); 2 running, 2 of 4 done",
+        "j3: end on h (cpu) after 1.0 s, 3 of 4 done", "j4: end on h (cpu) after 1.0 s, 4 of 4 done"]

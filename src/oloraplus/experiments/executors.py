@@ -123,12 +123,17 @@ def run_jobs(jobs: Sequence[Job], cfg: ExecutorConfig, folder: str | Path,
         for job in jobs:
             backend.submit(job, marker(job))
             in_flight[job.name] = job
-        while in_flight:
-            finished = backend.wait(POLL_S)
-            for job in in_flight.values():  # starts the workers noted since the last look
+        def announce_started(candidates: list[Job]) -> None:  # starts the workers noted since the last look
+            for job in candidates:
                 path = Path(marker(job))
                 if (job.name, attempts[job.name]) not in announced and path.is_file():
                     announce(job, _read_marker(path))
+
+        while in_flight:
+            finished = backend.wait(POLL_S)
+            # a finished job's start first, then its end, then the starts of the jobs that took its place: the
+            # running count never includes a job that has already ended
+            announce_started([job for job, _ in finished if job.name in in_flight])
             for job, result in finished:
                 running.discard(job.name)
                 if isinstance(result, Outcome) and result.error is None:
@@ -147,6 +152,7 @@ def run_jobs(jobs: Sequence[Job], cfg: ExecutorConfig, folder: str | Path,
                     continue
                 _say(f"{job.label}: lost its worker ({why}); retry {attempts[job.name]} of {cfg.retries}")
                 backend.submit(job, marker(job))
+            announce_started(list(in_flight.values()))
     finally:
         backend.close()  # cancels whatever still runs (an exception or Ctrl-C in the driver)
     if failed:
