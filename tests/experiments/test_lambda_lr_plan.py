@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 from pathlib import Path
 
 from experiment_helpers import FakeTrain
 
+from oloraplus import rundir
 from oloraplus.config import TrainConfig, read_yaml
 from oloraplus.experiments import select
 
@@ -52,3 +54,30 @@ def test_stage_two_confirms_each_choice_its_lambda_one_best_and_its_b_rate_contr
     assert "### Versus the baseline (olora λ=1 lr=0.0003)" in report
     assert sorted(p.name for p in tmp_path.glob("selection-*.png")) == ["selection-method-lora.png",
                                                                         "selection-method-olora.png"]
+
+
+def _progress():
+    spec = importlib.util.spec_from_file_location("progress", SWEEP.parent / "progress.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kept_selection_runs_are_finished_runs_of_todays_plan_and_a_restored_sweep_skips_them(tmp_path):
+    """The stage-1 runs a session finished are committed as records (select_runs/); a later session restores them
+    and trains only the rest. Fails when sweep.yaml (or a train default) changes under the kept runs."""
+    progress = _progress()
+    kept = sorted(p.name for p in progress.RECORDS.iterdir() if p.is_dir())
+    assert kept, "no kept runs"
+    plan = select.plan_select(read_yaml(SWEEP), str(SWEEP))
+    planned = {run.name: run for run in plan.select.runs}
+    for name in kept:
+        record = progress.RECORDS / name
+        assert name in planned and rundir.is_finished(record, planned[name].config, what="sweep"), name
+        assert math.isfinite(rundir.read_metrics(record)["val_eval_loss"])
+        assert "/root/" not in (record / "config.yaml").read_text()  # portable: no machine's paths
+    assert progress.restore(tmp_path) == kept and progress.restore(tmp_path) == []  # never over a run there
+    fake = FakeTrain(val_loss=_validation, loss=lambda cfg: 1.6)
+    select.run_select_sweep(plan, tmp_path, train_fn=fake)
+    trained = {Path(c.output).name for c in fake.configs if c.seed == 1}
+    assert not trained & set(kept) and set(planned) - set(kept) <= trained  # (+ the cells an edge extension adds)

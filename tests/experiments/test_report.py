@@ -74,11 +74,11 @@ def test_table_shows_mean_and_std_over_seeds_and_dashes_for_missing_metrics(swee
 def test_report_has_paired_intervals_and_verdicts(sweep_dir):
     report = write_report(sweep_dir).read_text()
     # d = [−0.10, −0.08, −0.12]: mean −0.1, sd 0.02, half-width 4.302653 · 0.02/√3 = 0.049683;
-    # t = 0.1/(0.02/√3) = 8.660, p = 1 − t/√(2 + t²) = 0.0131 (ν = 2); Holm over the 2 eval-loss comparisons: 0.026.
-    # Adjusted CI, family of 2: level 1 − 0.05/2 = 0.975, t with A(t|2) = t/√(2 + t²) = 0.975: t² = 2·0.975²/(1 − 0.975²),
-    # t = 6.205263, half-width 6.205263 · 0.02/√3 = 0.071652
-    assert ("| olora λ=4 | eval loss | -0.1000 | [-0.1497, -0.0503] | [-0.1717, -0.0283] | 3 | 0.013 | 0.026 | better |"
-            in report)
+    # t = 0.1/(0.02/√3) = 8.660, p = 1 − t/√(2 + t²) = 0.0131 (ν = 2); Holm over the 2 eval-loss comparisons:
+    # 0.026. Adjusted CI, family of 2: level 1 − 0.05/2 = 0.975, t with A(t|2) = t/√(2 + t²) = 0.975:
+    # t² = 2·0.975²/(1 − 0.975²), t = 6.205263, half-width 6.205263 · 0.02/√3 = 0.071652
+    assert ("| olora λ=4 | eval loss | -0.1000 | [-0.1497, -0.0503] | [-0.1717, -0.0283] | 3 | 0.013 | 0.026 "
+            "| better |") in report
     assert "| olora λ=4 | ROUGE-1 | +1.00 | [+1.00, +1.00] | [+1.00, +1.00] | 3 | <0.001 | <0.001 | better |" in report
     # d = [0.05, −0.05, 0.15]: mean 0.05, sd 0.1, half-width 0.248414 (adjusted 6.205263 · 0.1/√3 = 0.358261);
     # p 0.478, its Holm step (×1) stays 0.478
@@ -88,8 +88,8 @@ def test_report_has_paired_intervals_and_verdicts(sweep_dir):
     assert "| olora λ=1 | eval loss" not in report  # the baseline is not compared with itself
     assert "eval loss (2 comparisons); ROUGE-1 (1 comparison); ROUGE-L (1 comparison, examples)" in report
     # per-example: ROUGE-L +5 on each of 20 examples × 3 seeds; BLEU ±1 averages to 0
-    assert "| olora λ=4 | ROUGE-L | +5.00 | [+5.00, +5.00] | [+5.00, +5.00] | 3 × ≥20 | <0.001 | <0.001 | better |" \
-        in report
+    assert ("| olora λ=4 | ROUGE-L | +5.00 | [+5.00, +5.00] | [+5.00, +5.00] | 3 × ≥20 | <0.001 | <0.001 "
+            "| better |") in report
     bleu = next(line for line in report.splitlines() if line.startswith("| olora λ=4 | sentence BLEU |"))
     assert bleu.startswith("| olora λ=4 | sentence BLEU | +0.00 | [-")
     assert bleu.endswith("| 3 × ≥20 | 1.000 | 1.000 | no significant difference |")
@@ -105,8 +105,8 @@ def test_bootstrap_bleu_is_labelled_sentence_bleu_not_the_tables_corpus_bleu(tmp
     lines = write_report(tmp_path).read_text().splitlines()
     assert ("| olora λ=4 | corpus BLEU | +0.00 | [+0.00, +0.00] | [+0.00, +0.00] | 3 | 1.000 | 1.000 "
             "| no significant difference |") in lines
-    assert "| olora λ=4 | sentence BLEU | -1.00 | [-1.00, -1.00] | [-1.00, -1.00] | 3 × ≥20 | <0.001 | <0.001 | worse |" \
-        in lines
+    assert ("| olora λ=4 | sentence BLEU | -1.00 | [-1.00, -1.00] | [-1.00, -1.00] | 3 × ≥20 | <0.001 | <0.001 "
+            "| worse |") in lines
     assert not any("| BLEU |" in line for line in lines)
     assert any("*sentence* BLEU" in line and "not the corpus BLEU" in line for line in lines)
 

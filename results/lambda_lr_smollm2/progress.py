@@ -1,0 +1,66 @@
+"""Carry a partly run experiment between machines: keep its finished stage-1 runs as small records, restore them.
+
+The experiment takes about 6 CPU-hours on 2 cores (README.md), longer than one working session, and a sweep
+directory holds a 75 MB adapter per run. A selection run is done for good once its validation loss is known, so
+its record (config.yaml, metrics.json, log.jsonl, with this machine's paths made portable) is what the next
+machine needs: restored into a sweep directory, the sweep sees it as finished (same config) and trains only the
+rest. Run from the repository root:
+
+    python results/lambda_lr_smollm2/progress.py keep sweeps/lambda_lr     # -> select_runs/ here
+    python results/lambda_lr_smollm2/progress.py restore sweeps/lambda_lr  # then: oloraplus sweep ... --output sweeps/lambda_lr
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+RECORDS = HERE / "select_runs"
+RESULTS = HERE / "select_results.csv"  # the kept runs' row each, as the sweep's select/results.csv had them
+KEPT = ("metrics.json", "log.jsonl")
+
+
+def keep(sweep: Path, records: Path = RECORDS) -> list[str]:
+    """Copy every finished stage-1 run's record from `sweep`; returns the names kept."""
+    kept = []
+    for run in sorted((sweep / "select" / "runs").iterdir()):
+        if run.name.endswith(".partial") or not (run / "metrics.json").is_file():
+            continue  # unfinished: it restarts on the next machine
+        target = records / run.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in KEPT:
+            shutil.copyfile(run / name, target / name)
+        record = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        record["config"]["output"] = f"sweeps/lambda_lr/select/runs/{run.name}"  # never compared on resume
+        record["model_path"] = f"~/.cache/oloraplus/models/{Path(record['model_path']).name}"
+        (target / "config.yaml").write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
+        kept.append(run.name)
+    shutil.copyfile(sweep / "select" / "results.csv", RESULTS if records == RECORDS else records / RESULTS.name)
+    return kept
+
+
+def restore(sweep: Path, records: Path = RECORDS) -> list[str]:
+    """Copy the kept records into `sweep`/select/runs, never over a run already there; returns the names copied."""
+    runs = sweep / "select" / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    results = runs.parent / "results.csv"  # marks select/ as a sweep directory, so the sweep resumes there
+    if not results.exists():
+        shutil.copyfile(RESULTS if records == RECORDS else records / RESULTS.name, results)
+    copied = []
+    for record in sorted(p for p in records.iterdir() if p.is_dir()):
+        if (runs / record.name).exists():
+            continue
+        shutil.copytree(record, runs / record.name)
+        copied.append(record.name)
+    return copied
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] not in ("keep", "restore"):
+        sys.exit(f"usage: python {sys.argv[0]} keep|restore SWEEP_DIR")
+    names = (keep if sys.argv[1] == "keep" else restore)(Path(sys.argv[2]))
+    print(f"{sys.argv[1]}: {len(names)} run(s)")
