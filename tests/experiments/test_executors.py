@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,43 @@ def test_progress_lines_never_count_a_job_that_has_ended(tmp_path, capsys, monke
         "j1: end on h (cpu) after 1.0 s, 1 of 4 done", "j3: start on h (cpu); 2 running, 1 of 4 done",
         "j2: end on h (cpu) after 1.0 s, 2 of 4 done", "j4: start on h (cpu); 2 running, 2 of 4 done",
         "j3: end on h (cpu) after 1.0 s, 3 of 4 done", "j4: end on h (cpu) after 1.0 s, 4 of 4 done"]
+
+
+def test_a_driver_that_finds_a_live_lock_where_the_dead_one_was_puts_it_back(tmp_path):
+    """Two drivers read the same dead lock; the first takes over; the second, acting on what it read, must not
+    remove the first one's lock (the old unlink-then-create did, and both ran)."""
+    dead = {"host": socket.gethostname(), "pid": dead_pid(), "since": "2026-01-01T00:00:00"}
+    path = write_lock(tmp_path, **dead)
+    with sweep_lock(tmp_path) as mine:  # the first driver took over
+        first = json.loads(mine.read_text())
+        assert first["pid"] == os.getpid()
+        assert sweeplock._remove_dead(path, dead) is False  # the second driver's late take-over
+        assert json.loads(path.read_text()) == first and sorted(p.name for p in tmp_path.iterdir()) == [LOCK_FILE]
+        with pytest.raises(ConfigError, match="another sweep driver runs on it"):
+            with sweep_lock(tmp_path):
+                pass
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from oloraplus.errors import ConfigError
+from oloraplus.experiments.sweeplock import sweep_lock
+directory, start = Path(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+try:
+    with sweep_lock(directory):
+        print("held", flush=True)
+        time.sleep(3.0)  # longer than the others take to try
+except ConfigError:
+    print("refused", flush=True)
+"""
+
+
+def test_of_drivers_racing_for_a_dead_lock_exactly_one_holds_it(tmp_path):
+    write_lock(tmp_path, pid=dead_pid())
+    start = time.time() + 2.0  # every process imported and waiting before the first tries
+    procs = [subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), str(start)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(6)]
+    outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outcomes == ["held"] + ["refused"] * 5, outcomes

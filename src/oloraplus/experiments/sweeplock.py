@@ -5,6 +5,11 @@ write their own run directories, the driver alone writes results.csv, sweep.json
 driver would rewrite those files under the first one's feet and train the same runs twice, so it is refused.
 A lock left by a driver that died (SIGKILL, a lost node) is taken over when its pid is gone on this host;
 one from another host cannot be checked from here and is refused with the path to delete.
+
+Both steps are atomic, so two drivers that find the same dead lock never both hold it: a lock is created whole
+(written aside, then hard-linked into place, which fails if one exists), and a dead one is first renamed aside;
+a driver that finds it has moved a live lock instead (another driver took over in between) links it back and
+is refused.
 """
 
 from __future__ import annotations
@@ -59,6 +64,35 @@ def _describe(holder: dict[str, Any]) -> str:
     return f"host {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('since')}"
 
 
+def _create(path: Path, mine: dict[str, Any]) -> bool:
+    """Put a lock holding `mine` at `path` in one step (never an empty or half-written lock); False if one exists."""
+    staged = path.with_name(f".{path.name}.{os.getpid()}.new")
+    staged.write_text(json.dumps(mine), encoding="utf-8")
+    try:
+        os.link(staged, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _remove_dead(path: Path, dead: dict[str, Any]) -> bool:
+    """Remove the lock of the dead holder `dead`; False (the lock left in place) if it is another driver's by now."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}.dead")
+    try:
+        os.rename(path, aside)  # atomic: of two drivers taking over, one moves the dead lock, the other nothing
+    except FileNotFoundError:
+        return True  # another driver removed it first: try to create ours
+    if _read(aside) == dead:
+        aside.unlink(missing_ok=True)
+        return True
+    with contextlib.suppress(FileExistsError):
+        os.link(aside, path)  # it was a live driver's new lock: back where it was
+    aside.unlink(missing_ok=True)
+    return False
+
+
 @contextlib.contextmanager
 def sweep_lock(directory: str | Path, what: str = "sweep") -> Iterator[Path]:
     """Hold DIR/sweep.lock while the block runs; refuse a live holder, take over a dead one's.
@@ -71,26 +105,21 @@ def sweep_lock(directory: str | Path, what: str = "sweep") -> Iterator[Path]:
     path = directory / LOCK_FILE
     mine = {"host": socket.gethostname(), "pid": os.getpid(), "start_ticks": _start_ticks(os.getpid()),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _read(path)
-            if holder is None:
-                raise ConfigError(f"{path}: unreadable lock of another {what} driver; delete it if none runs") from None
-            if holder.get("host") != mine["host"]:
-                raise ConfigError(f"{directory}: another {what} driver holds it ({_describe(holder)}); wait for it, "
-                                  f"or delete {path} if that process is gone") from None
-            if holder_alive(holder):
-                raise ConfigError(f"{directory}: another {what} driver runs on it ({_describe(holder)}); "
-                                  "wait for it to finish") from None
+    while not _create(path, mine):
+        holder = _read(path)
+        if holder is None:
+            if not path.exists():
+                continue  # removed between our attempt and the read: try again
+            raise ConfigError(f"{path}: unreadable lock of another {what} driver; delete it if none runs")
+        if holder.get("host") != mine["host"]:
+            raise ConfigError(f"{directory}: another {what} driver holds it ({_describe(holder)}); wait for it, "
+                              f"or delete {path} if that process is gone")
+        if holder_alive(holder):
+            raise ConfigError(f"{directory}: another {what} driver runs on it ({_describe(holder)}); "
+                              "wait for it to finish")
+        if _remove_dead(path, holder):
             print(f"{path}: the {what} driver that held it ({_describe(holder)}) is gone; taking over",
                   file=sys.stderr, flush=True)
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(mine, f)
-        break
     try:
         yield path
     finally:
