@@ -208,3 +208,43 @@ def test_a_run_this_machine_cannot_place_is_refused_not_queued_forever(tmp_path,
                  "--cpus-per-run", "3"]) == 2
     assert capsys.readouterr().err.strip().endswith("--cpus-per-run 3: this machine has 2 CPUs for Ray")
     assert stopped == [True, True] and not (tmp_path / "out" / "runs").exists()
+
+
+SHARED_GPU = """
+import json, os, sys, time
+from oloraplus.experiments import executor_ray
+from oloraplus.experiments.executor_config import ExecutorConfig
+from oloraplus.experiments.executors import run_jobs
+from oloraplus.experiments.worker import Job
+
+
+def hold():
+    start = time.time()
+    time.sleep(3.0)
+    return {"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
+
+
+executor_ray.start_local(num_cpus=2, num_gpus=1)  # one (logical) GPU: Ray hands out its id as on a real one
+cfg = ExecutorConfig(executor="ray", gpus_per_run=0.5, cpus_per_run=1).validate()
+outcomes = run_jobs([Job(f"j{i}", f"[{i}/2] j{i}", hold) for i in (1, 2)], cfg, sys.argv[1])
+print(json.dumps([o.value for o in outcomes.values()]))
+"""
+
+
+def test_half_a_gpu_each_puts_two_runs_on_one_gpu_at_once(tmp_path):
+    """In a process of its own: this module's Ray has no GPU."""
+    proc = subprocess.run([sys.executable, "-c", SHARED_GPU, str(tmp_path)], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "PYTHONPATH": worker_pythonpath()})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, second = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first["gpu"] == second["gpu"] == "0"
+    assert first["start"] < second["end"] and second["start"] < first["end"]  # they ran side by side
+
+
+def test_a_share_of_a_gpu_is_refused_outside_ray(tmp_path, capsys):
+    sweep = write_sweep(tmp_path / "s.yaml", FAKE)
+    assert main(["sweep", str(sweep), "--output", str(tmp_path / "out"), "--executor", "slurm", "--slurm-cluster",
+                 "local", "--gpus-per-run", "0.5"]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--gpus-per-run 0.5: a share of a GPU needs --executor ray (--executor slurm gives a run 0 or 1 whole GPU)")
+    assert not (tmp_path / "out").exists()

@@ -26,8 +26,9 @@ class ExecutorConfig:
                         choices=EXECUTORS)
     retries: int = opt(1, "start a run again this many times when its worker is lost (killed, crashed, out of "
                           "memory, node gone); ray and slurm only")
-    gpus_per_run: int | None = opt(None, "GPUs each run gets: 0 or 1 (default: ray: 1 when the cluster has GPUs, "
-                                         "else 0; slurm: 0)")
+    gpus_per_run: float | None = opt(None, "GPUs each run gets: 0 or 1, or with ray a fraction (0.25: four runs "
+                                           "share a GPU, for models far smaller than its memory) (default: ray: 1 "
+                                           "when the cluster has GPUs, else 0; slurm: 0)")
     cpus_per_run: int = opt(1, "CPU cores each run gets, also its torch threads (ray, slurm)")
     ray_address: str | None = opt(None, "a running Ray cluster: 'auto' (the one `ray start` began on this machine) "
                                         "or ray://HOST:PORT (default: start one on this machine, listening on "
@@ -46,8 +47,11 @@ class ExecutorConfig:
         if self.gpus_per_run is not None and self.gpus_per_run < 0:
             raise ConfigError(f"--gpus-per-run: must be >= 0, got {self.gpus_per_run}")
         if self.gpus_per_run is not None and self.gpus_per_run > 1:
-            raise ConfigError(f"--gpus-per-run {self.gpus_per_run}: a run on several GPUs (torchrun) is not "
+            raise ConfigError(f"--gpus-per-run {self.gpus_per_run:g}: a run on several GPUs (torchrun) is not "
                               "spread by --executor; give each run one GPU (docs/cluster.md)")
+        if self.gpus_per_run not in (None, 0, 1) and self.executor != "ray":
+            raise ConfigError(f"--gpus-per-run {self.gpus_per_run:g}: a share of a GPU needs --executor ray "
+                              f"(--executor {self.executor} gives a run 0 or 1 whole GPU)")
         if self.slurm_time < 1:
             raise ConfigError(f"--slurm-time: must be >= 1 minute, got {self.slurm_time}")
         if self.ray_address is not None and self.executor != "ray":

@@ -1,5 +1,9 @@
 """`--executor ray`: each run a Ray task with `--gpus-per-run` GPUs and `--cpus-per-run` cores.
 
+A fraction of a GPU (`--gpus-per-run 0.25`) is Ray's own fractional resource: Ray starts up to 1/fraction runs
+on each GPU at once and points each at its GPU (CUDA_VISIBLE_DEVICES). It shares the GPU's time and memory, not
+a slice of it: the runs must fit side by side (`oloraplus plan` gives one run's memory).
+
 It connects to a running cluster (`--ray-address auto` or ray://HOST:PORT), reuses the connection this process
 already has (tests start one Ray per module), or starts a Ray on this machine that listens on the loopback
 address only: Ray on Linux binds its servers to the machine's network address unless told it is a single-node
@@ -63,7 +67,7 @@ class RayBackend:
             for flag, want, kind in (("--gpus-per-run", gpus, "GPU"), ("--cpus-per-run", cfg.cpus_per_run, "CPU")):
                 if want > have.get(kind, 0):
                     ray.shutdown()
-                    raise ConfigError(f"{flag} {want}: this machine has {int(have.get(kind, 0))} {kind}s for Ray")
+                    raise ConfigError(f"{flag} {want:g}: this machine has {int(have.get(kind, 0))} {kind}s for Ray")
         self.threads = cfg.cpus_per_run
         self.task = ray.remote(run_job).options(num_cpus=cfg.cpus_per_run, num_gpus=gpus, max_retries=0)
         self.refs: dict[Any, Job] = {}

@@ -37,7 +37,7 @@ class SlurmBackend:
         self.executor = submitit.AutoExecutor(folder=folder / "slurm", cluster=cfg.slurm_cluster)
         # None is "not set" for submitit: no GPU line in the batch script of a CPU run
         self.executor.update_parameters(name=JOB_NAME, timeout_min=cfg.slurm_time, nodes=1, tasks_per_node=1,
-                                        cpus_per_task=cfg.cpus_per_run, gpus_per_node=cfg.gpus_per_run or None,
+                                        cpus_per_task=cfg.cpus_per_run, gpus_per_node=int(cfg.gpus_per_run or 0) or None,
                                         slurm_partition=cfg.slurm_partition)
         self.threads = cfg.cpus_per_run
         self.queue: list[tuple[Job, str]] = []
