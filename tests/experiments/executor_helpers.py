@@ -59,3 +59,19 @@ def rows(path: Path, drop: tuple[str, ...]) -> list[dict]:
     """results.csv without the columns that measure this session's speed."""
     with open(path, newline="") as f:
         return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
+
+
+class SlowTrain(FakeTrain):
+    """FakeTrain that first notes its worker's pid in `<tally>/<run>.<attempt>`, then sleeps `seconds`."""
+
+    def __init__(self, tally: Path, seconds: float, **kwargs):
+        super().__init__(**kwargs)
+        self.tally, self.seconds = Path(tally), seconds
+
+    def __call__(self, cfg: TrainConfig) -> dict:
+        import time
+
+        name = Path(cfg.output).name
+        (self.tally / f"{name}.{len(list(self.tally.glob(f'{name}.*')))}").write_text(str(os.getpid()))
+        time.sleep(self.seconds)
+        return super().__call__(cfg)

@@ -248,3 +248,42 @@ def test_a_share_of_a_gpu_is_refused_outside_ray(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(
         "--gpus-per-run 0.5: a share of a GPU needs --executor ray (--executor slurm gives a run 0 or 1 whole GPU)")
     assert not (tmp_path / "out").exists()
+
+
+ORPHANING_DRIVER = """
+import sys
+from pathlib import Path
+from executor_helpers import SlowTrain
+from oloraplus.experiments.executor_config import ExecutorConfig
+from oloraplus.experiments.sweep import run_sweep
+sweep, out, tally = map(Path, sys.argv[1:4])
+run_sweep(sweep, out, train_fn=SlowTrain(tally, seconds=120),
+          executor=ExecutorConfig(executor="slurm", slurm_cluster="local", slurm_time=10))
+"""
+
+
+def test_jobs_a_killed_slurm_driver_left_behind_are_cancelled_by_the_next_one(tmp_path, capsys):
+    """SIGKILL spares the job array; the next driver cancels its jobs before it submits the runs again."""
+    sweep, out, tally = write_sweep(tmp_path / "s.yaml", FAKE), tmp_path / "out", tmp_path / "tally"
+    tally.mkdir()
+    env = {**os.environ, "PYTHONPATH": worker_pythonpath()}
+    driver = subprocess.Popen([sys.executable, "-c", ORPHANING_DRIVER, str(sweep), str(out), str(tally)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(tally.iterdir())) < 4:  # every run's job has started (and sleeps)
+        assert driver.poll() is None and time.monotonic() < deadline, "the driver ended before its jobs started"
+        time.sleep(0.2)
+    workers = [psutil.Process(int(p.read_text())) for p in tally.iterdir()]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert all(w.is_running() for w in workers)  # the array outlived its driver
+    os.environ["PYTHONPATH"], before = env["PYTHONPATH"], os.environ.get("PYTHONPATH")
+    try:
+        run_sweep(sweep, out, train_fn=FakeTrain(), executor=SLURM_LOCAL)
+    finally:
+        os.environ.pop("PYTHONPATH") if before is None else os.environ.update(PYTHONPATH=before)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, [w.pid for w in alive]
+    err = capsys.readouterr().err
+    assert "cancelled 4 job(s) a driver that is gone left behind" in err and "their runs start again" in err
+    assert len(rows(out / "results.csv", TIMING_KEYS)) == 4 and not (out / "executor" / "slurm" / "jobs.json").exists()
