@@ -14,7 +14,7 @@ from oloraplus.cli.main import main
 from oloraplus.config import TrainConfig
 from oloraplus.errors import ConfigError
 from oloraplus.experiments import select
-from oloraplus.experiments.sweep import plan_from_spec
+from oloraplus.experiments.sweep import plan_from_spec, run_sweep
 
 SPEC = {
     "base": {"max_steps": 10, "val_size": 8, "split_seed": 0, "eval_size": 16},
@@ -132,6 +132,12 @@ def test_plan_from_spec_refuses_select_and_dry_run_lists_runs(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == ["4 runs:", "  ratio-1_seed-1", "  ratio-1_seed-2",
                                                     "  ratio-4_seed-1", "  ratio-4_seed-2"]
     assert not (tmp_path / "out").exists()
+    with pytest.raises(KeyboardInterrupt):  # a sweep killed in its third run, then looked at
+        run_sweep(plain, tmp_path / "out", train_fn=FakeTrain(fail_on_call=3))
+    assert main(["sweep", str(plain), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "4 runs:", "  ratio-1_seed-1  (finished)", "  ratio-1_seed-2  (finished)", "  ratio-4_seed-1",
+        "  ratio-4_seed-2", f"  2 of 4 finished in {tmp_path / 'out'}"]
 
 
 def lora_beyond_the_grid(optimum: float):
@@ -185,3 +191,21 @@ def test_a_grid_key_with_one_value_reaches_the_confirmation(tmp_path):
     fake = FakeTrain(loss=on_test, val_loss=validation)
     select.run_select_sweep(select.plan_select(spec, "s.yaml"), tmp_path / "out", train_fn=fake)
     assert {c.method for c in fake.configs} == {"lora"} and len(fake.configs) > 4
+
+
+def test_dry_run_on_a_sweep_in_progress_shows_each_finished_cell_and_the_best_so_far(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(SPEC, sort_keys=False))  # the grid's key order names the runs
+    fake = FakeTrain(loss=on_test, val_loss=validation, fail_on_call=5)  # killed in the 5th run
+    with pytest.raises(KeyboardInterrupt):
+        select.run_select_sweep(select.plan_select(SPEC, "s.yaml"), tmp_path / "out", train_fn=fake)
+    assert main(["sweep", str(path), "--output", str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # OLoRA lr 1e-4 at λ = 1/4, 1, 4, 16: 2 + |log10(1e-4/3e-4)| (0.4771) + 0.1·|log2(λ/4)|
+    assert "  method-olora_lr-0.0001_ratio-0.25  (validation 2.8771)" in out
+    assert "  method-olora_lr-0.0001_ratio-16  (validation 2.6771)" in out
+    assert "  method-olora_lr-0.0003_ratio-0.25\n" in out  # not finished: no mark
+    assert "  4 of 24 finished in " in out and "best so far, method=olora: lr=0.0001 ratio=4 (validation 2.4771)" in out
+    assert sorted(p.name for p in (tmp_path / "out" / "select" / "runs").iterdir() if not p.name.endswith(".partial")) \
+        == ["method-olora_lr-0.0001_ratio-0.25", "method-olora_lr-0.0001_ratio-1", "method-olora_lr-0.0001_ratio-16",
+            "method-olora_lr-0.0001_ratio-4"]  # the dry run wrote nothing

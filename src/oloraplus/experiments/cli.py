@@ -11,13 +11,14 @@ from typing import Any
 
 import yaml
 
+from oloraplus import rundir
 from oloraplus.config import TrainConfig, add_arguments, build_config, read_yaml, resolve
 from oloraplus.errors import ConfigError
 from oloraplus.experiments import select, tune
 from oloraplus.experiments.executor_config import add_executor_arguments, executor_options
 from oloraplus.experiments.report import format_table, write_report
 from oloraplus.experiments.runs import find_runs
-from oloraplus.experiments.sweep import SweepPlan, plan_sweep, run_sweep
+from oloraplus.experiments.sweep import SweepPlan, plan_sweep, run_path, run_sweep
 from oloraplus.experiments.sweepdir import format_value
 from oloraplus.paths import portable_command
 
@@ -69,13 +70,13 @@ def sweep_command(args: argparse.Namespace) -> int:
     if select.is_select_spec(spec):  # choose on validation, then confirm on test
         plan = select.plan_select(spec, args.sweep_file)
         if args.dry_run:
-            print("\n".join(select.describe_plan(plan)))
+            print("\n".join(select.describe_plan(plan, Path(args.output))))
             return 0
         results = select.run_select_sweep(plan, args.output, command=command, executor=executor)
         report_dir = Path(args.output) / select.CONFIRM_DIR
     else:
         if args.dry_run:
-            print("\n".join(describe_sweep(plan_sweep(args.sweep_file))))
+            print("\n".join(describe_sweep(plan_sweep(args.sweep_file), Path(args.output))))
             return 0
         results = run_sweep(args.sweep_file, args.output, command=command, executor=executor)
         report_dir = Path(args.output)
@@ -84,9 +85,15 @@ def sweep_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_sweep(plan: SweepPlan) -> list[str]:
-    """What `sweep --dry-run` prints for a plain sweep: every planned run."""
-    return [f"{len(plan.runs)} runs:", *(f"  {run.name}" for run in plan.runs)]
+def describe_sweep(plan: SweepPlan, output: Path | None = None) -> list[str]:
+    """What `sweep --dry-run` prints for a plain sweep: every planned run, marked '(finished)' when `output`
+    already holds it."""
+    finished = [output is not None and rundir.has_metrics(run_path(output, run)) for run in plan.runs]
+    lines = [f"{len(plan.runs)} runs:", *(f"  {run.name}{'  (finished)' if f else ''}"
+                                          for run, f in zip(plan.runs, finished))]
+    if any(finished):
+        lines.append(f"  {sum(finished)} of {len(plan.runs)} finished in {output}")
+    return lines
 
 
 def report_command(args: argparse.Namespace) -> int:

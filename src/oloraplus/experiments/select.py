@@ -283,16 +283,24 @@ def confirm_baseline(plan: SelectPlan, choices: Sequence[Choice]) -> dict[str, A
     return baseline
 
 
-def describe_plan(plan: SelectPlan) -> list[str]:
-    """What `sweep --dry-run` prints: every stage-1 run, and what stage 2 will run once they are done."""
+def describe_plan(plan: SelectPlan, output: Path | None = None) -> list[str]:
+    """What `sweep --dry-run` prints: every stage-1 run, and what stage 2 will run once they are done. With an
+    existing sweep directory `output`, also how far stage 1 is: each finished run's validation loss, and each
+    arm's best cell so far (a long experiment is checked without touching it)."""
     s = plan.selection
+    done = output is not None and (output / SELECT_DIR).is_dir()
     arms = sorted({_arm_of(r.params, plan.arm_keys) for r in plan.select.runs}, key=str)
     cells = len({tuple(r.params[k] for k in s.over) for r in plan.select.runs})
     lines = [f"stage 1, {SELECT_DIR}/: {len(plan.select.runs)} runs = {len(arms)} arm(s) × {cells} cells of "
              f"{' × '.join(s.over)} × {len(s.seeds)} selection seed(s) {list(s.seeds)}; chosen by the mean "
              f"validation {s.by} (val_size {plan.select.runs[0].config.val_size}, split_seed "
              f"{plan.select.runs[0].config.split_seed})"]
-    lines += [f"  {r.name}" for r in plan.select.runs]
+    lines += [f"  {r.name}{_progress(output / SELECT_DIR, r, s.by) if done else ''}" for r in plan.select.runs]
+    if done:
+        finished = sum(rundir.has_metrics(run_path(output / SELECT_DIR, r)) for r in plan.select.runs)
+        lines.append(f"  {finished} of {len(plan.select.runs)} finished in {output / SELECT_DIR}")
+        lines += [f"  best so far, {describe(c.arm) or 'all runs'}: {describe(c.cell)} (validation {c.loss:.4f})"
+                  for c in choose(plan, output / SELECT_DIR) if c.among is None and math.isfinite(c.loss)]
     per_arm = 1 + len(s.also) + int(s.b_rate_control)
     extra = "".join(f" (+ its best cell with {describe(a)})" for a in s.also)
     extra += " (+ its λ = 1 control at η = η_B when λ ≠ 1)" if s.b_rate_control else ""
@@ -304,6 +312,14 @@ def describe_plan(plan: SelectPlan) -> list[str]:
         lines.insert(len(plan.select.runs) + 1, f"  (+ up to {s.extend} step(s) past each end of {' and '.join(s.over)} "
                      "for a cell chosen on the grid's edge)")
     return lines
+
+
+def _progress(output: Path, run: PlannedRun, by: str) -> str:
+    """'  (validation 1.5687)', '  (diverged)' or '' (not finished) for one stage-1 run."""
+    if not rundir.has_metrics(run_path(output, run)):
+        return ""
+    loss = _validation_loss(output, run, by)
+    return f"  (validation {loss:.4f})" if math.isfinite(loss) else "  (diverged)"
 
 
 def write_selection(plan: SelectPlan, output: Path, choices: Sequence[Choice]) -> Path:
