@@ -1,7 +1,8 @@
 """Restate this folder's comparisons under the report's current rules, from the committed results.csv.
 
 Every arm against OLoRA (λ = 1) on the final eval loss, paired by seed: the paired t-test
-(`stats.paired_t_interval`), Holm-adjusted over the family of those comparisons (`stats.holm`); then the same
+(`stats.paired_t_interval`), Holm-adjusted over the family of those comparisons (`stats.holm`), with each
+difference's simultaneous interval over the family (`stats.adjusted_level`, Bonferroni); then the same
 with seed 1 left out, since seed 1 also chose each arm's learning rate. Prints a Markdown table:
 
     python results/methods_smollm2/holm.py > results/methods_smollm2/holm.md
@@ -36,17 +37,20 @@ def table(seeds: list[int]) -> str:
     for label, by_seed in runs.items():
         if label == base:
             continue
-        interval = stats.paired_t_interval([by_seed[s] for s in seeds], [runs[base][s] for s in seeds])
-        intervals.append((label, interval))
-    adjusted = stats.holm([i.p for _, i in intervals])
-    for (label, i), p_holm in zip(intervals, adjusted):
+        pairs = [by_seed[s] for s in seeds], [runs[base][s] for s in seeds]
+        intervals.append((label, stats.paired_t_interval(*pairs), pairs))
+    adjusted = stats.holm([i.p for _, i, _ in intervals])
+    level = stats.adjusted_level(len(intervals))
+    for (label, i, pairs), p_holm in zip(intervals, adjusted):
+        wide = stats.paired_t_interval(*pairs, level=level)
         verdict = stats.verdict(i, higher_is_better=False, adjusted_p=p_holm)
         if len(seeds) < stats.MIN_SEEDS:
             verdict = stats.TOO_FEW
-        rows.append([label, f"{i.mean:+.4f}", f"[{i.low:+.4f}, {i.high:+.4f}]", f"{i.p:.3f}", f"{p_holm:.3f}",
-                     verdict])
+        rows.append([label, f"{i.mean:+.4f}", f"[{i.low:+.4f}, {i.high:+.4f}]", f"[{wide.low:+.4f}, {wide.high:+.4f}]",
+                     f"{i.p:.3f}", f"{p_holm:.3f}", verdict])
     return (f"Against {base}, seeds {', '.join(map(str, seeds))} ({len(intervals)} comparisons, Holm):\n\n"
-            + markdown_table(["arm", "Δ eval loss", "95% CI (per comparison)", "p", "Holm p", "verdict"], rows))
+            + markdown_table(["arm", "Δ eval loss", "95% CI (per comparison)", "adjusted CI (simultaneous)", "p",
+                              "Holm p", "verdict"], rows))
 
 
 if __name__ == "__main__":
