@@ -223,6 +223,8 @@ def extensions(plan: SelectPlan, original: SweepPlan, choices: Sequence[Choice])
     planned = [{k: v for k, v in r.params.items() if k != "seed"} for r in plan.select.runs]
     points: list[dict[str, Any]] = []
     for choice in choices:
+        if not math.isfinite(choice.loss):
+            continue  # every cell diverged: no direction to extend in
         for key in choice.edges:
             first = [r.params[key] for r in original.runs]
             low, high = min(first), max(first)
