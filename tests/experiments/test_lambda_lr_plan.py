@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import itertools
 import math
 from pathlib import Path
 
+import yaml
 from experiment_helpers import FakeTrain
 
 from oloraplus import rundir
@@ -81,3 +83,15 @@ def test_kept_selection_runs_are_finished_runs_of_todays_plan_and_a_restored_swe
     select.run_select_sweep(plan, tmp_path, train_fn=fake)
     trained = {Path(c.output).name for c in fake.configs if c.seed == 1}
     assert not trained & set(kept) and set(planned) - set(kept) <= trained  # (+ the cells an edge extension adds)
+
+
+def test_the_interim_table_shows_every_kept_cells_validation_loss(tmp_path):
+    progress = _progress()
+    text = progress.table(images=tmp_path)
+    for record in (p for p in progress.RECORDS.iterdir() if p.is_dir()):
+        metrics = json.loads((record / "metrics.json").read_text())
+        config = yaml.safe_load((record / "config.yaml").read_text())["config"]
+        section = text.split(f"{config['method']}: validation loss")[1].split("validation loss")[0]
+        row = next(line for line in section.splitlines() if line.startswith(f"| {config['lr']:g} |"))
+        assert f"| {metrics['val_eval_loss']:.4f} |" in row
+        assert (tmp_path / f"interim-{config['method']}.png").read_bytes().startswith(b"\x89PNG")
