@@ -257,21 +257,29 @@ import sys, time
 from pathlib import Path
 from oloraplus.errors import ConfigError
 from oloraplus.experiments.sweeplock import sweep_lock
-directory, start = Path(sys.argv[1]), float(sys.argv[2])
-time.sleep(max(0.0, start - time.time()))
+directory, gate, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+(gate / f"ready.{me}").touch()
+while not (gate / "go").exists():  # every process imported and waiting before any tries
+    time.sleep(0.005)
 try:
     with sweep_lock(directory):
         print("held", flush=True)
-        time.sleep(3.0)  # longer than the others take to try
+        time.sleep(5.0)  # far longer than the others take to try
 except ConfigError:
     print("refused", flush=True)
 """
 
 
 def test_of_drivers_racing_for_a_dead_lock_exactly_one_holds_it(tmp_path):
-    write_lock(tmp_path, pid=dead_pid())
-    start = time.time() + 2.0  # every process imported and waiting before the first tries
-    procs = [subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), str(start)], stdout=subprocess.PIPE,
-                              text=True) for _ in range(6)]
+    write_lock(tmp_path / "sweep", pid=dead_pid())
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "sweep"), str(gate), str(i)],
+                              stdout=subprocess.PIPE, text=True) for i in range(6)]
+    deadline = time.monotonic() + 120
+    while len(list(gate.glob("ready.*"))) < 6:
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a racer did not start"
+        time.sleep(0.05)
+    (gate / "go").touch()
     outcomes = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert outcomes == ["held"] + ["refused"] * 5, outcomes
