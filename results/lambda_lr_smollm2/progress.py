@@ -25,7 +25,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "select_runs"
-RESULTS = HERE / "select_results.csv"  # the kept runs' row each, as the sweep's select/results.csv had them
+RESULTS = "select_results.csv"  # beside the records: the kept runs' row each, as the sweep's select/results.csv had them
 KEPT = ("metrics.json", "log.jsonl")
 
 
@@ -44,7 +44,7 @@ def keep(sweep: Path, records: Path = RECORDS) -> list[str]:
         record["model_path"] = f"~/.cache/oloraplus/models/{Path(record['model_path']).name}"
         (target / "config.yaml").write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
         kept.append(run.name)
-    shutil.copyfile(sweep / "select" / "results.csv", RESULTS if records == RECORDS else records / RESULTS.name)
+    shutil.copyfile(sweep / "select" / "results.csv", records.parent / RESULTS)
     return kept
 
 
@@ -54,7 +54,7 @@ def restore(sweep: Path, records: Path = RECORDS) -> list[str]:
     runs.mkdir(parents=True, exist_ok=True)
     results = runs.parent / "results.csv"  # marks select/ as a sweep directory, so the sweep resumes there
     if not results.exists():
-        shutil.copyfile(RESULTS if records == RECORDS else records / RESULTS.name, results)
+        shutil.copyfile(records.parent / RESULTS, results)
     copied = []
     for record in sorted(p for p in records.iterdir() if p.is_dir()):
         if (runs / record.name).exists():

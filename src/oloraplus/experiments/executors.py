@@ -115,6 +115,12 @@ def run_jobs(jobs: Sequence[Job], cfg: ExecutorConfig, folder: str | Path,
     def marker(job: Job) -> str:
         return str(started_dir / f"{job.name}.{attempts[job.name]}.json")
 
+    def announce_started(candidates: list[Job]) -> None:  # starts the workers noted since the last look
+        for job in candidates:
+            path = Path(marker(job))
+            if (job.name, attempts[job.name]) not in announced and path.is_file():
+                announce(job, _read_marker(path))
+
     if not jobs:
         return outcomes
     backend = open_backend(cfg, folder, announce)
@@ -123,12 +129,6 @@ def run_jobs(jobs: Sequence[Job], cfg: ExecutorConfig, folder: str | Path,
         for job in jobs:
             backend.submit(job, marker(job))
             in_flight[job.name] = job
-        def announce_started(candidates: list[Job]) -> None:  # starts the workers noted since the last look
-            for job in candidates:
-                path = Path(marker(job))
-                if (job.name, attempts[job.name]) not in announced and path.is_file():
-                    announce(job, _read_marker(path))
-
         while in_flight:
             finished = backend.wait(POLL_S)
             # a finished job's start first, then its end, then the starts of the jobs that took its place: the

@@ -235,8 +235,8 @@ def model_section(model: str, arms: list[Arm], selector: dict[str, Any], plots_d
                       "its own: ROUGE F1 as above, but *sentence* BLEU, the mean of per-example BLEU scores, which is "
                       "not the corpus BLEU of the tables above (corpus BLEU pools n-gram counts over all examples, so "
                       "it can be 0.00 while sentence BLEU differs):", "",
-                      markdown_table(["method", "metric", "Δ mean", "95% CI", "adjusted CI", "seeds × examples", "p", "Holm p",
-                                      "verdict"], boot_rows), ""]
+                      markdown_table(["method", "metric", "Δ mean", "95% CI", "adjusted CI", "seeds × examples", "p",
+                                      "Holm p", "verdict"], boot_rows), ""]
         steps = steps_rows(arms, base)
         if steps:
             plots.plot_steps_to_target([(label, mean) for label, mean, _, _ in steps],

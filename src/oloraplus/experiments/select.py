@@ -245,8 +245,9 @@ def extensions(plan: SelectPlan, original: SweepPlan, choices: Sequence[Choice])
 
 def _pool(plan: SelectPlan, choice: Choice) -> list[dict[str, Any]]:
     """The `over` values of the cells the choice was made among (its arm's; those matching `among`)."""
+    arm = tuple(choice.arm.items())
     cells = [{k: r.params[k] for k in plan.selection.over} for r in plan.select.runs
-             if all(r.params.get(k) == v for k, v in choice.arm.items())]
+             if _arm_of(r.params, plan.arm_keys) == arm]
     return [c for c in cells if choice.among is None or _matches(tuple(c.items()), choice.among)]
 
 
@@ -297,10 +298,13 @@ def describe_plan(plan: SelectPlan, output: Path | None = None) -> list[str]:
              f"{' × '.join(s.over)} × {len(s.seeds)} selection seed(s) {list(s.seeds)}; chosen by the mean "
              f"validation {s.by} (val_size {plan.select.runs[0].config.val_size}, split_seed "
              f"{plan.select.runs[0].config.split_seed})"]
-    lines += [f"  {r.name}{_progress(output / SELECT_DIR, r, s.by) if done else ''}" for r in plan.select.runs]
+    progress = [_progress(output / SELECT_DIR, r, s.by) if done else "" for r in plan.select.runs]
+    lines += [f"  {r.name}{mark}" for r, mark in zip(plan.select.runs, progress)]
+    if s.extend:
+        lines.append(f"  (+ up to {s.extend} step(s) past each end of {' and '.join(s.over)} for a cell chosen on "
+                     "the grid's edge)")
     if done:
-        finished = sum(rundir.has_metrics(run_path(output / SELECT_DIR, r)) for r in plan.select.runs)
-        lines.append(f"  {finished} of {len(plan.select.runs)} finished in {output / SELECT_DIR}")
+        lines.append(f"  {sum(map(bool, progress))} of {len(plan.select.runs)} finished in {output / SELECT_DIR}")
         lines += [f"  best so far, {describe(c.arm) or 'all runs'}: {describe(c.cell)} (validation {c.loss:.4f})"
                   for c in choose(plan, output / SELECT_DIR) if c.among is None and math.isfinite(c.loss)]
     per_arm = 1 + len(s.also) + int(s.b_rate_control)
@@ -310,9 +314,6 @@ def describe_plan(plan: SelectPlan, output: Path | None = None) -> list[str]:
                  f"{list(plan.confirm_seeds)} on the test split: {len(arms) * len(plan.confirm_seeds)}–"
                  f"{len(arms) * per_arm * len(plan.confirm_seeds)} runs (fewer when choices coincide)")
     lines += [f"  arm {describe(dict(arm))}" for arm in arms]
-    if s.extend:
-        lines.insert(len(plan.select.runs) + 1, f"  (+ up to {s.extend} step(s) past each end of {' and '.join(s.over)} "
-                     "for a cell chosen on the grid's edge)")
     return lines
 
 
